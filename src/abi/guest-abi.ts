@@ -1,0 +1,154 @@
+/**
+ * The Guardvisor guest boot ABI and the records shared with guest code.
+ * This file is the single source of truth: guest C code includes the header
+ * generated from it (build/gen/gv_abi.h). See docs/guest-abi.md.
+ */
+import { defineStruct } from "./layout.js";
+
+/** Named integer constants exported to C as `#define GV_<NAME> <value>`. */
+export const ABI_CONSTANTS = {
+  BOOT_MAGIC: 0x31425647, // "GVB1"
+  BOOT_VERSION: 1,
+
+  // Guest-physical boot area written by the VMM before entry; kernels must not load here.
+  BOOT_AREA_START: 0x1000,
+  BOOT_AREA_END: 0x10000,
+  BOOT_PML4: 0x1000,
+  BOOT_PDPT: 0x2000,
+  BOOT_PD: 0x3000, // four page directories: 0x3000..0x6fff, up to 4 GiB
+  BOOT_PT_LOW: 0x7000, // 4 KiB page table for the first 2 MiB (page 0 not present)
+  BOOT_INFO: 0x8000,
+  BOOT_CMDLINE: 0x8800,
+  BOOT_CMDLINE_MAX: 0x800,
+  BOOT_GDT: 0x9000,
+  BOOT_STACK_TOP: 0x10000,
+
+  // Boot-time GDT selectors (the kernel may install its own GDT with the same layout).
+  SEL_KERNEL_CODE: 0x08,
+  SEL_KERNEL_DATA: 0x10,
+
+  // Roles.
+  ROLE_GUEST: 0,
+  ROLE_HM: 1,
+
+  // I/O ports.
+  PORT_COM1: 0x3f8,
+  PORT_DEBUG_EXIT: 0xf4, // out32: the guest's exit code; the VM stops
+  PORT_HYPERCALL: 0xf6, // out32: EAX = hypercall number, args RDI, RSI, RCX; result in RAX
+
+  // Hypercall numbers (EAX at an `out` to PORT_HYPERCALL).
+  HC_NOP: 0,
+  HC_SEAL: 1,
+  HC_REPORT_EXCEPTION: 2,
+  HC_HEARTBEAT: 3,
+  HC_DOORBELL: 0x10,
+
+  // Hypercall results.
+  HC_OK: 0,
+  HC_EINVAL: 0xffffffff,
+  HC_EPERM: 0xfffffffe,
+
+  // Context-record magic/version.
+  CTX_MAGIC: 0x31585443, // "CTX1"
+  CTX_VERSION: 1,
+} as const;
+
+/** Event kinds in a context record. Stable numbers: they appear in the rule table. */
+export const EVENT_KINDS = {
+  "protected-write": 1,
+  "msr-write": 2,
+  "cpu-exception": 3,
+  crash: 4,
+  hang: 5,
+  integrity: 6,
+} as const;
+export type EventKind = keyof typeof EVENT_KINDS;
+
+/** Verdicts (DESIGN.md, Verdicts). Stable numbers: they cross the IDC channel. */
+export const VERDICTS = {
+  allow: 1,
+  deny: 2,
+  "deny-fault": 3,
+  log: 4,
+  "kill-task": 5,
+  pause: 6,
+  restart: 7,
+  halt: 8,
+} as const;
+export type Verdict = keyof typeof VERDICTS;
+
+export const BOOT_INFO = defineStruct("gv_boot_info", "Boot information; RDI holds its guest-physical address at entry.", [
+  { name: "magic", type: "u32", doc: "GV_BOOT_MAGIC" },
+  { name: "version", type: "u32", doc: "GV_BOOT_VERSION" },
+  { name: "mem_size", type: "u64", doc: "bytes of guest RAM, identity-mapped from 0" },
+  { name: "cmdline_gpa", type: "u64", doc: "NUL-terminated command line" },
+  { name: "cmdline_len", type: "u32", doc: "length without the NUL" },
+  { name: "role", type: "u32", doc: "GV_ROLE_GUEST or GV_ROLE_HM" },
+  { name: "pml4_gpa", type: "u64", doc: "the boot page tables (CR3)" },
+  { name: "pt_low_gpa", type: "u64", doc: "the 4 KiB page table mapping the first 2 MiB" },
+  { name: "idc_gpa", type: "u64", doc: "IDC region, 0 when absent" },
+  { name: "idc_size", type: "u64" },
+  { name: "vm_id", type: "u32" },
+  { name: "flags", type: "u32" },
+]);
+
+/**
+ * The exception context record: everything the VMM captured about one event,
+ * the first time it happened. Deciders (in the VMM and in the health VM) read it.
+ */
+export const CONTEXT_RECORD = defineStruct("gv_context", "Exception context record (one per event).", [
+  { name: "magic", type: "u32" },
+  { name: "version", type: "u32" },
+  { name: "seq", type: "u64", doc: "per-VM event sequence number, from 1" },
+  { name: "kind", type: "u32", doc: "GV_EVENT_*" },
+  { name: "vm_id", type: "u32" },
+  { name: "vcpu", type: "u32" },
+  { name: "cpl", type: "u32", doc: "privilege level at the event" },
+  { name: "region_id", type: "u32", doc: "protected region index + 1; 0 = none" },
+  { name: "vector", type: "u32", doc: "CPU exception vector (cpu-exception)" },
+  { name: "error_code", type: "u64" },
+  { name: "msr_index", type: "u32" },
+  { name: "access_len", type: "u32", doc: "bytes in `data`" },
+  { name: "msr_value", type: "u64" },
+  { name: "gpa", type: "u64", doc: "guest-physical address written" },
+  { name: "region_offset", type: "u64", doc: "gpa minus the region start" },
+  { name: "data", type: "u8", count: 8, doc: "the bytes the guest tried to write" },
+  { name: "regs", type: "u64", count: 18, doc: "rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags" },
+  { name: "cr0", type: "u64" },
+  { name: "cr2", type: "u64" },
+  { name: "cr3", type: "u64" },
+  { name: "cr4", type: "u64" },
+  { name: "efer", type: "u64" },
+  { name: "insn", type: "u8", count: 16, doc: "instruction bytes at RIP" },
+  { name: "insn_len", type: "u32", doc: "valid bytes in `insn`" },
+  { name: "flags", type: "u32", doc: "GV_CTXF_*" },
+]);
+
+export const CONTEXT_FLAGS = {
+  INSN_VALID: 1,
+  SEALED: 2,
+} as const;
+
+export const REG_NAMES = [
+  "rax",
+  "rbx",
+  "rcx",
+  "rdx",
+  "rsi",
+  "rdi",
+  "rsp",
+  "rbp",
+  "r8",
+  "r9",
+  "r10",
+  "r11",
+  "r12",
+  "r13",
+  "r14",
+  "r15",
+  "rip",
+  "rflags",
+] as const;
+export type RegName = (typeof REG_NAMES)[number];
+
+export const SHARED_STRUCTS = [BOOT_INFO, CONTEXT_RECORD] as const;

@@ -1,0 +1,35 @@
+/**
+ * The policy evaluator: a pure function from a context record to a decision.
+ * Fail-closed: it starts from the kind's default verdict and the first
+ * matching rule, in order, replaces it.
+ */
+import { EVENT_KINDS, type Verdict } from "../abi/guest-abi.js";
+import type { ContextRecord } from "../vmm/context.js";
+import type { CompiledPolicy, CompiledRule } from "./policy.js";
+
+export interface Decision {
+  verdict: Verdict;
+  /** The rule that matched, or "default:<kind>". */
+  rule: string;
+  reason: string;
+}
+
+export function ruleMatches(r: CompiledRule, c: ContextRecord): boolean {
+  if ((r.kindMask & (1 << EVENT_KINDS[c.kind])) === 0) return false;
+  if (r.regionIds.length > 0 && !r.regionIds.includes(c.regionId)) return false;
+  if (r.vectorMask !== 0xffffffff && (c.vector > 31 || ((r.vectorMask >>> c.vector) & 1) === 0)) return false;
+  if (((r.cplMask >> (c.cpl & 3)) & 1) === 0) return false;
+  const rip = c.regs.rip;
+  if (rip < r.ripFrom || rip >= r.ripTo) return false;
+  if (r.msr >= 0 && r.msr !== c.msrIndex) return false;
+  return true;
+}
+
+export function evaluate(p: CompiledPolicy, c: ContextRecord): Decision {
+  for (const r of p.rules) {
+    if (ruleMatches(r, c)) {
+      return { verdict: r.verdict, rule: p.names[r.index] ?? `rule-${r.index}`, reason: p.reasons[r.index] ?? "" };
+    }
+  }
+  return { verdict: p.defaults[c.kind], rule: `default:${c.kind}`, reason: `no rule matched; default for ${c.kind}` };
+}

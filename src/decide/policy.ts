@@ -1,0 +1,113 @@
+/**
+ * Policies: ordered rules that map an event (kind, region, vector, CPL, RIP,
+ * MSR) to a verdict with a reason. A policy is compiled against one guest's
+ * protected regions into numeric rules that deciders evaluate.
+ */
+import { EVENT_KINDS, type EventKind, type Verdict } from "../abi/guest-abi.js";
+import { configError } from "../errors.js";
+import type { ProtectedRegion } from "../vmm/protection.js";
+
+export interface PolicyRule {
+  name: string;
+  /** Event kinds this rule matches; all when absent. */
+  kinds?: EventKind[];
+  /** Protected region names (e.g. ".text"); any when absent. */
+  regions?: string[];
+  /** CPU exception vectors; any when absent. */
+  vectors?: number[];
+  /** Privilege levels; any when absent. */
+  cpl?: number[];
+  /** Guest RIP range [from, to); any when absent. */
+  rip?: { from: number; to: number };
+  /** MSR index; any when absent. */
+  msr?: number;
+  verdict: Verdict;
+  reason: string;
+}
+
+export interface Policy {
+  name: string;
+  rules: PolicyRule[];
+  /** Verdict when no rule matches, per event kind (fail-closed defaults). */
+  defaults: Record<EventKind, Verdict>;
+}
+
+/** Fail-safe verdicts when no decider answers in time (DESIGN.md, Verdicts). */
+export const FAILSAFE_DEFAULTS: Record<EventKind, Verdict> = {
+  "protected-write": "deny",
+  "msr-write": "deny",
+  "cpu-exception": "log",
+  crash: "restart",
+  hang: "restart",
+  integrity: "restart",
+};
+
+export const DEFAULT_POLICY: Policy = {
+  name: "default",
+  rules: [
+    {
+      name: "protect-kernel-regions",
+      kinds: ["protected-write"],
+      verdict: "deny",
+      reason: "write to a protected kernel region",
+    },
+  ],
+  defaults: FAILSAFE_DEFAULTS,
+};
+
+/** A rule in numeric form: what both deciders evaluate. */
+export interface CompiledRule {
+  index: number;
+  /** Bit (1 << kind number) per matching event kind. */
+  kindMask: number;
+  /** Region ids (1-based); empty = any. */
+  regionIds: number[];
+  /** Bit per vector 0..31; 0xffffffff = any. */
+  vectorMask: number;
+  /** Bit per CPL 0..3; 0xf = any. */
+  cplMask: number;
+  ripFrom: bigint;
+  ripTo: bigint;
+  /** -1 = any. */
+  msr: number;
+  verdict: Verdict;
+}
+
+export interface CompiledPolicy {
+  name: string;
+  rules: CompiledRule[];
+  /** Rule names and reasons, by rule index (kept host-side for the audit). */
+  names: string[];
+  reasons: string[];
+  defaults: Record<EventKind, Verdict>;
+}
+
+const ALL_KINDS = Object.values(EVENT_KINDS).reduce((m, k) => m | (1 << k), 0);
+
+export function compilePolicy(p: Policy, regions: readonly ProtectedRegion[]): CompiledPolicy {
+  const rules = p.rules.map((r, index): CompiledRule => {
+    const regionIds = (r.regions ?? []).map((name) => {
+      const found = regions.filter((g) => g.name === name);
+      if (found.length === 0) throw configError(`rules[${index}].regions`, `no protected region named ${name}`);
+      return found.map((g) => g.id);
+    });
+    return {
+      index,
+      kindMask: r.kinds ? r.kinds.reduce((m, k) => m | (1 << EVENT_KINDS[k]), 0) : ALL_KINDS,
+      regionIds: regionIds.flat(),
+      vectorMask: r.vectors ? r.vectors.reduce((m, v) => (m | (1 << v)) >>> 0, 0) : 0xffffffff,
+      cplMask: r.cpl ? r.cpl.reduce((m, c) => m | (1 << c), 0) : 0xf,
+      ripFrom: BigInt(r.rip?.from ?? 0),
+      ripTo: r.rip ? BigInt(r.rip.to) : 0xffffffffffffffffn,
+      msr: r.msr ?? -1,
+      verdict: r.verdict,
+    };
+  });
+  return {
+    name: p.name,
+    rules,
+    names: p.rules.map((r) => r.name),
+    reasons: p.rules.map((r) => r.reason),
+    defaults: p.defaults,
+  };
+}

@@ -1,0 +1,283 @@
+/**
+ * Typed KVM objects mirroring the three fd levels: Kvm (/dev/kvm) → Vm → Vcpu.
+ * Methods are named after their ioctls; they hold no policy.
+ */
+import { accessSync, constants as fsConstants, existsSync } from "node:fs";
+import { GuardvisorError } from "../errors.js";
+import { RunPage, type VcpuExit } from "./exits.js";
+import { K, kernelLayout, type MsrFilterRange, native, wrapNative } from "./native.js";
+import { decodeRegs, decodeSregs, encodeRegs, encodeSregs, type Regs, type Sregs } from "./structs.js";
+
+export const DEFAULT_KVM_PATH = "/dev/kvm";
+
+/** Capabilities Guardvisor cannot work without, with what each is for. */
+export const REQUIRED_CAPS: ReadonlyArray<readonly [string, string]> = [
+  ["KVM_CAP_USER_MEMORY", "guest memory"],
+  ["KVM_CAP_READONLY_MEM", "read-only memory slots that protect kernel code"],
+  ["KVM_CAP_IMMEDIATE_EXIT", "stopping a running vCPU"],
+  ["KVM_CAP_SET_GUEST_DEBUG", "hardware-breakpoint exception capture"],
+  ["KVM_CAP_VCPU_EVENTS", "fault injection"],
+];
+
+export class Kvm {
+  readonly fd: number;
+  readonly path: string;
+
+  private constructor(fd: number, path: string) {
+    this.fd = fd;
+    this.path = path;
+  }
+
+  /** Open /dev/kvm, check the API version and the capabilities Guardvisor needs. */
+  static open(path = DEFAULT_KVM_PATH): Kvm {
+    if (!existsSync(path)) {
+      throw new GuardvisorError("KVM_UNAVAILABLE", `${path} does not exist: this host has no KVM`);
+    }
+    try {
+      accessSync(path, fsConstants.R_OK | fsConstants.W_OK);
+    } catch {
+      throw new GuardvisorError("KVM_UNAVAILABLE", `${path} is not accessible: add this user to the kvm group`);
+    }
+    const fd = wrapNative(`open ${path}`, () => native().open(path));
+    const kvm = new Kvm(fd, path);
+    try {
+      const version = kvm.getApiVersion();
+      if (version !== K("KVM_API_VERSION")) {
+        throw new GuardvisorError("KVM_UNAVAILABLE", `KVM API version ${version}, expected ${K("KVM_API_VERSION")}`);
+      }
+      for (const [cap, what] of REQUIRED_CAPS) {
+        if (kvm.checkExtension(cap) <= 0) {
+          throw new GuardvisorError("KVM_UNAVAILABLE", `KVM lacks ${cap} (needed for ${what})`);
+        }
+      }
+    } catch (e) {
+      kvm.close();
+      throw e;
+    }
+    return kvm;
+  }
+
+  getApiVersion(): number {
+    return wrapNative("KVM_GET_API_VERSION", () => native().getApiVersion(this.fd));
+  }
+
+  /** KVM_CHECK_EXTENSION by capability name. */
+  checkExtension(cap: string): number {
+    return wrapNative("KVM_CHECK_EXTENSION", () => native().checkExtension(this.fd, K(cap)));
+  }
+
+  getVcpuMmapSize(): number {
+    return wrapNative("KVM_GET_VCPU_MMAP_SIZE", () => native().getVcpuMmapSize(this.fd));
+  }
+
+  /** KVM_GET_SUPPORTED_CPUID as a kvm_cpuid2 buffer, ready for KVM_SET_CPUID2. */
+  getSupportedCpuid(): Uint8Array {
+    const L = kernelLayout("kvm_cpuid2");
+    const entry = kernelLayout("kvm_cpuid_entry2").size;
+    const max = 256;
+    const buf = new Uint8Array(L.size + max * entry);
+    new DataView(buf.buffer).setUint32(L.off("nent"), max, true);
+    wrapNative("KVM_GET_SUPPORTED_CPUID", () => native().getSupportedCpuid(this.fd, buf));
+    return buf;
+  }
+
+  createVm(): Vm {
+    const fd = wrapNative("KVM_CREATE_VM", () => native().createVm(this.fd, 0));
+    return new Vm(this, fd);
+  }
+
+  close(): void {
+    native().close(this.fd);
+  }
+}
+
+export interface MemoryRegion {
+  slot: number;
+  gpa: number;
+  size: number;
+  hostAddr: bigint;
+  readonly: boolean;
+}
+
+export class Vm {
+  readonly kvm: Kvm;
+  readonly fd: number;
+  private closed = false;
+
+  constructor(kvm: Kvm, fd: number) {
+    this.kvm = kvm;
+    this.fd = fd;
+  }
+
+  /** KVM_SET_USER_MEMORY_REGION (KVM_MEM_READONLY when `readonly`). */
+  setUserMemoryRegion(r: MemoryRegion): void {
+    const flags = r.readonly ? K("KVM_MEM_READONLY") : 0;
+    wrapNative(`KVM_SET_USER_MEMORY_REGION slot ${r.slot}`, () =>
+      native().setUserMemoryRegion(this.fd, r.slot, flags, r.gpa, r.size, r.hostAddr),
+    );
+  }
+
+  /** KVM_ENABLE_CAP with up to four arguments. */
+  enableCap(cap: string, args: bigint[] = []): void {
+    const L = kernelLayout("kvm_enable_cap");
+    const buf = new Uint8Array(L.size);
+    const v = new DataView(buf.buffer);
+    v.setUint32(L.off("cap"), K(cap), true);
+    args.slice(0, 4).forEach((a, i) => {
+      v.setBigUint64(L.off("args") + 8 * i, a, true);
+    });
+    wrapNative(`KVM_ENABLE_CAP ${cap}`, () => native().enableCap(this.fd, buf));
+  }
+
+  /** KVM_X86_SET_MSR_FILTER. */
+  setMsrFilter(defaultDeny: boolean, ranges: MsrFilterRange[]): void {
+    wrapNative("KVM_X86_SET_MSR_FILTER", () => native().setMsrFilter(this.fd, defaultDeny ? 1 : 0, ranges));
+  }
+
+  /** KVM_CREATE_VCPU and map its kvm_run page. */
+  createVcpu(id: number): VcpuHandle {
+    const fd = wrapNative(`KVM_CREATE_VCPU ${id}`, () => native().createVcpu(this.fd, id));
+    const runSize = this.kvm.getVcpuMmapSize();
+    const runAddr = wrapNative("mmap kvm_run", () => native().mmapFd(fd, runSize));
+    return { id, fd, runAddr, runSize };
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    native().close(this.fd);
+  }
+}
+
+/** Plain data that lets any thread attach to a vCPU. */
+export interface VcpuHandle {
+  readonly id: number;
+  readonly fd: number;
+  readonly runAddr: bigint;
+  readonly runSize: number;
+}
+
+export function releaseVcpu(h: VcpuHandle): void {
+  native().munmap(h.runAddr, h.runSize);
+  native().close(h.fd);
+}
+
+/** A vCPU as driven by the thread that runs it. */
+export class Vcpu {
+  readonly id: number;
+  readonly fd: number;
+  readonly run: RunPage;
+  private readonly regsBuf: Uint8Array;
+  private readonly regsView: DataView;
+  private readonly sregsBuf: Uint8Array;
+  private readonly sregsView: DataView;
+  private readonly eventsBuf: Uint8Array;
+
+  constructor(h: VcpuHandle) {
+    this.id = h.id;
+    this.fd = h.fd;
+    this.run = new RunPage(native().arrayBufferAt(h.runAddr, h.runSize));
+    this.regsBuf = new Uint8Array(kernelLayout("kvm_regs").size);
+    this.regsView = new DataView(this.regsBuf.buffer);
+    this.sregsBuf = new Uint8Array(kernelLayout("kvm_sregs").size);
+    this.sregsView = new DataView(this.sregsBuf.buffer);
+    this.eventsBuf = new Uint8Array(kernelLayout("kvm_vcpu_events").size);
+  }
+
+  /** KVM_RUN, decoded. A kick (EINTR) decodes as { kind: "interrupted" }. */
+  runOnce(): VcpuExit {
+    const rc = native().run(this.fd);
+    if (rc < 0) return { kind: "interrupted" };
+    return this.run.decode();
+  }
+
+  getRegs(): Regs {
+    wrapNative("KVM_GET_REGS", () => native().getRegs(this.fd, this.regsBuf));
+    return decodeRegs(this.regsView);
+  }
+
+  setRegs(regs: Regs): void {
+    encodeRegs(regs, this.regsView);
+    wrapNative("KVM_SET_REGS", () => native().setRegs(this.fd, this.regsBuf));
+  }
+
+  getSregs(): Sregs {
+    wrapNative("KVM_GET_SREGS", () => native().getSregs(this.fd, this.sregsBuf));
+    return decodeSregs(this.sregsView);
+  }
+
+  setSregs(s: Sregs): void {
+    // Keep the fields we do not model (interrupt bitmap): start from the current state.
+    wrapNative("KVM_GET_SREGS", () => native().getSregs(this.fd, this.sregsBuf));
+    encodeSregs(s, this.sregsView);
+    wrapNative("KVM_SET_SREGS", () => native().setSregs(this.fd, this.sregsBuf));
+  }
+
+  /** KVM_SET_CPUID2 with a kvm_cpuid2 buffer (from Kvm.getSupportedCpuid). */
+  setCpuid2(cpuid: Uint8Array): void {
+    wrapNative("KVM_SET_CPUID2", () => native().setCpuid2(this.fd, cpuid));
+  }
+
+  /** KVM_GET_MSRS for the given indices. */
+  getMsrs(indices: readonly number[]): Map<number, bigint> {
+    const buf = this.msrBuffer(indices.map((i) => [i, 0n]));
+    const n = wrapNative("KVM_GET_MSRS", () => native().getMsrs(this.fd, buf));
+    const E = kernelLayout("kvm_msr_entry");
+    const base = kernelLayout("kvm_msrs").off("entries");
+    const v = new DataView(buf.buffer);
+    const out = new Map<number, bigint>();
+    for (let i = 0; i < n; i++) {
+      const at = base + i * E.size;
+      out.set(v.getUint32(at + E.off("index"), true), v.getBigUint64(at + E.off("data"), true));
+    }
+    return out;
+  }
+
+  /** KVM_SET_MSRS. */
+  setMsrs(entries: ReadonlyArray<readonly [number, bigint]>): void {
+    const buf = this.msrBuffer(entries);
+    const n = wrapNative("KVM_SET_MSRS", () => native().setMsrs(this.fd, buf));
+    if (n !== entries.length) {
+      throw new GuardvisorError("KVM_IOCTL", `KVM_SET_MSRS set ${n} of ${entries.length} MSRs`);
+    }
+  }
+
+  private msrBuffer(entries: ReadonlyArray<readonly [number, bigint]>): Uint8Array {
+    const L = kernelLayout("kvm_msrs");
+    const E = kernelLayout("kvm_msr_entry");
+    const buf = new Uint8Array(L.off("entries") + entries.length * E.size);
+    const v = new DataView(buf.buffer);
+    v.setUint32(L.off("nmsrs"), entries.length, true);
+    entries.forEach(([index, data], i) => {
+      const at = L.off("entries") + i * E.size;
+      v.setUint32(at + E.off("index"), index, true);
+      v.setBigUint64(at + E.off("data"), data, true);
+    });
+    return buf;
+  }
+
+  /** KVM_SET_VCPU_EVENTS: inject a CPU exception (delivered through the guest IDT). */
+  injectException(vector: number, errorCode?: number): void {
+    const L = kernelLayout("kvm_vcpu_events");
+    wrapNative("KVM_GET_VCPU_EVENTS", () => native().getVcpuEvents(this.fd, this.eventsBuf));
+    const v = new DataView(this.eventsBuf.buffer);
+    v.setUint8(L.off("exception.injected"), 1);
+    v.setUint8(L.off("exception.nr"), vector);
+    v.setUint8(L.off("exception.has_error_code"), errorCode === undefined ? 0 : 1);
+    v.setUint32(L.off("exception.error_code"), errorCode ?? 0, true);
+    v.setUint32(L.off("flags"), 0, true);
+    wrapNative("KVM_SET_VCPU_EVENTS", () => native().setVcpuEvents(this.fd, this.eventsBuf));
+  }
+
+  /** KVM_SET_GUEST_DEBUG with a control word and DR0..DR7. */
+  setGuestDebug(control: number, debugregs: readonly bigint[] = []): void {
+    const L = kernelLayout("kvm_guest_debug");
+    const buf = new Uint8Array(L.size);
+    const v = new DataView(buf.buffer);
+    v.setUint32(L.off("control"), control, true);
+    debugregs.slice(0, 8).forEach((d, i) => {
+      v.setBigUint64(L.off("debugreg") + 8 * i, d, true);
+    });
+    wrapNative("KVM_SET_GUEST_DEBUG", () => native().setGuestDebug(this.fd, buf));
+  }
+}

@@ -1,0 +1,160 @@
+/**
+ * The exception context record: built by the VMM the first time an event
+ * happens, encoded in the shared binary layout (src/abi/guest-abi.ts) that
+ * deciders and the audit log use.
+ */
+import {
+  ABI_CONSTANTS,
+  CONTEXT_RECORD,
+  EVENT_KINDS,
+  type EventKind,
+  REG_NAMES,
+} from "../abi/guest-abi.js";
+import { GuardvisorError } from "../errors.js";
+import { type Regs, zeroRegs } from "../kvm/structs.js";
+
+export interface ContextRecord {
+  seq: number;
+  kind: EventKind;
+  vmId: number;
+  vcpu: number;
+  cpl: number;
+  regionId: number;
+  vector: number;
+  errorCode: bigint;
+  msrIndex: number;
+  msrValue: bigint;
+  gpa: number;
+  regionOffset: number;
+  /** The bytes the guest tried to write (at most 8). */
+  data: Uint8Array;
+  regs: Regs;
+  cr0: bigint;
+  cr2: bigint;
+  cr3: bigint;
+  cr4: bigint;
+  efer: bigint;
+  /** Instruction bytes at RIP (at most 16; empty when unreadable). */
+  insn: Uint8Array;
+  flags: number;
+}
+
+export function emptyContext(kind: EventKind): ContextRecord {
+  return {
+    seq: 0,
+    kind,
+    vmId: 0,
+    vcpu: 0,
+    cpl: 0,
+    regionId: 0,
+    vector: 0,
+    errorCode: 0n,
+    msrIndex: 0,
+    msrValue: 0n,
+    gpa: 0,
+    regionOffset: 0,
+    data: new Uint8Array(0),
+    regs: zeroRegs(),
+    cr0: 0n,
+    cr2: 0n,
+    cr3: 0n,
+    cr4: 0n,
+    efer: 0n,
+    insn: new Uint8Array(0),
+    flags: 0,
+  };
+}
+
+const KIND_BY_NUMBER = new Map<number, EventKind>(
+  Object.entries(EVENT_KINDS).map(([k, v]) => [v, k as EventKind]),
+);
+
+const O = (name: string) => CONTEXT_RECORD.offset(name);
+
+/** Encode into `out` (at `at`), or into a fresh buffer of CONTEXT_RECORD.size bytes. */
+export function encodeContext(c: ContextRecord, out?: Uint8Array, at = 0): Uint8Array {
+  const buf = out ?? new Uint8Array(CONTEXT_RECORD.size);
+  if (at < 0 || at + CONTEXT_RECORD.size > buf.length) {
+    throw new GuardvisorError("INTERNAL", "context record does not fit the buffer");
+  }
+  if (c.data.length > 8 || c.insn.length > 16) throw new GuardvisorError("INTERNAL", "context record field too long");
+  buf.fill(0, at, at + CONTEXT_RECORD.size);
+  const v = new DataView(buf.buffer, buf.byteOffset + at, CONTEXT_RECORD.size);
+  v.setUint32(O("magic"), ABI_CONSTANTS.CTX_MAGIC, true);
+  v.setUint32(O("version"), ABI_CONSTANTS.CTX_VERSION, true);
+  v.setBigUint64(O("seq"), BigInt(c.seq), true);
+  v.setUint32(O("kind"), EVENT_KINDS[c.kind], true);
+  v.setUint32(O("vm_id"), c.vmId, true);
+  v.setUint32(O("vcpu"), c.vcpu, true);
+  v.setUint32(O("cpl"), c.cpl, true);
+  v.setUint32(O("region_id"), c.regionId, true);
+  v.setUint32(O("vector"), c.vector, true);
+  v.setBigUint64(O("error_code"), BigInt.asUintN(64, c.errorCode), true);
+  v.setUint32(O("msr_index"), c.msrIndex, true);
+  v.setUint32(O("access_len"), c.data.length, true);
+  v.setBigUint64(O("msr_value"), BigInt.asUintN(64, c.msrValue), true);
+  v.setBigUint64(O("gpa"), BigInt(c.gpa), true);
+  v.setBigUint64(O("region_offset"), BigInt(c.regionOffset), true);
+  buf.set(c.data, at + O("data"));
+  REG_NAMES.forEach((r, i) => {
+    v.setBigUint64(O("regs") + 8 * i, BigInt.asUintN(64, c.regs[r]), true);
+  });
+  v.setBigUint64(O("cr0"), c.cr0, true);
+  v.setBigUint64(O("cr2"), c.cr2, true);
+  v.setBigUint64(O("cr3"), c.cr3, true);
+  v.setBigUint64(O("cr4"), c.cr4, true);
+  v.setBigUint64(O("efer"), c.efer, true);
+  buf.set(c.insn, at + O("insn"));
+  v.setUint32(O("insn_len"), c.insn.length, true);
+  v.setUint32(O("flags"), c.flags, true);
+  return buf;
+}
+
+/** Decode and validate a record (the bytes may come from an untrusted place). */
+export function decodeContext(buf: Uint8Array, at = 0): ContextRecord {
+  if (at < 0 || at + CONTEXT_RECORD.size > buf.length) {
+    throw new GuardvisorError("GUEST_FAULT", "context record truncated");
+  }
+  const v = new DataView(buf.buffer, buf.byteOffset + at, CONTEXT_RECORD.size);
+  if (v.getUint32(O("magic"), true) !== ABI_CONSTANTS.CTX_MAGIC) throw new GuardvisorError("GUEST_FAULT", "context record: bad magic");
+  if (v.getUint32(O("version"), true) !== ABI_CONSTANTS.CTX_VERSION) throw new GuardvisorError("GUEST_FAULT", "context record: unsupported version");
+  const kind = KIND_BY_NUMBER.get(v.getUint32(O("kind"), true));
+  if (!kind) throw new GuardvisorError("GUEST_FAULT", "context record: unknown event kind");
+  const accessLen = v.getUint32(O("access_len"), true);
+  const insnLen = v.getUint32(O("insn_len"), true);
+  if (accessLen > 8 || insnLen > 16) throw new GuardvisorError("GUEST_FAULT", "context record: length out of range");
+  const big = (name: string) => v.getBigUint64(O(name), true);
+  const safe = (name: string) => {
+    const x = big(name);
+    if (x > BigInt(Number.MAX_SAFE_INTEGER)) throw new GuardvisorError("GUEST_FAULT", `context record: ${name} out of range`);
+    return Number(x);
+  };
+  const regs = zeroRegs();
+  REG_NAMES.forEach((r, i) => {
+    regs[r] = v.getBigUint64(O("regs") + 8 * i, true);
+  });
+  const base = at;
+  return {
+    seq: safe("seq"),
+    kind,
+    vmId: v.getUint32(O("vm_id"), true),
+    vcpu: v.getUint32(O("vcpu"), true),
+    cpl: v.getUint32(O("cpl"), true),
+    regionId: v.getUint32(O("region_id"), true),
+    vector: v.getUint32(O("vector"), true),
+    errorCode: big("error_code"),
+    msrIndex: v.getUint32(O("msr_index"), true),
+    msrValue: big("msr_value"),
+    gpa: safe("gpa"),
+    regionOffset: safe("region_offset"),
+    data: buf.slice(base + O("data"), base + O("data") + accessLen),
+    regs,
+    cr0: big("cr0"),
+    cr2: big("cr2"),
+    cr3: big("cr3"),
+    cr4: big("cr4"),
+    efer: big("efer"),
+    insn: buf.slice(base + O("insn"), base + O("insn") + insnLen),
+    flags: v.getUint32(O("flags"), true),
+  };
+}

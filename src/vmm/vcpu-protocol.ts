@@ -1,0 +1,32 @@
+/**
+ * What the VM owner and a vCPU worker say to each other: the worker's start
+ * data, its messages, and the shared control word.
+ */
+import type { CompiledPolicy } from "../decide/policy.js";
+import type { GuestMemoryHandle } from "../kvm/guest-memory.js";
+import type { VcpuHandle } from "../kvm/kvm.js";
+import type { CapturedEvent, DispatchStats, StopOutcome } from "./dispatcher.js";
+import type { ProtectedRegion } from "./protection.js";
+
+/** Control word values (Int32Array slot CTRL_CMD of the shared control buffer). */
+export const CMD_PAUSE = 0;
+export const CMD_RUN = 1;
+export const CMD_STOP = 2;
+export const CTRL_CMD = 0;
+export const CTRL_SLOTS = 4;
+
+export interface VcpuWorkerInit {
+  vmId: number;
+  vcpu: VcpuHandle;
+  memory: GuestMemoryHandle;
+  regions: ProtectedRegion[];
+  policy: CompiledPolicy;
+  control: SharedArrayBuffer;
+}
+
+export type WorkerMessage =
+  | { type: "ready"; tid: number }
+  | { type: "serial"; line: string }
+  | { type: "event"; event: CapturedEvent }
+  | { type: "stopped"; outcome: StopOutcome | "stopped"; code?: number; detail: string; stats: DispatchStats }
+  | { type: "error"; code: string; message: string };

@@ -1,0 +1,118 @@
+/**
+ * The VM owner's handle on one vCPU worker thread: start it paused, resume,
+ * pause or stop it (a stop kicks the thread out of KVM_RUN), and learn how it
+ * ended.
+ */
+import { Worker } from "node:worker_threads";
+import { GuardvisorError } from "../errors.js";
+import { RunPage } from "../kvm/exits.js";
+import { native } from "../kvm/native.js";
+import type { CapturedEvent, DispatchStats, StopOutcome } from "./dispatcher.js";
+import {
+  CMD_PAUSE,
+  CMD_RUN,
+  CMD_STOP,
+  CTRL_CMD,
+  CTRL_SLOTS,
+  type VcpuWorkerInit,
+  type WorkerMessage,
+} from "./vcpu-protocol.js";
+
+export interface VcpuStop {
+  outcome: StopOutcome | "stopped";
+  code?: number;
+  detail: string;
+  stats?: DispatchStats;
+}
+
+export interface VcpuListeners {
+  onSerial(line: string): void;
+  onEvent(e: CapturedEvent): void;
+}
+
+export class VcpuThread {
+  private readonly worker: Worker;
+  private readonly ctrl: Int32Array;
+  private readonly run: RunPage;
+  private tid = 0;
+  readonly ready: Promise<void>;
+  readonly done: Promise<VcpuStop>;
+
+  constructor(init: Omit<VcpuWorkerInit, "control">, listeners: VcpuListeners) {
+    const control = new SharedArrayBuffer(CTRL_SLOTS * 4);
+    this.ctrl = new Int32Array(control);
+    Atomics.store(this.ctrl, CTRL_CMD, CMD_PAUSE);
+    this.run = new RunPage(native().arrayBufferAt(init.vcpu.runAddr, init.vcpu.runSize));
+    this.worker = new Worker(new URL("./vcpu-worker.js", import.meta.url), {
+      workerData: { ...init, control } satisfies VcpuWorkerInit,
+    });
+    let markReady: () => void = () => {};
+    let failReady: (e: Error) => void = () => {};
+    this.ready = new Promise<void>((res, rej) => {
+      markReady = res;
+      failReady = rej;
+    });
+    this.done = new Promise<VcpuStop>((resolve) => {
+      let result: VcpuStop | undefined;
+      this.worker.on("message", (m: WorkerMessage) => {
+        switch (m.type) {
+          case "ready":
+            this.tid = m.tid;
+            markReady();
+            break;
+          case "serial":
+            listeners.onSerial(m.line);
+            break;
+          case "event":
+            listeners.onEvent(m.event);
+            break;
+          case "stopped":
+            result = { outcome: m.outcome, code: m.code, detail: m.detail, stats: m.stats };
+            break;
+          case "error":
+            result = { outcome: "crash", detail: `vCPU thread failed: ${m.code}: ${m.message}` };
+            failReady(new GuardvisorError("INTERNAL", m.message));
+            break;
+        }
+      });
+      this.worker.on("error", (e) => {
+        result ??= { outcome: "crash", detail: `vCPU thread failed: ${e.message}` };
+        failReady(e);
+      });
+      this.worker.on("exit", () => {
+        failReady(new GuardvisorError("INTERNAL", "vCPU thread exited before it was ready"));
+        resolve(result ?? { outcome: "crash", detail: "vCPU thread exited without a result" });
+      });
+    });
+  }
+
+  resume(): void {
+    this.command(CMD_RUN);
+  }
+
+  pause(): void {
+    this.command(CMD_PAUSE);
+    this.kick();
+  }
+
+  /** Ask the vCPU to stop; it leaves KVM_RUN at once. */
+  stop(): void {
+    this.command(CMD_STOP);
+    this.kick();
+  }
+
+  private command(cmd: number): void {
+    Atomics.store(this.ctrl, CTRL_CMD, cmd);
+    Atomics.notify(this.ctrl, CTRL_CMD);
+  }
+
+  private kick(): void {
+    this.run.immediateExit = true;
+    if (this.tid > 0) native().kickThread(this.tid);
+  }
+
+  /** Forcefully end the thread (after stop() did not work). */
+  async terminate(): Promise<void> {
+    await this.worker.terminate();
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * A vCPU thread: attaches to the vCPU and guest RAM created by the VM owner,
+ * waits to be resumed, then runs the KVM_RUN loop and dispatches every exit.
+ * It reports serial lines, events and its final state as messages.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { VmmDecider } from "../decide/decider.js";
+import { DebugExit } from "../devices/debug-exit.js";
+import { IoBus } from "../devices/bus.js";
+import { Hypercalls } from "../devices/hypercall.js";
+import { Serial } from "../devices/serial.js";
+import { isGuardvisorError } from "../errors.js";
+import { GuestMemory } from "../kvm/guest-memory.js";
+import { Vcpu } from "../kvm/kvm.js";
+import { native } from "../kvm/native.js";
+import { cplOf } from "../kvm/structs.js";
+import { ExitDispatcher } from "./dispatcher.js";
+import { ProtectionMap } from "./protection.js";
+import { CMD_PAUSE, CMD_STOP, CTRL_CMD, type VcpuWorkerInit, type WorkerMessage } from "./vcpu-protocol.js";
+
+const init = workerData as VcpuWorkerInit;
+const port = parentPort;
+if (!port) throw new Error("vcpu-worker must run as a worker thread");
+const post = (m: WorkerMessage) => port.postMessage(m);
+
+function main(): void {
+  const tid = native().prepareVcpuThread();
+  const ctrl = new Int32Array(init.control);
+  const vcpu = new Vcpu(init.vcpu);
+  const memory = GuestMemory.attach(init.memory);
+  const protection = new ProtectionMap(init.regions, init.memory.size);
+  const serial = new Serial((line) => post({ type: "serial", line }));
+  const cpu = {
+    getRegs: () => vcpu.getRegs(),
+    setRegs: (r: Parameters<Vcpu["setRegs"]>[0]) => vcpu.setRegs(r),
+    getSregs: () => vcpu.getSregs(),
+    injectException: (v: number, e?: number) => vcpu.injectException(v, e),
+    setMsrResult: (e: 0 | 1) => vcpu.run.setMsrResult(e),
+  };
+  const bus = new IoBus();
+  bus.register(serial);
+  bus.register(new DebugExit());
+  bus.register(new Hypercalls({ ...cpu, cpl: () => cplOf(vcpu.getSregs()) }));
+  const dispatcher = new ExitDispatcher({
+    vmId: init.vmId,
+    vcpuId: init.vcpu.id,
+    cpu,
+    memory,
+    protection,
+    bus,
+    decider: new VmmDecider(init.policy),
+    sink: { event: (event) => post({ type: "event", event }) },
+  });
+
+  post({ type: "ready", tid });
+  // Built paused: wait for the owner to resume us.
+  while (Atomics.load(ctrl, CTRL_CMD) === CMD_PAUSE) Atomics.wait(ctrl, CTRL_CMD, CMD_PAUSE);
+
+  for (;;) {
+    const cmd = Atomics.load(ctrl, CTRL_CMD);
+    if (cmd === CMD_STOP) {
+      serial.flush();
+      post({ type: "stopped", outcome: "stopped", detail: "stopped by the VMM", stats: dispatcher.stats });
+      return;
+    }
+    if (cmd === CMD_PAUSE) {
+      Atomics.wait(ctrl, CTRL_CMD, CMD_PAUSE);
+      continue;
+    }
+    const exit = vcpu.runOnce();
+    if (exit.kind === "interrupted") vcpu.run.immediateExit = false;
+    const action = dispatcher.dispatch(exit);
+    if (action.kind === "stop") {
+      serial.flush();
+      post({ type: "stopped", outcome: action.outcome, code: action.code, detail: action.detail, stats: dispatcher.stats });
+      return;
+    }
+  }
+}
+
+try {
+  main();
+} catch (e) {
+  post({
+    type: "error",
+    code: isGuardvisorError(e) ? e.code : "INTERNAL",
+    message: e instanceof Error ? e.message : String(e),
+  });
+}

@@ -1,0 +1,23 @@
+/**
+ * Test support: KVM tests run only where /dev/kvm is usable, and say so loudly
+ * when they cannot.
+ */
+import { accessSync, constants, existsSync } from "node:fs";
+
+export function kvmSkipReason(): string | undefined {
+  if (!existsSync("/dev/kvm")) return "/dev/kvm does not exist";
+  try {
+    accessSync("/dev/kvm", constants.R_OK | constants.W_OK);
+  } catch {
+    return "/dev/kvm is not accessible";
+  }
+  return undefined;
+}
+
+const reason = kvmSkipReason();
+if (reason) {
+  process.stderr.write(`\n!!!!! KVM TESTS SKIPPED: ${reason}. These tests did NOT run. !!!!!\n\n`);
+}
+
+/** Pass as the `skip` option of a KVM test: false when KVM works, else the reason. */
+export const skipWithoutKvm: string | false = reason ? `SKIPPED, no KVM: ${reason}` : false;
