@@ -30,7 +30,8 @@ function structToC(s: StructLayout): string {
   for (const f of s.fields) {
     const arr = f.count > 1 ? `[${f.count}]` : "";
     const doc = f.doc ? ` /* ${f.doc} */` : "";
-    lines.push(`    ${C_TYPE[f.type]} ${f.name}${arr};${doc}`);
+    const type = typeof f.type === "string" ? C_TYPE[f.type] : `struct ${f.type.cName}`;
+    lines.push(`    ${type} ${f.name}${arr};${doc}`);
   }
   lines.push("};");
   lines.push(`_Static_assert(sizeof(struct ${s.cName}) == ${s.size}, "${s.cName} size");`);

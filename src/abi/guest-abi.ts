@@ -51,6 +51,29 @@ export const ABI_CONSTANTS = {
   // Context-record magic/version.
   CTX_MAGIC: 0x31585443, // "CTX1"
   CTX_VERSION: 1,
+
+  // Inter-domain communication (IDC) region, mapped into the health VM.
+  IDC_MAGIC: 0x43495647, // "GVIC"
+  IDC_VERSION: 1,
+  IDC_HEADER_SIZE: 0x1000,
+  IDC_SLOTS: 16, // request/response slots per guest
+  IDC_MAX_GUESTS: 16,
+  HM_STATE_BOOTING: 0,
+  HM_STATE_READY: 1,
+
+  // Fault injection into the health VM (tests and demos).
+  INJECT_NONE: 0,
+  INJECT_CRASH: 1,
+  INJECT_HANG: 2,
+  INJECT_GARBAGE: 3,
+  INJECT_SLOW: 4,
+
+  // Compiled rule table.
+  RULES_MAGIC: 0x54525647, // "GVRT"
+  RULES_VERSION: 1,
+  RULES_MAX: 128,
+  RULE_MATCH_MSR: 1,
+  RULE_DEFAULT: 0xffffffff, // rule index reported when no rule matched
 } as const;
 
 /** Event kinds in a context record. Stable numbers: they appear in the rule table. */
@@ -77,20 +100,24 @@ export const VERDICTS = {
 } as const;
 export type Verdict = keyof typeof VERDICTS;
 
-export const BOOT_INFO = defineStruct("gv_boot_info", "Boot information; RDI holds its guest-physical address at entry.", [
-  { name: "magic", type: "u32", doc: "GV_BOOT_MAGIC" },
-  { name: "version", type: "u32", doc: "GV_BOOT_VERSION" },
-  { name: "mem_size", type: "u64", doc: "bytes of guest RAM, identity-mapped from 0" },
-  { name: "cmdline_gpa", type: "u64", doc: "NUL-terminated command line" },
-  { name: "cmdline_len", type: "u32", doc: "length without the NUL" },
-  { name: "role", type: "u32", doc: "GV_ROLE_GUEST or GV_ROLE_HM" },
-  { name: "pml4_gpa", type: "u64", doc: "the boot page tables (CR3)" },
-  { name: "pt_low_gpa", type: "u64", doc: "the 4 KiB page table mapping the first 2 MiB" },
-  { name: "idc_gpa", type: "u64", doc: "IDC region, 0 when absent" },
-  { name: "idc_size", type: "u64" },
-  { name: "vm_id", type: "u32" },
-  { name: "flags", type: "u32" },
-]);
+export const BOOT_INFO = defineStruct(
+  "gv_boot_info",
+  "Boot information; RDI holds its guest-physical address at entry.",
+  [
+    { name: "magic", type: "u32", doc: "GV_BOOT_MAGIC" },
+    { name: "version", type: "u32", doc: "GV_BOOT_VERSION" },
+    { name: "mem_size", type: "u64", doc: "bytes of guest RAM, identity-mapped from 0" },
+    { name: "cmdline_gpa", type: "u64", doc: "NUL-terminated command line" },
+    { name: "cmdline_len", type: "u32", doc: "length without the NUL" },
+    { name: "role", type: "u32", doc: "GV_ROLE_GUEST or GV_ROLE_HM" },
+    { name: "pml4_gpa", type: "u64", doc: "the boot page tables (CR3)" },
+    { name: "pt_low_gpa", type: "u64", doc: "the 4 KiB page table mapping the first 2 MiB" },
+    { name: "idc_gpa", type: "u64", doc: "IDC region, 0 when absent" },
+    { name: "idc_size", type: "u64" },
+    { name: "vm_id", type: "u32" },
+    { name: "flags", type: "u32" },
+  ],
+);
 
 /**
  * The exception context record: everything the VMM captured about one event,
@@ -151,4 +178,80 @@ export const REG_NAMES = [
 ] as const;
 export type RegName = (typeof REG_NAMES)[number];
 
-export const SHARED_STRUCTS = [BOOT_INFO, CONTEXT_RECORD] as const;
+/** The IDC region header (offset 0 of the region). */
+export const IDC_HEADER = defineStruct("gv_idc_header", "IDC region header, written by the VMM unless noted.", [
+  { name: "magic", type: "u32", doc: "GV_IDC_MAGIC" },
+  { name: "version", type: "u32" },
+  { name: "nguests", type: "u32" },
+  { name: "nslots", type: "u32", doc: "slots per ring (a power of two)" },
+  { name: "guest_block_offset", type: "u32", doc: "from the region start" },
+  { name: "guest_block_size", type: "u32" },
+  { name: "inject_mode", type: "u32", doc: "GV_INJECT_*" },
+  { name: "inject_at", type: "u32", doc: "misbehave at this request number (1-based)" },
+  { name: "inject_slow_us", type: "u32", doc: "delay for GV_INJECT_SLOW" },
+  { name: "hm_state", type: "u32", doc: "written by the health VM: GV_HM_STATE_*" },
+  { name: "hm_requests", type: "u64", doc: "written by the health VM: requests answered" },
+  { name: "hm_current_guest", type: "u32", doc: "written by the health VM: guest being served" },
+  { name: "hm_busy", type: "u32", doc: "written by the health VM: 1 while evaluating" },
+  { name: "hm_current_seq", type: "u64", doc: "written by the health VM: request being evaluated" },
+  { name: "hm_heartbeat", type: "u64", doc: "written by the health VM: bumped by its engine loop" },
+]);
+
+/** Per-guest ring control, at the start of each guest block. */
+export const IDC_GUEST_CTL = defineStruct("gv_idc_guest_ctl", "Per-guest IDC ring control.", [
+  { name: "req_published", type: "u64", doc: "VMM: highest request seq published" },
+  { name: "req_consumed", type: "u64", doc: "health VM: highest request seq taken" },
+  { name: "resp_published", type: "u64", doc: "health VM: highest request seq answered" },
+  { name: "req_offset", type: "u32", doc: "request slots, from the guest block start" },
+  { name: "resp_offset", type: "u32", doc: "response slots, from the guest block start" },
+  { name: "rules_offset", type: "u32", doc: "rule table, from the guest block start" },
+  { name: "rules_size", type: "u32" },
+  { name: "pad", type: "u64", count: 3 },
+]);
+
+export const IDC_REQUEST = defineStruct("gv_idc_request", "A request slot: one event to decide.", [
+  { name: "seq", type: "u64", doc: "request sequence number (per guest, from 1); written last" },
+  { name: "guest", type: "u32" },
+  { name: "flags", type: "u32" },
+  { name: "ctx", type: CONTEXT_RECORD },
+]);
+
+export const IDC_RESPONSE = defineStruct("gv_idc_response", "A response slot: the verdict for one request.", [
+  { name: "seq", type: "u64", doc: "the request answered; written last" },
+  { name: "verdict", type: "u32", doc: "GV_VERDICT_*" },
+  { name: "rule", type: "u32", doc: "matching rule index, or GV_RULE_DEFAULT" },
+  { name: "flags", type: "u32" },
+  { name: "check", type: "u32", doc: "seq ^ verdict ^ rule ^ 0x5a5a5a5a (low 32 bits)" },
+]);
+
+/** The compiled rule table both deciders load. */
+export const RULE_TABLE_HEADER = defineStruct("gv_rule_table", "Compiled policy: header, then nrules rules.", [
+  { name: "magic", type: "u32", doc: "GV_RULES_MAGIC" },
+  { name: "version", type: "u32", doc: "GV_RULES_VERSION" },
+  { name: "nrules", type: "u32" },
+  { name: "policy_hash", type: "u32", doc: "identifies the policy the table was compiled from" },
+  { name: "defaults", type: "u8", count: 8, doc: "verdict per event kind number when no rule matches" },
+]);
+
+export const RULE = defineStruct("gv_rule", "One compiled rule; the first match in order wins.", [
+  { name: "kind_mask", type: "u32", doc: "bit (1 << GV_EVENT_*)" },
+  { name: "vector_mask", type: "u32", doc: "bit per vector 0..31" },
+  { name: "cpl_mask", type: "u32", doc: "bit per CPL 0..3" },
+  { name: "flags", type: "u32", doc: "GV_RULE_MATCH_MSR" },
+  { name: "msr", type: "u32" },
+  { name: "verdict", type: "u32" },
+  { name: "region_mask", type: "u64", doc: "bit per region id 1..63; 0 = any" },
+  { name: "rip_from", type: "u64" },
+  { name: "rip_to", type: "u64", doc: "exclusive" },
+]);
+
+export const SHARED_STRUCTS = [
+  BOOT_INFO,
+  CONTEXT_RECORD,
+  IDC_HEADER,
+  IDC_GUEST_CTL,
+  IDC_REQUEST,
+  IDC_RESPONSE,
+  RULE_TABLE_HEADER,
+  RULE,
+] as const;

@@ -9,7 +9,8 @@ export type ScalarType = "u8" | "u16" | "u32" | "u64";
 
 export interface FieldSpec {
   readonly name: string;
-  readonly type: ScalarType;
+  /** A scalar, or a nested struct. */
+  readonly type: ScalarType | StructLayout;
   /** Array length; 1 for a scalar. */
   readonly count?: number;
   readonly doc?: string;
@@ -17,7 +18,7 @@ export interface FieldSpec {
 
 export interface Field {
   readonly name: string;
-  readonly type: ScalarType;
+  readonly type: ScalarType | StructLayout;
   readonly count: number;
   readonly offset: number;
   readonly size: number;
@@ -28,6 +29,8 @@ export interface StructLayout {
   readonly cName: string;
   readonly doc: string;
   readonly size: number;
+  /** The largest member alignment. */
+  readonly align: number;
   readonly fields: readonly Field[];
   readonly byName: ReadonlyMap<string, Field>;
   /** Offset of a named field; throws on an unknown name (a programming error). */
@@ -45,11 +48,12 @@ export function defineStruct(cName: string, doc: string, specs: readonly FieldSp
   let maxAlign = 1;
   const fields: Field[] = [];
   for (const s of specs) {
-    const elem = SCALAR_SIZE[s.type];
+    const elem = typeof s.type === "string" ? SCALAR_SIZE[s.type] : s.type.size;
+    const align = typeof s.type === "string" ? elem : s.type.align;
     const count = s.count ?? 1;
     if (!Number.isInteger(count) || count < 1) throw new RangeError(`${cName}.${s.name}: bad count`);
-    offset = alignUp(offset, elem);
-    maxAlign = Math.max(maxAlign, elem);
+    offset = alignUp(offset, align);
+    maxAlign = Math.max(maxAlign, align);
     fields.push({ name: s.name, type: s.type, count, offset, size: elem * count, doc: s.doc });
     offset += elem * count;
   }
@@ -60,6 +64,7 @@ export function defineStruct(cName: string, doc: string, specs: readonly FieldSp
     cName,
     doc,
     size,
+    align: maxAlign,
     fields,
     byName,
     offset(name: string): number {
@@ -77,7 +82,7 @@ export function alignUp(value: number, align: number): number {
 /** Read a scalar field of `layout` from `view` at `base`. u64 fields are returned as bigint. */
 export function readField(view: DataView, base: number, layout: StructLayout, name: string): number | bigint {
   const f = layout.byName.get(name);
-  if (!f) throw new RangeError(`${layout.cName} has no field ${name}`);
+  if (!f || typeof f.type !== "string") throw new RangeError(`${layout.cName} has no scalar field ${name}`);
   return readScalar(view, base + f.offset, f.type);
 }
 

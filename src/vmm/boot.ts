@@ -2,7 +2,7 @@
  * The guest boot ABI (docs/guest-abi.md): the boot area the VMM writes into
  * guest RAM before the first instruction, and the initial vCPU state.
  */
-import { ABI_CONSTANTS as C, BOOT_INFO } from "../abi/guest-abi.js";
+import { BOOT_INFO, ABI_CONSTANTS as C } from "../abi/guest-abi.js";
 import { writeScalar } from "../abi/layout.js";
 import { configError } from "../errors.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
@@ -88,7 +88,7 @@ export function writeBootArea(mem: GuestMemory, p: BootParams): void {
   const v = new DataView(info.buffer, info.byteOffset, info.byteLength);
   const set = (name: string, value: number | bigint) => {
     const f = BOOT_INFO.byName.get(name);
-    if (!f) throw new Error(`boot info has no field ${name}`);
+    if (!f || typeof f.type !== "string") throw new Error(`boot info has no scalar field ${name}`);
     writeScalar(v, f.offset, f.type, value);
   };
   set("magic", C.BOOT_MAGIC);
