@@ -58,6 +58,7 @@ export const ABI_CONSTANTS = {
   IDC_HEADER_SIZE: 0x1000,
   IDC_SLOTS: 16, // request/response slots per guest
   IDC_MAX_GUESTS: 16,
+  IDC_REQ_WITHDRAWN: 1, // request flag: settled by the VMM; skip it without answering
   HM_STATE_BOOTING: 0,
   HM_STATE_READY: 1,
 

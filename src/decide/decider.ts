@@ -5,6 +5,7 @@
 import type { ContextRecord } from "../vmm/context.js";
 import { type Decision, evaluate } from "./evaluate.js";
 import type { CompiledPolicy } from "./policy.js";
+import { decodeRuleTable } from "./rule-table.js";
 
 export const DECIDERS = ["vmm"] as const;
 export type DeciderName = (typeof DECIDERS)[number];
@@ -19,9 +20,14 @@ export interface Decider {
   decide(ctx: ContextRecord): DecisionResult;
 }
 
+/** The in-VMM decider: evaluates the binary rule table on the vCPU's thread. */
 export class VmmDecider implements Decider {
   readonly name = "vmm" as const;
-  constructor(private readonly policy: CompiledPolicy) {}
+  private readonly policy: CompiledPolicy;
+  constructor(policy: CompiledPolicy) {
+    // Evaluate what the table says, exactly as the health VM will read it.
+    this.policy = { ...policy, ...decodeRuleTable(policy.table) };
+  }
   decide(ctx: ContextRecord): DecisionResult {
     return { ...evaluate(this.policy, ctx), decidedBy: "vmm" };
   }

@@ -6,6 +6,7 @@
 import { EVENT_KINDS, type EventKind, type Verdict } from "../abi/guest-abi.js";
 import { configError } from "../errors.js";
 import type { ProtectedRegion } from "../vmm/protection.js";
+import { encodeRuleTable } from "./rule-table.js";
 
 export interface PolicyRule {
   name: string;
@@ -55,13 +56,13 @@ export const DEFAULT_POLICY: Policy = {
   defaults: FAILSAFE_DEFAULTS,
 };
 
-/** A rule in numeric form: what both deciders evaluate. */
+/** A rule in numeric form (the `gv_rule` layout): what both deciders evaluate. */
 export interface CompiledRule {
   index: number;
   /** Bit (1 << kind number) per matching event kind. */
   kindMask: number;
-  /** Region ids (1-based); empty = any. */
-  regionIds: number[];
+  /** Bit per region id 1..63; 0n = any. */
+  regionMask: bigint;
   /** Bit per vector 0..31; 0xffffffff = any. */
   vectorMask: number;
   /** Bit per CPL 0..3; 0xf = any. */
@@ -73,8 +74,13 @@ export interface CompiledRule {
   verdict: Verdict;
 }
 
+/** Region ids fit a 64-bit mask (bit 0 unused). */
+export const MAX_REGIONS = 63;
+
 export interface CompiledPolicy {
   name: string;
+  /** The binary rule table (rule-table.ts): what both deciders load. */
+  table: Uint8Array;
   rules: CompiledRule[];
   /** Rule names and reasons, by rule index (kept host-side for the audit). */
   names: string[];
@@ -86,15 +92,20 @@ const ALL_KINDS = Object.values(EVENT_KINDS).reduce((m, k) => m | (1 << k), 0);
 
 export function compilePolicy(p: Policy, regions: readonly ProtectedRegion[]): CompiledPolicy {
   const rules = p.rules.map((r, index): CompiledRule => {
-    const regionIds = (r.regions ?? []).map((name) => {
+    let regionMask = 0n;
+    for (const name of r.regions ?? []) {
       const found = regions.filter((g) => g.name === name);
       if (found.length === 0) throw configError(`rules[${index}].regions`, `no protected region named ${name}`);
-      return found.map((g) => g.id);
-    });
+      for (const g of found) {
+        if (g.id > MAX_REGIONS)
+          throw configError(`rules[${index}].regions`, `region ${name} has id ${g.id} > ${MAX_REGIONS}`);
+        regionMask |= 1n << BigInt(g.id);
+      }
+    }
     return {
       index,
       kindMask: r.kinds ? r.kinds.reduce((m, k) => m | (1 << EVENT_KINDS[k]), 0) : ALL_KINDS,
-      regionIds: regionIds.flat(),
+      regionMask,
       vectorMask: r.vectors ? r.vectors.reduce((m, v) => (m | (1 << v)) >>> 0, 0) : 0xffffffff,
       cplMask: r.cpl ? r.cpl.reduce((m, c) => m | (1 << c), 0) : 0xf,
       ripFrom: BigInt(r.rip?.from ?? 0),
@@ -105,6 +116,7 @@ export function compilePolicy(p: Policy, regions: readonly ProtectedRegion[]): C
   });
   return {
     name: p.name,
+    table: encodeRuleTable({ rules, defaults: p.defaults }),
     rules,
     names: p.rules.map((r) => r.name),
     reasons: p.rules.map((r) => r.reason),

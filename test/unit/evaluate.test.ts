@@ -38,8 +38,22 @@ describe("policy evaluation", () => {
       name: "t",
       defaults: FAILSAFE_DEFAULTS,
       rules: [
-        { name: "patcher", kinds: ["protected-write"], regions: [".text"], rip: { from: 0x100100, to: 0x100200 }, verdict: "allow", reason: "patch site" },
-        { name: "ring3-pf", kinds: ["cpu-exception"], vectors: [14], cpl: [3], verdict: "kill-task", reason: "user fault" },
+        {
+          name: "patcher",
+          kinds: ["protected-write"],
+          regions: [".text"],
+          rip: { from: 0x100100, to: 0x100200 },
+          verdict: "allow",
+          reason: "patch site",
+        },
+        {
+          name: "ring3-pf",
+          kinds: ["cpu-exception"],
+          vectors: [14],
+          cpl: [3],
+          verdict: "kill-task",
+          reason: "user fault",
+        },
         { name: "lstar", kinds: ["msr-write"], msr: 0xc0000082, verdict: "deny-fault", reason: "syscall msr" },
         { name: "rodata", regions: [".rodata"], verdict: "log", reason: "audit" },
       ],
@@ -75,10 +89,15 @@ describe("policy evaluation", () => {
     assert.throws(
       () =>
         compilePolicy(
-          { name: "x", defaults: FAILSAFE_DEFAULTS, rules: [{ name: "r", regions: [".nope"], verdict: "deny", reason: "" }] },
+          {
+            name: "x",
+            defaults: FAILSAFE_DEFAULTS,
+            rules: [{ name: "r", regions: [".nope"], verdict: "deny", reason: "" }],
+          },
           regions,
         ),
-      (e: unknown) => e instanceof GuardvisorError && e.code === "CONFIG_INVALID" && /rules\[0\]\.regions.*\.nope/.test(e.message),
+      (e: unknown) =>
+        e instanceof GuardvisorError && e.code === "CONFIG_INVALID" && /rules\[0\]\.regions.*\.nope/.test(e.message),
     );
   });
 });

@@ -1,0 +1,250 @@
+/**
+ * The VMM's side of the IDC rings (DESIGN.md, IDC). Requests carry the full
+ * context record; the health VM answers in response slots. Every response is
+ * validated before use: right sequence number, a request we actually sent,
+ * a verdict in range, a known rule, and the check word.
+ *
+ * Publication order: slot contents first, the slot's `seq` last (an atomic
+ * store), then the ring's `req_published`; the reader does the reverse.
+ */
+import {
+  ABI_CONSTANTS as C,
+  IDC_GUEST_CTL,
+  IDC_HEADER,
+  IDC_REQUEST,
+  IDC_RESPONSE,
+  VERDICTS,
+  type Verdict,
+} from "../abi/guest-abi.js";
+import { GuardvisorError } from "../errors.js";
+import { type ContextRecord, encodeContext } from "../vmm/context.js";
+import type { IdcLayout } from "./layout.js";
+
+const VERDICT_BY_NUMBER = new Map<number, Verdict>(Object.entries(VERDICTS).map(([k, v]) => [v, k as Verdict]));
+const HDR = (n: string) => IDC_HEADER.offset(n);
+const CTL = (n: string) => IDC_GUEST_CTL.offset(n);
+const REQ = (n: string) => IDC_REQUEST.offset(n);
+const RESP = (n: string) => IDC_RESPONSE.offset(n);
+
+export type ResponseState =
+  | { state: "pending" }
+  | { state: "answered"; verdict: Verdict; rule: number }
+  | { state: "invalid"; why: string };
+
+export function responseCheck(seq: bigint, verdict: number, rule: number): number {
+  return (Number(seq & 0xffffffffn) ^ verdict ^ rule ^ 0x5a5a5a5a) >>> 0;
+}
+
+export interface InjectSpec {
+  mode: number;
+  at: number;
+  slowUs: number;
+}
+
+/** The whole IDC region as the VMM sees it. */
+export class IdcRegion {
+  readonly bytes: Uint8Array;
+  readonly view: DataView;
+  /** For atomic 64-bit loads and stores (offsets are 8-aligned). */
+  readonly words: BigUint64Array;
+
+  constructor(
+    buffer: ArrayBuffer,
+    readonly layout: IdcLayout,
+  ) {
+    if (buffer.byteLength < layout.size) throw new GuardvisorError("INTERNAL", "IDC buffer smaller than its layout");
+    this.bytes = new Uint8Array(buffer, 0, layout.size);
+    this.view = new DataView(buffer, 0, layout.size);
+    this.words = new BigUint64Array(buffer, 0, layout.size / 8);
+  }
+
+  load64(off: number): bigint {
+    return Atomics.load(this.words, off / 8);
+  }
+
+  store64(off: number, v: bigint): void {
+    Atomics.store(this.words, off / 8, v);
+  }
+
+  blockBase(g: number): number {
+    return this.layout.blockOffset + g * this.layout.blockSize;
+  }
+
+  /** Write the header and every guest's ring control and rule table. */
+  initialize(ruleTables: readonly Uint8Array[], inject: InjectSpec = { mode: C.INJECT_NONE, at: 0, slowUs: 0 }): void {
+    const L = this.layout;
+    if (ruleTables.length !== L.nguests) throw new GuardvisorError("INTERNAL", "one rule table per guest");
+    this.bytes.fill(0);
+    const v = this.view;
+    v.setUint32(HDR("magic"), C.IDC_MAGIC, true);
+    v.setUint32(HDR("version"), C.IDC_VERSION, true);
+    v.setUint32(HDR("nguests"), L.nguests, true);
+    v.setUint32(HDR("nslots"), L.nslots, true);
+    v.setUint32(HDR("guest_block_offset"), L.blockOffset, true);
+    v.setUint32(HDR("guest_block_size"), L.blockSize, true);
+    this.setInject(inject);
+    ruleTables.forEach((t, g) => {
+      if (t.length > L.rulesSize) throw new GuardvisorError("CONFIG_INVALID", "rule table larger than its IDC slot");
+      const b = this.blockBase(g);
+      v.setUint32(b + CTL("req_offset"), L.reqOffset, true);
+      v.setUint32(b + CTL("resp_offset"), L.respOffset, true);
+      v.setUint32(b + CTL("rules_offset"), L.rulesOffset, true);
+      v.setUint32(b + CTL("rules_size"), t.length, true);
+      this.bytes.set(t, b + L.rulesOffset);
+    });
+  }
+
+  setInject(inject: InjectSpec): void {
+    this.view.setUint32(HDR("inject_mode"), inject.mode, true);
+    this.view.setUint32(HDR("inject_at"), inject.at, true);
+    this.view.setUint32(HDR("inject_slow_us"), inject.slowUs, true);
+  }
+
+  /** The health VM's view of itself, for core health management. */
+  hmStatus(): { state: number; busy: boolean; guest: number; seq: bigint; requests: bigint; heartbeat: bigint } {
+    const v = this.view;
+    return {
+      state: Atomics.load(new Uint32Array(this.bytes.buffer, this.bytes.byteOffset + HDR("hm_state"), 1), 0),
+      busy: v.getUint32(HDR("hm_busy"), true) !== 0,
+      guest: v.getUint32(HDR("hm_current_guest"), true),
+      seq: this.load64(HDR("hm_current_seq")),
+      requests: this.load64(HDR("hm_requests")),
+      heartbeat: this.load64(HDR("hm_heartbeat")),
+    };
+  }
+
+  /** Forget what a dead health VM wrote about itself (before a restart). */
+  resetHmState(): void {
+    const v = this.view;
+    v.setUint32(HDR("hm_state"), C.HM_STATE_BOOTING, true);
+    v.setUint32(HDR("hm_busy"), 0, true);
+    v.setUint32(HDR("hm_current_guest"), 0, true);
+    this.store64(HDR("hm_current_seq"), 0n);
+  }
+
+  channel(g: number): IdcChannel {
+    if (!Number.isInteger(g) || g < 0 || g >= this.layout.nguests) {
+      throw new GuardvisorError("INTERNAL", `no IDC channel for guest ${g}`);
+    }
+    return new IdcChannel(this, g);
+  }
+}
+
+/** One guest's request and response rings. */
+export class IdcChannel {
+  private readonly base: number;
+  private readonly nslots: number;
+  private readonly nrules: number;
+  /** Requests sent and not yet finalized (answered, failed safe, or abandoned). */
+  private readonly outstanding = new Set<bigint>();
+  private nextSeq: bigint;
+
+  constructor(
+    private readonly region: IdcRegion,
+    readonly guest: number,
+  ) {
+    this.base = region.blockBase(guest);
+    this.nslots = region.layout.nslots;
+    this.nextSeq = region.load64(this.base + CTL("req_published")) + 1n;
+    const rulesAt = this.base + region.layout.rulesOffset;
+    this.nrules = region.view.getUint32(rulesAt + 8, true);
+  }
+
+  private slot(kind: "req" | "resp", seq: bigint): number {
+    const idx = Number(seq % BigInt(this.nslots));
+    const L = this.region.layout;
+    return kind === "req"
+      ? this.base + L.reqOffset + idx * IDC_REQUEST.size
+      : this.base + L.respOffset + idx * IDC_RESPONSE.size;
+  }
+
+  get published(): bigint {
+    return this.region.load64(this.base + CTL("req_published"));
+  }
+
+  get consumed(): bigint {
+    return this.region.load64(this.base + CTL("req_consumed"));
+  }
+
+  /** True when every slot holds a request the health VM has not taken yet. */
+  get full(): boolean {
+    return this.nextSeq - 1n - this.consumed >= BigInt(this.nslots);
+  }
+
+  /** Publish a request; returns its sequence number, or undefined when the ring is full. */
+  submit(ctx: ContextRecord, flags = 0): bigint | undefined {
+    if (this.full || this.outstanding.size >= this.nslots) return undefined;
+    const seq = this.nextSeq++;
+    const at = this.slot("req", seq);
+    const r = this.region;
+    r.store64(at + REQ("seq"), 0n); // invalidate while writing
+    r.view.setUint32(at + REQ("guest"), this.guest, true);
+    r.view.setUint32(at + REQ("flags"), flags, true);
+    encodeContext(ctx, r.bytes, at + REQ("ctx"));
+    r.store64(at + REQ("seq"), seq);
+    r.store64(this.base + CTL("req_published"), seq);
+    this.outstanding.add(seq);
+    return seq;
+  }
+
+  /** Look for the response to `seq` and validate it. */
+  poll(seq: bigint): ResponseState {
+    if (!this.outstanding.has(seq)) return { state: "invalid", why: `request ${seq} is not outstanding` };
+    const r = this.region;
+    const publishedResp = r.load64(this.base + CTL("resp_published"));
+    if (publishedResp >= this.nextSeq) {
+      return { state: "invalid", why: `response for unknown request ${publishedResp}` };
+    }
+    const at = this.slot("resp", seq);
+    const got = r.load64(at + RESP("seq"));
+    if (got !== seq) {
+      // An older answer still in the slot is normal; anything else is garbage.
+      if (got === 0n || got + BigInt(this.nslots) <= seq) return { state: "pending" };
+      return { state: "invalid", why: `response slot holds seq ${got}, expected ${seq}` };
+    }
+    const vnum = r.view.getUint32(at + RESP("verdict"), true);
+    const rule = r.view.getUint32(at + RESP("rule"), true);
+    const check = r.view.getUint32(at + RESP("check"), true);
+    if (check !== responseCheck(seq, vnum, rule)) return { state: "invalid", why: `bad check word for request ${seq}` };
+    const verdict = VERDICT_BY_NUMBER.get(vnum);
+    if (!verdict) return { state: "invalid", why: `verdict ${vnum} out of range` };
+    if (rule !== C.RULE_DEFAULT && rule >= this.nrules) {
+      return { state: "invalid", why: `rule ${rule} out of range (${this.nrules} rules)` };
+    }
+    return { state: "answered", verdict, rule };
+  }
+
+  /** The request is settled (answered or failed safe): stop accepting answers for it. */
+  finalize(seq: bigint): void {
+    this.outstanding.delete(seq);
+  }
+
+  /** Requests sent and not finalized, oldest first. */
+  inFlight(): bigint[] {
+    return [...this.outstanding].sort((a, b) => (a < b ? -1 : 1));
+  }
+
+  /**
+   * Before a restarted health VM starts: make it take every request from
+   * `fromSeq` on again (the ones that were in flight), and clear stale answers.
+   */
+  rewindTo(fromSeq: bigint): void {
+    const r = this.region;
+    for (let s = fromSeq; s < this.nextSeq; s++) r.store64(this.slot("resp", s) + RESP("seq"), 0n);
+    r.store64(this.base + CTL("req_consumed"), fromSeq - 1n);
+    r.store64(this.base + CTL("resp_published"), fromSeq - 1n);
+  }
+
+  /**
+   * Withdraw a request that must not be re-sent (it is settled by a fail-safe
+   * verdict, e.g. the one that crashed the health VM): the engine skips it.
+   */
+  withdraw(seq: bigint): void {
+    this.finalize(seq);
+    const at = this.slot("req", seq);
+    if (this.region.load64(at + REQ("seq")) === seq) {
+      const flags = this.region.view.getUint32(at + REQ("flags"), true);
+      this.region.view.setUint32(at + REQ("flags"), flags | C.IDC_REQ_WITHDRAWN, true);
+    }
+  }
+}
