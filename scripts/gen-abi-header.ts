@@ -2,7 +2,7 @@
  * Generates the C header for guest code from src/abi/guest-abi.ts.
  * Usage: node dist/scripts/gen-abi-header.js OUT.h   (or no argument: stdout)
  */
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { pathToFileURL } from "node:url";
 import {
@@ -72,7 +72,8 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   const text = generateAbiHeader();
   if (target) {
     mkdirSync(dirname(target), { recursive: true });
-    writeFileSync(target, text);
+    // Keep the file (and what depends on it) untouched when nothing changed.
+    if (!existsSync(target) || readFileSync(target, "utf8") !== text) writeFileSync(target, text);
   } else {
     process.stdout.write(text);
   }

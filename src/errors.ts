@@ -43,5 +43,4 @@ export function isGuardvisorError(e: unknown): e is GuardvisorError {
 
 /** Shorthand constructors used at layer edges. */
 export const elfError = (msg: string) => new GuardvisorError("ELF_INVALID", msg);
-export const configError = (field: string, msg: string) =>
-  new GuardvisorError("CONFIG_INVALID", `${field}: ${msg}`);
+export const configError = (field: string, msg: string) => new GuardvisorError("CONFIG_INVALID", `${field}: ${msg}`);

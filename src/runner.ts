@@ -89,7 +89,9 @@ export async function runGuest(opts: RunOptions): Promise<RunReport> {
   const memSize = validateMemMiB(opts.memMiB ?? DEFAULT_MEM_MIB);
   const kernelPath = opts.kernelPath ?? defaultKernelPath();
   const kernel = readKernel(kernelPath);
-  const cmdline = [scenario ? `scenario=${scenario.name}` : "", "role=guest", opts.cmdline ?? ""].filter(Boolean).join(" ");
+  const cmdline = [scenario ? `scenario=${scenario.name}` : "", "role=guest", opts.cmdline ?? ""]
+    .filter(Boolean)
+    .join(" ");
   const decider = opts.decider ?? "vmm";
 
   const kvm = Kvm.open(opts.kvmPath);
@@ -127,7 +129,13 @@ export async function runGuest(opts: RunOptions): Promise<RunReport> {
     const stop = await built.runToEnd(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     const integrity = built.integrity();
     const outcome: GuestOutcome =
-      stop.outcome === "exit" ? "completed" : stop.outcome === "crash" ? "crashed" : stop.outcome === "restart" ? "restarted" : "halted";
+      stop.outcome === "exit"
+        ? "completed"
+        : stop.outcome === "crash"
+          ? "crashed"
+          : stop.outcome === "restart"
+            ? "restarted"
+            : "halted";
     const summary: RunSummary = {
       scenario: scenario?.name ?? "custom",
       decider,
@@ -137,7 +145,9 @@ export async function runGuest(opts: RunOptions): Promise<RunReport> {
       events,
     };
     const result = parseResultLine(built.serial);
-    const detail = stop.timedOut ? `stopped after the ${opts.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms time limit` : stop.detail;
+    const detail = stop.timedOut
+      ? `stopped after the ${opts.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms time limit`
+      : stop.detail;
     return {
       summary,
       detail,
@@ -173,7 +183,9 @@ export function checkScenario(s: Scenario, sum: RunSummary, result: Record<strin
       (e) => e.kind === want.kind && e.verdict === want.verdict && (!want.region || e.region === want.region),
     ).length;
     if (n < want.min) {
-      problems.push(`${n} ${want.kind} events with verdict ${want.verdict}${want.region ? ` in ${want.region}` : ""}, expected at least ${want.min}`);
+      problems.push(
+        `${n} ${want.kind} events with verdict ${want.verdict}${want.region ? ` in ${want.region}` : ""}, expected at least ${want.min}`,
+      );
     }
   }
   return problems;

@@ -60,7 +60,10 @@ export function parseResultLine(lines: readonly string[]): Record<string, string
     const at = line.indexOf("GV-RESULT ");
     if (at < 0) continue;
     const out: Record<string, string> = {};
-    for (const tok of line.slice(at + 10).trim().split(/\s+/)) {
+    for (const tok of line
+      .slice(at + 10)
+      .trim()
+      .split(/\s+/)) {
       const eq = tok.indexOf("=");
       if (eq > 0) out[tok.slice(0, eq)] = tok.slice(eq + 1);
     }

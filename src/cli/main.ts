@@ -66,7 +66,9 @@ function printReadable(r: RunReport): void {
     out.write(`result: ${pairs}\n`);
   }
   if (s.scenario !== "custom") {
-    out.write(r.problems.length === 0 ? "check: pass\n" : `check: FAIL\n${r.problems.map((p) => `  - ${p}\n`).join("")}`);
+    out.write(
+      r.problems.length === 0 ? "check: pass\n" : `check: FAIL\n${r.problems.map((p) => `  - ${p}\n`).join("")}`,
+    );
   }
 }
 
@@ -136,7 +138,9 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option("--json", "print them as JSON")
     .action((flags: { json?: boolean }) => {
       if (flags.json) {
-        process.stdout.write(`${JSON.stringify(SCENARIOS.map((s) => ({ name: s.name, description: s.description })))}\n`);
+        process.stdout.write(
+          `${JSON.stringify(SCENARIOS.map((s) => ({ name: s.name, description: s.description })))}\n`,
+        );
       } else {
         const width = Math.max(...SCENARIOS.map((s) => s.name.length));
         for (const s of SCENARIOS) process.stdout.write(`${s.name.padEnd(width)}  ${s.description}\n`);

@@ -53,7 +53,9 @@ export class Serial implements PortDevice {
   /** Emit a partial line (at the end of a run). */
   flush(): void {
     if (this.line.length === 0) return;
-    const text = Buffer.from(this.line).toString("latin1").replace(/[^\x20-\x7e\t]/g, "?");
+    const text = Buffer.from(this.line)
+      .toString("latin1")
+      .replace(/[^\x20-\x7e\t]/g, "?");
     this.line = [];
     this.onLine(text);
   }

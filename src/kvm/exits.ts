@@ -133,7 +133,9 @@ export class RunPage {
         const gpa = Number(v.getBigUint64(o.mmioAddr, true));
         const len = Math.min(8, v.getUint32(o.mmioLen, true));
         const data = this.bytes.subarray(o.mmioData, o.mmioData + len);
-        return v.getUint8(o.mmioIsWrite) ? { kind: "mmio-write", gpa, len, data } : { kind: "mmio-read", gpa, len, data };
+        return v.getUint8(o.mmioIsWrite)
+          ? { kind: "mmio-write", gpa, len, data }
+          : { kind: "mmio-read", gpa, len, data };
       }
       case k.HLT:
         return { kind: "hlt" };

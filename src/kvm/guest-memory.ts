@@ -56,9 +56,7 @@ export class GuestMemory {
 
   /** True when [gpa, gpa+len) lies inside guest RAM. */
   contains(gpa: number, len: number): boolean {
-    return (
-      Number.isSafeInteger(gpa) && Number.isSafeInteger(len) && gpa >= 0 && len >= 0 && gpa <= this.size - len
-    );
+    return Number.isSafeInteger(gpa) && Number.isSafeInteger(len) && gpa >= 0 && len >= 0 && gpa <= this.size - len;
   }
 
   /** Throw GUEST_MEMORY_BOUNDS unless [gpa, gpa+len) lies inside guest RAM. */

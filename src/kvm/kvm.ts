@@ -2,7 +2,7 @@
  * Typed KVM objects mirroring the three fd levels: Kvm (/dev/kvm) → Vm → Vcpu.
  * Methods are named after their ioctls; they hold no policy.
  */
-import { accessSync, constants as fsConstants, existsSync } from "node:fs";
+import { accessSync, existsSync, constants as fsConstants } from "node:fs";
 import { GuardvisorError } from "../errors.js";
 import { RunPage, type VcpuExit } from "./exits.js";
 import { K, kernelLayout, type MsrFilterRange, native, wrapNative } from "./native.js";

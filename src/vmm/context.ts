@@ -3,13 +3,7 @@
  * happens, encoded in the shared binary layout (src/abi/guest-abi.ts) that
  * deciders and the audit log use.
  */
-import {
-  ABI_CONSTANTS,
-  CONTEXT_RECORD,
-  EVENT_KINDS,
-  type EventKind,
-  REG_NAMES,
-} from "../abi/guest-abi.js";
+import { ABI_CONSTANTS, CONTEXT_RECORD, EVENT_KINDS, type EventKind, REG_NAMES } from "../abi/guest-abi.js";
 import { GuardvisorError } from "../errors.js";
 import { type Regs, zeroRegs } from "../kvm/structs.js";
 
@@ -65,9 +59,7 @@ export function emptyContext(kind: EventKind): ContextRecord {
   };
 }
 
-const KIND_BY_NUMBER = new Map<number, EventKind>(
-  Object.entries(EVENT_KINDS).map(([k, v]) => [v, k as EventKind]),
-);
+const KIND_BY_NUMBER = new Map<number, EventKind>(Object.entries(EVENT_KINDS).map(([k, v]) => [v, k as EventKind]));
 
 const O = (name: string) => CONTEXT_RECORD.offset(name);
 
@@ -116,8 +108,10 @@ export function decodeContext(buf: Uint8Array, at = 0): ContextRecord {
     throw new GuardvisorError("GUEST_FAULT", "context record truncated");
   }
   const v = new DataView(buf.buffer, buf.byteOffset + at, CONTEXT_RECORD.size);
-  if (v.getUint32(O("magic"), true) !== ABI_CONSTANTS.CTX_MAGIC) throw new GuardvisorError("GUEST_FAULT", "context record: bad magic");
-  if (v.getUint32(O("version"), true) !== ABI_CONSTANTS.CTX_VERSION) throw new GuardvisorError("GUEST_FAULT", "context record: unsupported version");
+  if (v.getUint32(O("magic"), true) !== ABI_CONSTANTS.CTX_MAGIC)
+    throw new GuardvisorError("GUEST_FAULT", "context record: bad magic");
+  if (v.getUint32(O("version"), true) !== ABI_CONSTANTS.CTX_VERSION)
+    throw new GuardvisorError("GUEST_FAULT", "context record: unsupported version");
   const kind = KIND_BY_NUMBER.get(v.getUint32(O("kind"), true));
   if (!kind) throw new GuardvisorError("GUEST_FAULT", "context record: unknown event kind");
   const accessLen = v.getUint32(O("access_len"), true);
@@ -126,7 +120,8 @@ export function decodeContext(buf: Uint8Array, at = 0): ContextRecord {
   const big = (name: string) => v.getBigUint64(O(name), true);
   const safe = (name: string) => {
     const x = big(name);
-    if (x > BigInt(Number.MAX_SAFE_INTEGER)) throw new GuardvisorError("GUEST_FAULT", `context record: ${name} out of range`);
+    if (x > BigInt(Number.MAX_SAFE_INTEGER))
+      throw new GuardvisorError("GUEST_FAULT", `context record: ${name} out of range`);
     return Number(x);
   };
   const regs = zeroRegs();

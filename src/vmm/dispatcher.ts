@@ -51,9 +51,7 @@ export interface EventSink {
 
 export type StopOutcome = "exit" | "crash" | "halt" | "restart";
 
-export type ExitAction =
-  | { kind: "continue" }
-  | { kind: "stop"; outcome: StopOutcome; code?: number; detail: string };
+export type ExitAction = { kind: "continue" } | { kind: "stop"; outcome: StopOutcome; code?: number; detail: string };
 
 const CONTINUE: ExitAction = { kind: "continue" };
 

@@ -12,7 +12,7 @@ import { GuestMemory } from "../kvm/guest-memory.js";
 import { type Kvm, releaseVcpu, Vcpu, type VcpuHandle, type Vm } from "../kvm/kvm.js";
 import { bootRegs, bootSregs, writeBootArea } from "./boot.js";
 import type { CapturedEvent } from "./dispatcher.js";
-import { makeRegions, planMemorySlots, ProtectionMap } from "./protection.js";
+import { makeRegions, ProtectionMap, planMemorySlots } from "./protection.js";
 import { type VcpuStop, VcpuThread } from "./vcpu-thread.js";
 
 export interface GuestVmConfig {
@@ -190,7 +190,13 @@ function loadSegments(mem: GuestMemory, image: ElfImage): void {
 /** Back RAM with memory slots: read-only over protected pages. */
 function mapMemory(vm: Vm, mem: GuestMemory, protection: ProtectionMap): void {
   planMemorySlots(mem.size, protection.regions).forEach((s, slot) => {
-    vm.setUserMemoryRegion({ slot, gpa: s.gpa, size: s.size, hostAddr: mem.hostAddressOf(s.gpa), readonly: s.readonly });
+    vm.setUserMemoryRegion({
+      slot,
+      gpa: s.gpa,
+      size: s.size,
+      hostAddr: mem.hostAddressOf(s.gpa),
+      readonly: s.readonly,
+    });
   });
 }
 

@@ -41,7 +41,10 @@ export function makeRegions(list: ReadonlyArray<{ name: string; start: number; e
   const out: ProtectedRegion[] = [];
   sorted.forEach((r, i) => {
     if (!(r.start >= 0 && r.start < r.end && r.end <= memSize)) {
-      throw new GuardvisorError("ELF_LAYOUT", `protected region ${r.name} [0x${r.start.toString(16)}, 0x${r.end.toString(16)}) is not inside guest RAM`);
+      throw new GuardvisorError(
+        "ELF_LAYOUT",
+        `protected region ${r.name} [0x${r.start.toString(16)}, 0x${r.end.toString(16)}) is not inside guest RAM`,
+      );
     }
     const prev = sorted[i - 1];
     if (prev && prev.end > r.start) {
@@ -122,11 +125,17 @@ export class ProtectionMap {
     if (!(gpa >= 0 && len > 0 && gpa + len <= this.memSize)) return { kind: "unbacked" };
     const region = this.regionTouching(gpa, len);
     if (region) return { kind: "protected", region, offset: Math.max(0, gpa - region.start) };
-    return this.isReadOnlyPage(gpa) || this.isReadOnlyPage(gpa + len - 1) ? { kind: "shared-page" } : { kind: "writable" };
+    return this.isReadOnlyPage(gpa) || this.isReadOnlyPage(gpa + len - 1)
+      ? { kind: "shared-page" }
+      : { kind: "writable" };
   }
 
   /** SHA-256 of every region's bytes, in region order. */
   hash(mem: GuestMemory): string[] {
-    return this.regions.map((r) => createHash("sha256").update(mem.slice(r.start, r.end - r.start)).digest("hex"));
+    return this.regions.map((r) =>
+      createHash("sha256")
+        .update(mem.slice(r.start, r.end - r.start))
+        .digest("hex"),
+    );
   }
 }

@@ -5,8 +5,8 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { VmmDecider } from "../decide/decider.js";
-import { DebugExit } from "../devices/debug-exit.js";
 import { IoBus } from "../devices/bus.js";
+import { DebugExit } from "../devices/debug-exit.js";
 import { Hypercalls } from "../devices/hypercall.js";
 import { Serial } from "../devices/serial.js";
 import { isGuardvisorError } from "../errors.js";
@@ -72,7 +72,13 @@ function main(): void {
     const action = dispatcher.dispatch(exit);
     if (action.kind === "stop") {
       serial.flush();
-      post({ type: "stopped", outcome: action.outcome, code: action.code, detail: action.detail, stats: dispatcher.stats });
+      post({
+        type: "stopped",
+        outcome: action.outcome,
+        code: action.code,
+        detail: action.detail,
+        stats: dispatcher.stats,
+      });
       return;
     }
   }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
-import { ABI_CONSTANTS as C, BOOT_INFO } from "../../src/abi/guest-abi.js";
+import { BOOT_INFO, ABI_CONSTANTS as C } from "../../src/abi/guest-abi.js";
 import { readField } from "../../src/abi/layout.js";
 import { GuardvisorError } from "../../src/errors.js";
 import { GuestMemory } from "../../src/kvm/guest-memory.js";
@@ -53,7 +53,10 @@ describe("boot area", () => {
   it("validates memory size and command line", () => {
     assert.equal(validateMemMiB(32), 32 * MIB);
     for (const bad of [0, 2, 3, 31, 4098, 1e9, 1.5]) {
-      assert.throws(() => validateMemMiB(bad), (e: unknown) => e instanceof GuardvisorError && /--mem/.test(e.message));
+      assert.throws(
+        () => validateMemMiB(bad),
+        (e: unknown) => e instanceof GuardvisorError && /--mem/.test(e.message),
+      );
     }
     assert.throws(
       () => writeBootArea(mem, { memSize: mem.size, cmdline: "x".repeat(4000), role: 0, vmId: 0 }),
@@ -75,7 +78,10 @@ describe("guest memory bounds", () => {
       [0.5, 1],
       [Number.NaN, 1],
     ] as const) {
-      assert.throws(() => mem.slice(gpa, len), (e: unknown) => e instanceof GuardvisorError && e.code === "GUEST_MEMORY_BOUNDS");
+      assert.throws(
+        () => mem.slice(gpa, len),
+        (e: unknown) => e instanceof GuardvisorError && e.code === "GUEST_MEMORY_BOUNDS",
+      );
     }
     assert.throws(() => mem.readU64(n - 4), GuardvisorError);
     assert.throws(() => mem.write(n - 1, Uint8Array.of(1, 2)), GuardvisorError);

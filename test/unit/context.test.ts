@@ -59,7 +59,10 @@ describe("context record", () => {
     const bad = (mutate: (v: DataView) => void, why: RegExp) => {
       const b = good.slice();
       mutate(new DataView(b.buffer));
-      assert.throws(() => decodeContext(b), (e: unknown) => e instanceof GuardvisorError && why.test(e.message));
+      assert.throws(
+        () => decodeContext(b),
+        (e: unknown) => e instanceof GuardvisorError && why.test(e.message),
+      );
     };
     bad((v) => v.setUint32(0, 0), /magic/);
     bad((v) => v.setUint32(CONTEXT_RECORD.offset("version"), 99, true), /version/);

@@ -19,12 +19,38 @@ after(() => mem.release());
 const regions = makeRegions([{ name: ".text", start: 0x100000, end: 0x100800 }], MEM);
 
 function sregs(cpl: number): Sregs {
-  const seg = { base: 0n, limit: 0, selector: 0, type: 0, present: 1, dpl: 0, db: 0, s: 1, l: 0, g: 0, avl: 0, unusable: 0 };
+  const seg = {
+    base: 0n,
+    limit: 0,
+    selector: 0,
+    type: 0,
+    present: 1,
+    dpl: 0,
+    db: 0,
+    s: 1,
+    l: 0,
+    g: 0,
+    avl: 0,
+    unusable: 0,
+  };
   return {
     cs: { ...seg, selector: cpl === 3 ? 0x23 : 0x08 },
-    ds: seg, es: seg, fs: seg, gs: seg, ss: seg, tr: seg, ldt: seg,
-    gdt: { base: 0n, limit: 0 }, idt: { base: 0n, limit: 0 },
-    cr0: 0x80050033n, cr2: 0n, cr3: 0x1000n, cr4: 0x620n, cr8: 0n, efer: 0xd01n, apicBase: 0n,
+    ds: seg,
+    es: seg,
+    fs: seg,
+    gs: seg,
+    ss: seg,
+    tr: seg,
+    ldt: seg,
+    gdt: { base: 0n, limit: 0 },
+    idt: { base: 0n, limit: 0 },
+    cr0: 0x80050033n,
+    cr2: 0n,
+    cr3: 0x1000n,
+    cr4: 0x620n,
+    cr8: 0n,
+    efer: 0xd01n,
+    apicBase: 0n,
   };
 }
 
@@ -115,20 +141,32 @@ describe("exit dispatcher", () => {
   it("performs the write when the verdict is allow or log", () => {
     for (const verdict of ["allow", "log"] as const) {
       mem.write(0x100000, bytes(0x31, 0xc0, 0xc3));
-      const { d } = setup({ name: "p", defaults: FAILSAFE_DEFAULTS, rules: [{ name: "all", verdict, reason: "test" }] });
+      const { d } = setup({
+        name: "p",
+        defaults: FAILSAFE_DEFAULTS,
+        rules: [{ name: "all", verdict, reason: "test" }],
+      });
       d.dispatch({ kind: "mmio-write", gpa: 0x100001, len: 1, data: bytes(0x90) });
       assert.deepEqual([...mem.slice(0x100000, 3)], [0x31, 0x90, 0xc3], verdict);
     }
   });
 
   it("injects #GP for deny-fault", () => {
-    const { d, cpu } = setup({ name: "p", defaults: FAILSAFE_DEFAULTS, rules: [{ name: "f", verdict: "deny-fault", reason: "t" }] });
+    const { d, cpu } = setup({
+      name: "p",
+      defaults: FAILSAFE_DEFAULTS,
+      rules: [{ name: "f", verdict: "deny-fault", reason: "t" }],
+    });
     d.dispatch({ kind: "mmio-write", gpa: 0x100000, len: 1, data: bytes(0) });
     assert.deepEqual(cpu.injected, [[13, 0]]);
   });
 
   it("stops the VM for halt and restart verdicts", () => {
-    for (const [verdict, outcome] of [["halt", "halt"], ["pause", "halt"], ["restart", "restart"]] as const) {
+    for (const [verdict, outcome] of [
+      ["halt", "halt"],
+      ["pause", "halt"],
+      ["restart", "restart"],
+    ] as const) {
       const { d } = setup({ name: "p", defaults: FAILSAFE_DEFAULTS, rules: [{ name: "x", verdict, reason: "t" }] });
       const a = d.dispatch({ kind: "mmio-write", gpa: 0x100000, len: 1, data: bytes(0) });
       assert.equal(a.kind, "stop");
@@ -146,7 +184,9 @@ describe("exit dispatcher", () => {
 
   it("ignores writes outside RAM and reads them as all-ones", () => {
     const { d, events } = setup();
-    assert.deepEqual(d.dispatch({ kind: "mmio-write", gpa: MEM + 64, len: 8, data: new Uint8Array(8) }), { kind: "continue" });
+    assert.deepEqual(d.dispatch({ kind: "mmio-write", gpa: MEM + 64, len: 8, data: new Uint8Array(8) }), {
+      kind: "continue",
+    });
     const data = new Uint8Array(4);
     d.dispatch({ kind: "mmio-read", gpa: 0xfee00000, len: 4, data });
     assert.deepEqual([...data], [0xff, 0xff, 0xff, 0xff]);
@@ -164,7 +204,13 @@ describe("exit dispatcher", () => {
     const lsr = new Uint8Array(1);
     d.dispatch({ kind: "io-in", port: 0x3fd, size: 1, count: 1, data: lsr });
     assert.equal(lsr[0]! & 0x20, 0x20);
-    const a = d.dispatch({ kind: "io-out", port: ABI_CONSTANTS.PORT_DEBUG_EXIT, size: 4, count: 1, data: bytes(0x2a, 1, 0, 0) });
+    const a = d.dispatch({
+      kind: "io-out",
+      port: ABI_CONSTANTS.PORT_DEBUG_EXIT,
+      size: 4,
+      count: 1,
+      data: bytes(0x2a, 1, 0, 0),
+    });
     assert.deepEqual(a, { kind: "stop", outcome: "exit", code: 0x12a, detail: "guest exited with code 298" });
   });
 
@@ -187,7 +233,11 @@ describe("exit dispatcher", () => {
 
   it("turns crashes into stops with a reason", () => {
     const { d } = setup();
-    assert.deepEqual(d.dispatch({ kind: "shutdown" }), { kind: "stop", outcome: "crash", detail: "triple fault (KVM_EXIT_SHUTDOWN)" });
+    assert.deepEqual(d.dispatch({ kind: "shutdown" }), {
+      kind: "stop",
+      outcome: "crash",
+      detail: "triple fault (KVM_EXIT_SHUTDOWN)",
+    });
     const ie = d.dispatch({ kind: "internal-error", suberror: 1, data: [] });
     assert.equal(ie.kind === "stop" && ie.outcome, "crash");
     assert.equal(d.dispatch({ kind: "hlt" }).kind, "stop");

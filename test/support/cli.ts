@@ -1,0 +1,18 @@
+/** Test support: run the guardvisor CLI as a user would. */
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
+import { packageRoot } from "../../src/kvm/native.js";
+
+export interface CliResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export function cli(args: string[], timeoutMs = 120_000): CliResult {
+  const r = spawnSync(process.execPath, [join(packageRoot(), "bin", "guardvisor.js"), ...args], {
+    encoding: "utf8",
+    timeout: timeoutMs,
+  });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
