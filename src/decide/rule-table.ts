@@ -48,7 +48,7 @@ export function encodeRuleTable(t: RuleTableContent): Uint8Array {
     v.setUint32(at + R("vector_mask"), r.vectorMask, true);
     v.setUint32(at + R("cpl_mask"), r.cplMask, true);
     v.setUint32(at + R("flags"), r.msr >= 0 ? C.RULE_MATCH_MSR : 0, true);
-    v.setUint32(at + R("msr"), r.msr >= 0 ? r.msr : 0, true);
+    v.setUint32(at + R("msr"), Math.max(r.msr, 0), true);
     v.setUint32(at + R("verdict"), VERDICTS[r.verdict], true);
     v.setBigUint64(at + R("region_mask"), r.regionMask, true);
     v.setBigUint64(at + R("rip_from"), r.ripFrom, true);

@@ -87,7 +87,10 @@ describe("bad input through the CLI", { skip: skipWithoutKvm }, () => {
     assertCleanError(["run", "--kernel", file("far.elf", withFirstLoadAt(0x7ff00000n))], /outside guest RAM/);
     assertCleanError(["run", "--kernel", file("boot.elf", withFirstLoadAt(0x2000n))], /boot area|page 0/);
     assertCleanError(["run", "--kernel", file("zero.elf", withFirstLoadAt(0n))], /boot area|page 0/);
-    assertCleanError(["run", "--kernel", file("wrap.elf", withFirstLoadAt(0xfffffffffffff000n))], /p_vaddr 0xfffffffffffff000 exceeds 2\^53/);
+    assertCleanError(
+      ["run", "--kernel", file("wrap.elf", withFirstLoadAt(0xfffffffffffff000n))],
+      /p_vaddr 0xfffffffffffff000 exceeds 2\^53/,
+    );
   });
 
   it("rejects giving both or neither of --scenario and --kernel", () => {
