@@ -227,6 +227,7 @@ IOCTL_INT(CreateVm, KVM_CREATE_VM)
 IOCTL_INT(GetVcpuMmapSize, KVM_GET_VCPU_MMAP_SIZE)
 IOCTL_INT(CreateVcpu, KVM_CREATE_VCPU)
 IOCTL_INT(SetTssAddr, KVM_SET_TSS_ADDR)
+IOCTL_INT(GetTscKhz, KVM_GET_TSC_KHZ)
 
 /* ---------- ioctls with a fixed-size struct in a caller's buffer ---------- */
 
@@ -611,6 +612,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       FN("getSupportedCpuid", GetSupportedCpuid),
       FN("createVcpu", CreateVcpu),
       FN("setTssAddr", SetTssAddr),
+      FN("getTscKhz", GetTscKhz),
       FN("setUserMemoryRegion", SetUserMemoryRegion),
       FN("enableCap", EnableCap),
       FN("setMsrFilter", SetMsrFilter),

@@ -190,6 +190,7 @@ export const IDC_HEADER = defineStruct("gv_idc_header", "IDC region header, writ
   { name: "inject_mode", type: "u32", doc: "GV_INJECT_*" },
   { name: "inject_at", type: "u32", doc: "misbehave at this request number (1-based)" },
   { name: "inject_slow_us", type: "u32", doc: "delay for GV_INJECT_SLOW" },
+  { name: "tsc_khz", type: "u32", doc: "the guest TSC rate, for timing inside the health VM" },
   { name: "hm_state", type: "u32", doc: "written by the health VM: GV_HM_STATE_*" },
   { name: "hm_requests", type: "u64", doc: "written by the health VM: requests answered" },
   { name: "hm_current_guest", type: "u32", doc: "written by the health VM: guest being served" },
@@ -207,7 +208,8 @@ export const IDC_GUEST_CTL = defineStruct("gv_idc_guest_ctl", "Per-guest IDC rin
   { name: "resp_offset", type: "u32", doc: "response slots, from the guest block start" },
   { name: "rules_offset", type: "u32", doc: "rule table, from the guest block start" },
   { name: "rules_size", type: "u32" },
-  { name: "pad", type: "u64", count: 3 },
+  { name: "req_settled", type: "u64", doc: "VMM: every request up to here is settled (answered or failed safe)" },
+  { name: "pad", type: "u64", count: 2 },
 ]);
 
 export const IDC_REQUEST = defineStruct("gv_idc_request", "A request slot: one event to decide.", [

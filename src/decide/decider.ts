@@ -7,9 +7,9 @@ import { type Decision, evaluate } from "./evaluate.js";
 import type { CompiledPolicy } from "./policy.js";
 import { decodeRuleTable } from "./rule-table.js";
 
-export const DECIDERS = ["vmm"] as const;
+export const DECIDERS = ["hm-vm", "vmm"] as const;
 export type DeciderName = (typeof DECIDERS)[number];
-export type DecidedBy = DeciderName | "hm-vm" | "failsafe";
+export type DecidedBy = DeciderName | "failsafe";
 
 export interface DecisionResult extends Decision {
   decidedBy: DecidedBy;

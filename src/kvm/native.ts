@@ -27,6 +27,7 @@ export interface NativeKvm {
   getSupportedCpuid(kvmFd: number, buf: Bytes): number;
   createVcpu(vmFd: number, id: number): number;
   setTssAddr(vmFd: number, addr: number): number;
+  getTscKhz(vcpuFd: number): number;
   setUserMemoryRegion(vmFd: number, slot: number, flags: number, gpa: number, size: number, hostAddr: bigint): void;
   enableCap(vmFd: number, buf: Bytes): number;
   setMsrFilter(vmFd: number, defaultDeny: number, ranges: MsrFilterRange[]): void;

@@ -1,0 +1,82 @@
+/**
+ * The health VM's shared control word: every vCPU thread (guests and the
+ * health VM) and the main thread see it. It says whether the health VM is
+ * up, which request (if any) killed it, and carries the doorbell counter.
+ */
+
+export const HM_CTRL_SLOTS = 8;
+/** HM_STATE_*: is the health VM answering? */
+export const HMC_STATE = 0;
+/** Bumped by every restart. */
+export const HMC_GENERATION = 1;
+/** Bumped by the VMM for every published request; the parked health VM waits on it. */
+export const HMC_DOORBELL = 2;
+/** The request the dead health VM was evaluating: guest index (-1: none) and seq. */
+export const HMC_POISON_GUEST = 3;
+export const HMC_POISON_SEQ = 4;
+
+export const HM_UP = 1;
+export const HM_DOWN = 2;
+export const HM_BOOTING = 0;
+
+export class HmControl {
+  readonly words: Int32Array;
+
+  constructor(readonly buffer: SharedArrayBuffer = new SharedArrayBuffer(HM_CTRL_SLOTS * 4)) {
+    this.words = new Int32Array(buffer);
+  }
+
+  get state(): number {
+    return Atomics.load(this.words, HMC_STATE);
+  }
+
+  get generation(): number {
+    return Atomics.load(this.words, HMC_GENERATION);
+  }
+
+  /** Wake a parked health VM: a request is waiting. */
+  ring(): void {
+    Atomics.add(this.words, HMC_DOORBELL, 1);
+    Atomics.notify(this.words, HMC_DOORBELL);
+  }
+
+  doorbellValue(): number {
+    return Atomics.load(this.words, HMC_DOORBELL);
+  }
+
+  /** Park the calling thread until the doorbell rings or `timeoutMs` passes. */
+  waitDoorbell(seen: number, timeoutMs: number): void {
+    Atomics.wait(this.words, HMC_DOORBELL, seen, timeoutMs);
+  }
+
+  markUp(): void {
+    Atomics.store(this.words, HMC_POISON_GUEST, -1);
+    Atomics.add(this.words, HMC_GENERATION, 1);
+    this.setState(HM_UP);
+  }
+
+  /** The health VM is gone; `poison` is the request it died on, if any. */
+  markDown(poison?: { guest: number; seq: bigint }): void {
+    Atomics.store(this.words, HMC_POISON_SEQ, poison ? Number(poison.seq & 0x7fffffffn) : 0);
+    Atomics.store(this.words, HMC_POISON_GUEST, poison ? poison.guest : -1);
+    this.setState(HM_DOWN);
+  }
+
+  isPoison(guest: number, seq: bigint): boolean {
+    return (
+      Atomics.load(this.words, HMC_POISON_GUEST) === guest &&
+      Atomics.load(this.words, HMC_POISON_SEQ) === Number(seq & 0x7fffffffn)
+    );
+  }
+
+  private setState(s: number): void {
+    Atomics.store(this.words, HMC_STATE, s);
+    Atomics.notify(this.words, HMC_STATE);
+    this.ring(); // wake a parked health VM thread so it sees the change
+  }
+
+  /** Sleep until the state word changes from `seen` or `timeoutMs` passes. */
+  waitState(seen: number, timeoutMs: number): void {
+    Atomics.wait(this.words, HMC_STATE, seen, timeoutMs);
+  }
+}
