@@ -1,36 +1,53 @@
 /**
- * Runs one guest to its end and reports what happened in the shape of the
- * CLI summary (DESIGN.md, CLI): outcome, integrity, and every event.
+ * Runs guests to their end and reports what happened in the shape of the
+ * CLI summary (DESIGN.md, CLI): outcome, integrity, and every event. With the
+ * hm-vm decider (the default) one health VM serves every guest.
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import type { EventKind, Verdict } from "./abi/guest-abi.js";
+import { ABI_CONSTANTS as C, type EventKind, type Verdict } from "./abi/guest-abi.js";
 import { AuditLog, auditRecord } from "./audit.js";
 import type { DeciderName } from "./decide/decider.js";
 import { DEFAULT_POLICY, type Policy } from "./decide/policy.js";
-import { GuardvisorError } from "./errors.js";
+import { configError, GuardvisorError } from "./errors.js";
+import { VmEngineBackend } from "./health/backends.js";
+import { HealthManager } from "./health/health-manager.js";
+import type { InjectSpec } from "./idc/channel.js";
 import { Kvm } from "./kvm/kvm.js";
 import { packageRoot } from "./kvm/native.js";
 import { findScenario, parseResultLine, type Scenario } from "./scenarios.js";
 import { validateMemMiB } from "./vmm/boot.js";
 import type { CapturedEvent, DispatchStats } from "./vmm/dispatcher.js";
 import { GuestVm } from "./vmm/guest-vm.js";
+import type { VcpuStop } from "./vmm/vcpu-thread.js";
 
 export const DEFAULT_MEM_MIB = 32;
 export const DEFAULT_TIMEOUT_MS = 30_000;
+export const DEFAULT_DECIDER: DeciderName = "hm-vm";
+/** The health VM's RAM (its IDC region is mapped right above it). */
+export const HM_MEM_MIB = 4;
 
 export interface RunOptions {
+  /** One scenario for every guest, or one per guest. */
   scenario?: string;
+  scenarios?: string[];
   kernelPath?: string;
   cmdline?: string;
+  /** Guests sharing one health VM (default: one per scenario, at least 1). */
+  guests?: number;
   decider?: DeciderName;
   policy?: Policy;
   memMiB?: number;
   timeoutMs?: number;
   kvmPath?: string;
   auditPath?: string;
-  onSerial?: (line: string) => void;
-  onEvent?: (e: SummaryEvent) => void;
+  /** Make the health VM misbehave (tests and demos). */
+  injectHmFault?: InjectSpec;
+  /** Health-VM answer deadline. */
+  hmTimeoutMs?: number;
+  onSerial?: (line: string, guest: number) => void;
+  onHmSerial?: (line: string) => void;
+  onEvent?: (e: SummaryEvent, guest: number) => void;
 }
 
 export type GuestOutcome = "completed" | "restarted" | "halted" | "crashed";
@@ -45,14 +62,28 @@ export interface SummaryEvent {
   latencyUs: number;
 }
 
-/** The JSON summary of DESIGN.md (CLI ⚑). */
+export interface HealthVmSummary {
+  restarts: number;
+  /** Requests the health VM answered (0 with the vmm decider: it is not started). */
+  requests: number;
+  faults: { reason: string; detail: string; downMs: number }[];
+}
+
+/** The JSON summary of DESIGN.md (CLI ⚑), for one guest. */
 export interface RunSummary {
   scenario: string;
   decider: DeciderName;
   guest: { outcome: GuestOutcome; restarts: number; exitCode: number | null };
   integrity: { protectedBytes: number; intact: boolean };
-  healthVm: { restarts: number };
+  healthVm: HealthVmSummary;
   events: SummaryEvent[];
+}
+
+/** With several guests: the single-guest fields per guest; healthVm stays top-level. */
+export interface MultiRunSummary {
+  decider: DeciderName;
+  guests: (Omit<RunSummary, "decider" | "healthVm"> & { vm: string })[];
+  healthVm: HealthVmSummary;
 }
 
 export interface RunReport {
@@ -66,6 +97,11 @@ export interface RunReport {
   serial: string[];
   stats: DispatchStats | undefined;
   changedRegions: string[];
+}
+
+export interface MultiRunReport {
+  summary: MultiRunSummary;
+  guests: RunReport[];
 }
 
 export function defaultKernelPath(): string {
@@ -83,85 +119,167 @@ function readKernel(path: string): Uint8Array {
   }
 }
 
+/** The scenario each guest runs (undefined: a custom kernel). */
+function guestScenarios(opts: RunOptions): (Scenario | undefined)[] {
+  const names = opts.scenarios ?? (opts.scenario ? [opts.scenario] : []);
+  if (names.length === 0 && !opts.kernelPath)
+    throw new GuardvisorError("CONFIG_INVALID", "give a scenario or a kernel");
+  if (names.length > 0 && opts.kernelPath) {
+    throw new GuardvisorError("CONFIG_INVALID", "give either scenarios or a kernel, not both");
+  }
+  const n = opts.guests ?? Math.max(1, names.length);
+  if (!Number.isInteger(n) || n < 1 || n > C.IDC_MAX_GUESTS) {
+    throw configError("--guests", `${n}: must be 1 to ${C.IDC_MAX_GUESTS}`);
+  }
+  if (names.length > 1 && names.length !== n) {
+    throw configError("--guests", `${n} guests but ${names.length} scenarios: give one scenario, or one per guest`);
+  }
+  const found = names.map(findScenario);
+  return Array.from({ length: n }, (_, g) => (found.length === 0 ? undefined : found[found.length === 1 ? 0 : g]));
+}
+
+function outcomeOf(stop: VcpuStop): GuestOutcome {
+  switch (stop.outcome) {
+    case "exit":
+      return "completed";
+    case "crash":
+      return "crashed";
+    case "restart":
+      return "restarted";
+    default:
+      return "halted";
+  }
+}
+
+/** Run one guest (the JSON summary of DESIGN.md). */
 export async function runGuest(opts: RunOptions): Promise<RunReport> {
-  if (!opts.scenario && !opts.kernelPath) throw new GuardvisorError("CONFIG_INVALID", "give a scenario or a kernel");
-  const scenario: Scenario | undefined = opts.scenario ? findScenario(opts.scenario) : undefined;
+  const r = await runGuests(opts);
+  const first = r.guests[0];
+  if (!first || r.guests.length !== 1) throw new GuardvisorError("INTERNAL", "runGuest ran more than one guest");
+  return first;
+}
+
+/** Run one or more guests, sharing one health VM, to their end. */
+export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
+  const scenarios = guestScenarios(opts);
   const memSize = validateMemMiB(opts.memMiB ?? DEFAULT_MEM_MIB);
   const kernelPath = opts.kernelPath ?? defaultKernelPath();
   const kernel = readKernel(kernelPath);
-  const cmdline = [scenario ? `scenario=${scenario.name}` : "", "role=guest", opts.cmdline ?? ""]
-    .filter(Boolean)
-    .join(" ");
-  const decider = opts.decider ?? "vmm";
+  const decider = opts.decider ?? DEFAULT_DECIDER;
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
 
   const kvm = Kvm.open(opts.kvmPath);
   const audit = opts.auditPath ? new AuditLog(opts.auditPath) : undefined;
-  let vm: GuestVm | undefined;
+  let health: HealthManager | undefined;
+  const vms: GuestVm[] = [];
   try {
-    const events: SummaryEvent[] = [];
-    const toSummary = (e: CapturedEvent, g: GuestVm): SummaryEvent => ({
-      seq: e.seq,
-      kind: e.kind,
-      region: g.regionName(e.regionId) ?? null,
-      symbol: e.kind === "protected-write" ? g.symbolizePhys(e.gpa) : g.symbolizer.format(Number(e.rip)),
-      verdict: e.verdict,
-      decidedBy: e.decidedBy,
-      latencyUs: Math.round(e.latencyUs * 10) / 10,
-    });
-    const built = await GuestVm.build(kvm, {
-      vmId: 0,
-      kernel,
-      kernelName: kernelPath,
-      memSize,
-      cmdline,
-      policy: opts.policy ?? DEFAULT_POLICY,
-      onSerial: opts.onSerial,
-      onEvent: (e) => {
-        // `vm` is set before the guest runs its first instruction.
-        const g = vm as GuestVm;
-        const s = toSummary(e, g);
-        events.push(s);
-        audit?.append(auditRecord(e, g, "guest0"));
-        opts.onEvent?.(s);
-      },
-    });
-    vm = built;
-    const stop = await built.runToEnd(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
-    const integrity = built.integrity();
-    const outcome: GuestOutcome =
-      stop.outcome === "exit"
-        ? "completed"
-        : stop.outcome === "crash"
-          ? "crashed"
-          : stop.outcome === "restart"
-            ? "restarted"
-            : "halted";
-    const summary: RunSummary = {
-      scenario: scenario?.name ?? "custom",
-      decider,
-      guest: { outcome, restarts: 0, exitCode: stop.outcome === "exit" ? (stop.code ?? 0) : null },
-      integrity: { protectedBytes: integrity.protectedBytes, intact: integrity.intact },
-      healthVm: { restarts: 0 },
-      events,
+    if (decider === "hm-vm") {
+      // The health VM always runs gv-kernel, whatever kernel the guests run.
+      const hmKernel = kernelPath === defaultKernelPath() ? kernel : readKernel(defaultKernelPath());
+      health = await HealthManager.start({
+        backend: new VmEngineBackend(kvm, hmKernel, defaultKernelPath(), HM_MEM_MIB, opts.onHmSerial),
+        nguests: scenarios.length,
+        inject: opts.injectHmFault,
+        timeoutMs: opts.hmTimeoutMs,
+        onRestart: (r) =>
+          audit?.append({
+            time: new Date(r.timeMs).toISOString(),
+            vm: "health-vm",
+            kind: "hm-restart",
+            reason: r.reason,
+            detail: r.detail,
+            generation: r.generation,
+            poison: r.poison ? { guest: r.poison.guest, seq: Number(r.poison.seq) } : null,
+            resent: r.resent,
+            downMs: r.downMs,
+          }),
+      });
+    }
+    const events: SummaryEvent[][] = scenarios.map(() => []);
+    for (const [g, scenario] of scenarios.entries()) {
+      const cmdline = [scenario ? `scenario=${scenario.name}` : "", "role=guest", opts.cmdline ?? ""]
+        .filter(Boolean)
+        .join(" ");
+      const hm = health;
+      const vm = await GuestVm.build(kvm, {
+        vmId: g,
+        kernel,
+        kernelName: kernelPath,
+        memSize,
+        cmdline,
+        policy: opts.policy ?? DEFAULT_POLICY,
+        decider: hm ? hm.deciderFor(g) : { kind: "vmm" },
+        onPolicy: (p) => hm?.installRules(g, p.table),
+        onHmFault: (f) => hm?.reportFault(f),
+        onSerial: opts.onSerial ? (line) => opts.onSerial?.(line, g) : undefined,
+        onEvent: (e) => {
+          // vms[g] is set before the guest runs its first instruction.
+          const self = vms[g] as GuestVm;
+          const s = toSummary(e, self);
+          events[g]?.push(s);
+          audit?.append(auditRecord(e, self, `guest${g}`));
+          opts.onEvent?.(s, g);
+        },
+      });
+      vms.push(vm);
+    }
+    const stops = await Promise.all(vms.map((vm) => vm.runToEnd(timeoutMs)));
+    const hmStatus = health?.status();
+    const healthVm: HealthVmSummary = {
+      restarts: hmStatus?.restarts ?? 0,
+      requests: hmStatus?.requests ?? 0,
+      faults: (hmStatus?.faults ?? []).map((f) => ({ reason: f.reason, detail: f.detail, downMs: f.downMs })),
     };
-    const result = parseResultLine(built.serial);
-    const detail = stop.timedOut
-      ? `stopped after the ${opts.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms time limit`
-      : stop.detail;
+    const guests = vms.map((vm, g): RunReport => {
+      const stop = stops[g] as VcpuStop & { timedOut: boolean };
+      const scenario = scenarios[g];
+      const integrity = vm.integrity();
+      const summary: RunSummary = {
+        scenario: scenario?.name ?? "custom",
+        decider,
+        guest: { outcome: outcomeOf(stop), restarts: 0, exitCode: stop.outcome === "exit" ? (stop.code ?? 0) : null },
+        integrity: { protectedBytes: integrity.protectedBytes, intact: integrity.intact },
+        healthVm,
+        events: events[g] ?? [],
+      };
+      const result = parseResultLine(vm.serial);
+      return {
+        summary,
+        detail: stop.timedOut ? `stopped after the ${timeoutMs} ms time limit` : stop.detail,
+        result,
+        problems: scenario ? checkScenario(scenario, summary, result) : [],
+        serial: vm.serial,
+        stats: stop.stats,
+        changedRegions: integrity.changed,
+      };
+    });
     return {
-      summary,
-      detail,
-      result,
-      problems: scenario ? checkScenario(scenario, summary, result) : [],
-      serial: built.serial,
-      stats: stop.stats,
-      changedRegions: integrity.changed,
+      guests,
+      summary: {
+        decider,
+        guests: guests.map(({ summary: { decider: _d, healthVm: _h, ...rest } }, g) => ({ vm: `guest${g}`, ...rest })),
+        healthVm,
+      },
     };
   } finally {
-    await vm?.destroy();
+    // Guests first: their vCPU threads use the IDC region the health VM owns.
+    for (const vm of vms) await vm.destroy();
+    await health?.stop();
     audit?.close();
     kvm.close();
   }
+}
+
+function toSummary(e: CapturedEvent, g: GuestVm): SummaryEvent {
+  return {
+    seq: e.seq,
+    kind: e.kind,
+    region: g.regionName(e.regionId) ?? null,
+    symbol: e.kind === "protected-write" ? g.symbolizePhys(e.gpa) : g.symbolizer.format(Number(e.rip)),
+    verdict: e.verdict,
+    decidedBy: e.decidedBy,
+    latencyUs: Math.round(e.latencyUs * 10) / 10,
+  };
 }
 
 /** Compare a run with what its scenario expects; returns the problems found. */

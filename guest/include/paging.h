@@ -10,4 +10,11 @@
  */
 int paging_init(const struct gv_boot_info *bi);
 
+/*
+ * Makes [gpa, gpa+size) (2 MiB aligned, mapped by the boot tables with 2 MiB
+ * pages) user-accessible and non-executable. Returns 0, or -1 if a page is
+ * not mapped that way.
+ */
+int paging_map_user(const struct gv_boot_info *bi, uint64_t gpa, uint64_t size);
+
 #endif /* GV_PAGING_H */

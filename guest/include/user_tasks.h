@@ -26,4 +26,13 @@ USER_TASK user_intruder_task(uint64_t arg);  /* writes to kernel memory at arg *
 USER_TASK user_port_probe_task(uint64_t arg); /* out to a port the TSS denies */
 USER_TASK user_survivor_task(uint64_t arg);   /* writes to COM1 directly, exits 0 */
 
+/* health VM (role=hm): the engine; its geometry comes from the kernel in hm_args */
+struct hm_args {
+	uint64_t idc; /* IDC region address (identity-mapped, user-accessible) */
+	uint32_t nguests, nslots;
+	uint32_t block_offset, block_size;
+};
+extern struct hm_args hm_args;
+USER_TASK user_hm_engine_task(uint64_t arg);
+
 #endif /* GV_USER_TASKS_H */

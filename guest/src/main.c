@@ -8,6 +8,7 @@
 #include "cmdline.h"
 #include "gdt.h"
 #include "gv_abi.h"
+#include "hm.h"
 #include "io.h"
 #include "paging.h"
 #include "scenario.h"
@@ -35,13 +36,17 @@ void kmain(struct gv_boot_info *bi)
 	if (paging_init(bi) < 0)
 		gv_exit(EXIT_BAD_PAGE_TABLES);
 
+	if (bi->role == GV_ROLE_HM) {
+		kprintf("gv-kernel: boot role=hm mem=%luMiB\n", bi->mem_size >> 20);
+		gv_exit((uint32_t)hm_main(bi));
+	}
+
 	char buf[SCENARIO_NAME_MAX];
 	const char *name = buf;
 	size_t len = bi->cmdline_len < GV_BOOT_CMDLINE_MAX ? bi->cmdline_len : GV_BOOT_CMDLINE_MAX - 1;
 	if (cmdline_get((const char *)bi->cmdline_gpa, len, "scenario", buf, sizeof(buf)) < 0)
 		name = "none"; /* reported as an unknown scenario */
-	kprintf("gv-kernel: boot role=%s scenario=%s mem=%luMiB\n",
-		bi->role == GV_ROLE_HM ? "hm" : "guest", name, bi->mem_size >> 20);
+	kprintf("gv-kernel: boot role=guest scenario=%s mem=%luMiB\n", name, bi->mem_size >> 20);
 
 	const struct scenario *s = scenario_find(name);
 	if (!s) {

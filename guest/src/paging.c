@@ -42,3 +42,22 @@ int paging_init(const struct gv_boot_info *bi)
 	write_cr3(read_cr3()); /* flush the TLB */
 	return 0;
 }
+
+int paging_map_user(const struct gv_boot_info *bi, uint64_t gpa, uint64_t size)
+{
+	uint64_t *pml4 = (uint64_t *)bi->pml4_gpa;
+	uint64_t *pdpt = (uint64_t *)(pml4[0] & PTE_ADDR);
+	for (uint64_t a = gpa; a < gpa + size; a += 0x200000) {
+		uint64_t *e = &pdpt[a >> 30];
+		if (!(*e & PTE_P))
+			return -1;
+		uint64_t *pd = (uint64_t *)(*e & PTE_ADDR);
+		uint64_t *pde = &pd[(a >> 21) & 511];
+		if ((*pde & (PTE_P | PTE_PS)) != (PTE_P | PTE_PS) || (*pde & PTE_ADDR) != a)
+			return -1;
+		*e |= PTE_US;
+		*pde |= PTE_US | PTE_NX;
+	}
+	write_cr3(read_cr3());
+	return 0;
+}

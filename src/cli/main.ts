@@ -2,9 +2,21 @@
  * The guardvisor command line.
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import { ABI_CONSTANTS } from "../abi/guest-abi.js";
 import { DECIDERS, type DeciderName } from "../decide/decider.js";
 import { GuardvisorError, isGuardvisorError } from "../errors.js";
-import { DEFAULT_MEM_MIB, DEFAULT_TIMEOUT_MS, type RunReport, runGuest, type SummaryEvent } from "../runner.js";
+import { HM_DEFAULTS } from "../health/health-manager.js";
+import type { InjectSpec } from "../idc/channel.js";
+import {
+  DEFAULT_DECIDER,
+  DEFAULT_MEM_MIB,
+  DEFAULT_TIMEOUT_MS,
+  type MultiRunReport,
+  type RunReport,
+  runGuest,
+  runGuests,
+  type SummaryEvent,
+} from "../runner.js";
 import { SCENARIOS } from "../scenarios.js";
 
 /** Process exit codes (also in --help and the README). */
@@ -31,8 +43,32 @@ function intOption(name: string) {
   };
 }
 
+const INJECT_MODES = {
+  crash: ABI_CONSTANTS.INJECT_CRASH,
+  hang: ABI_CONSTANTS.INJECT_HANG,
+  garbage: ABI_CONSTANTS.INJECT_GARBAGE,
+  slow: ABI_CONSTANTS.INJECT_SLOW,
+} as const;
+
+/** `crash|hang|garbage|slow[@N]`: misbehave at the N-th request (default 1). */
+export function parseInject(v: string): InjectSpec {
+  const m = /^(crash|hang|garbage|slow)(?:@(\d{1,9}))?$/.exec(v);
+  if (!m) throw new InvalidArgumentError("must be crash, hang, garbage or slow, optionally @N (N >= 1)");
+  const at = m[2] === undefined ? 1 : Number(m[2]);
+  if (at < 1) throw new InvalidArgumentError("N in @N counts requests from 1");
+  const mode = INJECT_MODES[m[1] as keyof typeof INJECT_MODES];
+  // "slow" answers well after the deadline, so the VMM must fail safe.
+  return { mode, at, slowUs: mode === ABI_CONSTANTS.INJECT_SLOW ? HM_DEFAULTS.timeoutMs * 3000 : 0 };
+}
+
+function collect(v: string, prev: string[] | undefined): string[] {
+  return [...(prev ?? []), v];
+}
+
 interface RunFlags {
-  scenario?: string;
+  scenario?: string[];
+  guests?: number;
+  injectHmFault?: InjectSpec;
   kernel?: string;
   decider: DeciderName;
   json?: boolean;
@@ -48,7 +84,7 @@ function formatEvent(e: SummaryEvent): string {
   return `  #${e.seq} ${e.kind} ${where} -> ${e.verdict} (by ${e.decidedBy}, ${e.latencyUs.toFixed(1)} us)`;
 }
 
-function printReadable(r: RunReport): void {
+function printReadable(r: RunReport, withHealthVm = true): void {
   const s = r.summary;
   const out = process.stdout;
   out.write(`scenario ${s.scenario}, decider ${s.decider}\n`);
@@ -70,27 +106,53 @@ function printReadable(r: RunReport): void {
       r.problems.length === 0 ? "check: pass\n" : `check: FAIL\n${r.problems.map((p) => `  - ${p}\n`).join("")}`,
     );
   }
+  if (withHealthVm && s.decider === "hm-vm") printHealthVm(s.healthVm);
+}
+
+function printMulti(r: MultiRunReport): void {
+  const out = process.stdout;
+  out.write(`${r.guests.length} guests, decider ${r.summary.decider}\n`);
+  r.guests.forEach((g, i) => {
+    out.write(`\n== guest${i}: `);
+    printReadable(g, false);
+  });
+  printHealthVm(r.summary.healthVm);
+}
+
+function printHealthVm(h: RunReport["summary"]["healthVm"]): void {
+  const out = process.stdout;
+  out.write(`health VM: ${h.requests} requests answered, ${h.restarts} restarts\n`);
+  for (const f of h.faults) out.write(`  - ${f.reason}: ${f.detail} (down ${f.downMs} ms)\n`);
 }
 
 async function runCommand(flags: RunFlags): Promise<number> {
   if (!flags.scenario === !flags.kernel) {
-    throw new GuardvisorError("CONFIG_INVALID", "give exactly one of --scenario NAME or --kernel ELF");
+    throw new GuardvisorError("CONFIG_INVALID", "give --scenario NAME (repeatable) or --kernel ELF");
   }
-  const report = await runGuest({
-    scenario: flags.scenario,
+  if (flags.injectHmFault && flags.decider !== "hm-vm") {
+    throw new GuardvisorError("CONFIG_INVALID", "--inject-hm-fault: needs --decider hm-vm");
+  }
+  const report = await runGuests({
+    scenarios: flags.scenario,
+    guests: flags.guests,
     kernelPath: flags.kernel,
     cmdline: flags.cmdline,
     decider: flags.decider,
     memMiB: flags.mem,
     timeoutMs: flags.timeout * 1000,
     auditPath: flags.audit,
-    onSerial: flags.serial ? (line) => process.stderr.write(`guest0| ${line}\n`) : undefined,
+    injectHmFault: flags.injectHmFault,
+    onSerial: flags.serial ? (line, g) => process.stderr.write(`guest${g}| ${line}\n`) : undefined,
+    onHmSerial: flags.serial ? (line) => process.stderr.write(`hm| ${line}\n`) : undefined,
   });
-  if (flags.json) process.stdout.write(`${JSON.stringify(report.summary)}\n`);
-  else printReadable(report);
-  const ok = report.summary.guest.outcome === "completed" && report.problems.length === 0;
-  if (!ok && flags.json && report.problems.length > 0) {
-    process.stderr.write(`guardvisor: scenario check failed: ${report.problems.join("; ")}\n`);
+  const single = report.guests.length === 1 ? report.guests[0] : undefined;
+  if (flags.json) process.stdout.write(`${JSON.stringify(single ? single.summary : report.summary)}\n`);
+  else if (single) printReadable(single);
+  else printMulti(report);
+  const problems = report.guests.flatMap((g, i) => g.problems.map((p) => (single ? p : `guest${i}: ${p}`)));
+  const ok = report.guests.every((g) => g.summary.guest.outcome === "completed") && problems.length === 0;
+  if (!ok && flags.json && problems.length > 0) {
+    process.stderr.write(`guardvisor: scenario check failed: ${problems.join("; ")}\n`);
   }
   return ok ? EXIT.OK : EXIT.RUN_FAILED;
 }
@@ -120,9 +182,23 @@ export function buildProgram(setExit: (code: number) => void): Command {
   program
     .command("run")
     .description("boot a guest kernel (a built-in scenario or your own ELF) and watch it to its end")
-    .option("--scenario <name>", `a built-in gv-kernel scenario (${SCENARIOS.map((s) => s.name).join(", ")})`)
+    .option(
+      "--scenario <name>",
+      `a built-in gv-kernel scenario (${SCENARIOS.map((s) => s.name).join(", ")}); repeat it to give each guest its own`,
+      collect,
+    )
     .option("--kernel <elf>", "your own kernel: an ELF64 x86-64 image following docs/guest-abi.md")
-    .addOption(new Option("--decider <name>", "who rules on events").choices([...DECIDERS]).default("vmm"))
+    .option("--guests <n>", `guests sharing one health VM (1..${ABI_CONSTANTS.IDC_MAX_GUESTS})`, intOption("--guests"))
+    .addOption(
+      new Option("--decider <name>", "who rules on events: the health VM, or the VMM itself")
+        .choices([...DECIDERS])
+        .default(DEFAULT_DECIDER),
+    )
+    .option(
+      "--inject-hm-fault <mode[@N]>",
+      "make the health VM crash, hang, answer garbage or answer late at its N-th request (crash|hang|garbage|slow[@N])",
+      parseInject,
+    )
     .option("--json", "print one JSON summary object on stdout when the run ends")
     .option("--audit <file>", "append one JSON line per event, with full context, to this file")
     .option("--mem <MiB>", "guest RAM in MiB (even, 4..4096)", intOption("--mem"), DEFAULT_MEM_MIB)

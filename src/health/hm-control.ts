@@ -18,6 +18,8 @@ export const HMC_POISON_SEQ = 4;
 export const HM_UP = 1;
 export const HM_DOWN = 2;
 export const HM_BOOTING = 0;
+/** Out of restarts: every decision is fail-safe from now on. */
+export const HM_FAILED = 3;
 
 export class HmControl {
   readonly words: Int32Array;
@@ -67,6 +69,10 @@ export class HmControl {
       Atomics.load(this.words, HMC_POISON_GUEST) === guest &&
       Atomics.load(this.words, HMC_POISON_SEQ) === Number(seq & 0x7fffffffn)
     );
+  }
+
+  markFailed(): void {
+    this.setState(HM_FAILED);
   }
 
   private setState(s: number): void {

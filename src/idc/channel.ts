@@ -71,7 +71,10 @@ export class IdcRegion {
   }
 
   /** Write the header and every guest's ring control and rule table. */
-  initialize(ruleTables: readonly Uint8Array[], inject: InjectSpec = { mode: C.INJECT_NONE, at: 0, slowUs: 0 }): void {
+  initialize(
+    ruleTables: readonly (Uint8Array | undefined)[],
+    inject: InjectSpec = { mode: C.INJECT_NONE, at: 0, slowUs: 0 },
+  ): void {
     const L = this.layout;
     if (ruleTables.length !== L.nguests) throw new GuardvisorError("INTERNAL", "one rule table per guest");
     this.bytes.fill(0);
@@ -84,14 +87,25 @@ export class IdcRegion {
     v.setUint32(HDR("guest_block_size"), L.blockSize, true);
     this.setInject(inject);
     ruleTables.forEach((t, g) => {
-      if (t.length > L.rulesSize) throw new GuardvisorError("CONFIG_INVALID", "rule table larger than its IDC slot");
       const b = this.blockBase(g);
       v.setUint32(b + CTL("req_offset"), L.reqOffset, true);
       v.setUint32(b + CTL("resp_offset"), L.respOffset, true);
       v.setUint32(b + CTL("rules_offset"), L.rulesOffset, true);
-      v.setUint32(b + CTL("rules_size"), t.length, true);
-      this.bytes.set(t, b + L.rulesOffset);
+      if (t) this.installRules(g, t);
     });
+  }
+
+  /** Put guest g's compiled rule table where the health VM reads it (before g runs). */
+  installRules(g: number, table: Uint8Array): void {
+    const L = this.layout;
+    if (table.length > L.rulesSize) throw new GuardvisorError("CONFIG_INVALID", "rule table larger than its IDC slot");
+    const b = this.blockBase(g);
+    this.bytes.set(table, b + L.rulesOffset);
+    this.view.setUint32(b + CTL("rules_size"), table.length, true);
+  }
+
+  setTscKhz(khz: number): void {
+    this.view.setUint32(HDR("tsc_khz"), khz >>> 0, true);
   }
 
   setInject(inject: InjectSpec): void {
@@ -113,6 +127,47 @@ export class IdcRegion {
     };
   }
 
+  private slotAt(g: number, kind: "req" | "resp", seq: bigint): number {
+    const L = this.layout;
+    const idx = Number(seq % BigInt(L.nslots));
+    return kind === "req"
+      ? this.blockBase(g) + L.reqOffset + idx * IDC_REQUEST.size
+      : this.blockBase(g) + L.respOffset + idx * IDC_RESPONSE.size;
+  }
+
+  /** Flag request `seq` of guest g (if still in its slot) so the engine skips it. Settles nothing. */
+  markWithdrawn(g: number, seq: bigint): void {
+    const at = this.slotAt(g, "req", seq);
+    if (this.load64(at + REQ("seq")) === seq) {
+      const flags = this.view.getUint32(at + REQ("flags"), true);
+      this.view.setUint32(at + REQ("flags"), flags | C.IDC_REQ_WITHDRAWN, true);
+    }
+  }
+
+  /**
+   * Make the (new) engine take guest g's requests again from `fromSeq`
+   * (default: the first one not settled), clearing stale answers. Returns how
+   * many published requests it will take again.
+   */
+  rewindRing(g: number, fromSeq?: bigint): number {
+    const b = this.blockBase(g);
+    const from = fromSeq ?? this.load64(b + CTL("req_settled")) + 1n;
+    const published = this.load64(b + CTL("req_published"));
+    for (let s = from; s <= published; s++) this.store64(this.slotAt(g, "resp", s) + RESP("seq"), 0n);
+    this.store64(b + CTL("req_consumed"), from - 1n);
+    this.store64(b + CTL("resp_published"), from - 1n);
+    return published >= from ? Number(published - from + 1n) : 0;
+  }
+
+  /** True when some guest has published a request the health VM has not taken. */
+  pendingRequests(): boolean {
+    for (let g = 0; g < this.layout.nguests; g++) {
+      const b = this.blockBase(g);
+      if (this.load64(b + CTL("req_published")) > this.load64(b + CTL("req_consumed"))) return true;
+    }
+    return false;
+  }
+
   /** Forget what a dead health VM wrote about itself (before a restart). */
   resetHmState(): void {
     const v = this.view;
@@ -122,11 +177,12 @@ export class IdcRegion {
     this.store64(HDR("hm_current_seq"), 0n);
   }
 
-  channel(g: number): IdcChannel {
+  /** Guest g's channel; `nrules` is the guest's own rule count (the region is writable by the health VM). */
+  channel(g: number, nrules?: number): IdcChannel {
     if (!Number.isInteger(g) || g < 0 || g >= this.layout.nguests) {
       throw new GuardvisorError("INTERNAL", `no IDC channel for guest ${g}`);
     }
-    return new IdcChannel(this, g);
+    return new IdcChannel(this, g, nrules);
   }
 }
 
@@ -142,12 +198,13 @@ export class IdcChannel {
   constructor(
     private readonly region: IdcRegion,
     readonly guest: number,
+    nrules?: number,
   ) {
     this.base = region.blockBase(guest);
     this.nslots = region.layout.nslots;
     this.nextSeq = region.load64(this.base + CTL("req_published")) + 1n;
     const rulesAt = this.base + region.layout.rulesOffset;
-    this.nrules = region.view.getUint32(rulesAt + 8, true);
+    this.nrules = nrules ?? region.view.getUint32(rulesAt + 8, true);
   }
 
   private slot(kind: "req" | "resp", seq: bigint): number {
@@ -214,9 +271,28 @@ export class IdcChannel {
     return { state: "answered", verdict, rule };
   }
 
-  /** The request is settled (answered or failed safe): stop accepting answers for it. */
+  /**
+   * The request is settled (answered or failed safe): stop accepting answers
+   * for it, and advance `req_settled` (a restarted health VM starts after it).
+   */
   finalize(seq: bigint): void {
     this.outstanding.delete(seq);
+    let low = this.nextSeq;
+    for (const s of this.outstanding) if (s < low) low = s;
+    const at = this.base + CTL("req_settled");
+    if (low - 1n > this.region.load64(at)) this.region.store64(at, low - 1n);
+  }
+
+  /** The ring's counters, for diagnostics. */
+  describe(): string {
+    const r = this.region;
+    const f = (n: string) => r.load64(this.base + CTL(n));
+    return `published ${f("req_published")}, taken ${f("req_consumed")}, answered ${f("resp_published")}, settled ${f("req_settled")}`;
+  }
+
+  /** Every request up to here is settled. */
+  get settled(): bigint {
+    return this.region.load64(this.base + CTL("req_settled"));
   }
 
   /** Requests sent and not finalized, oldest first. */
@@ -229,10 +305,7 @@ export class IdcChannel {
    * `fromSeq` on again (the ones that were in flight), and clear stale answers.
    */
   rewindTo(fromSeq: bigint): void {
-    const r = this.region;
-    for (let s = fromSeq; s < this.nextSeq; s++) r.store64(this.slot("resp", s) + RESP("seq"), 0n);
-    r.store64(this.base + CTL("req_consumed"), fromSeq - 1n);
-    r.store64(this.base + CTL("resp_published"), fromSeq - 1n);
+    this.region.rewindRing(this.guest, fromSeq);
   }
 
   /**
@@ -241,10 +314,6 @@ export class IdcChannel {
    */
   withdraw(seq: bigint): void {
     this.finalize(seq);
-    const at = this.slot("req", seq);
-    if (this.region.load64(at + REQ("seq")) === seq) {
-      const flags = this.region.view.getUint32(at + REQ("flags"), true);
-      this.region.view.setUint32(at + REQ("flags"), flags | C.IDC_REQ_WITHDRAWN, true);
-    }
+    this.region.markWithdrawn(this.guest, seq);
   }
 }

@@ -39,6 +39,16 @@ export class GuestMemory {
     return new GuestMemory(addr, size, true, n.arrayBufferAt(addr, size));
   }
 
+  /** Map `size` bytes of an open file, shared (memory another process can map too). */
+  static mapFile(fd: number, size: number): GuestMemory {
+    if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE_SIZE !== 0) {
+      throw new GuardvisorError("CONFIG_INVALID", `mapping size ${size} is not a positive multiple of ${PAGE_SIZE}`);
+    }
+    const n = native();
+    const addr = n.mmapFd(fd, size);
+    return new GuestMemory(addr, size, true, n.arrayBufferAt(addr, size));
+  }
+
   /** Attach to RAM another thread allocated (no copy). */
   static attach(handle: GuestMemoryHandle): GuestMemory {
     return new GuestMemory(handle.hostAddr, handle.size, false, native().arrayBufferAt(handle.hostAddr, handle.size));

@@ -191,6 +191,11 @@ export class Vcpu {
     return this.run.decode();
   }
 
+  /** KVM_GET_TSC_KHZ: the guest's TSC rate. */
+  tscKhz(): number {
+    return wrapNative("KVM_GET_TSC_KHZ", () => native().getTscKhz(this.fd));
+  }
+
   getRegs(): Regs {
     wrapNative("KVM_GET_REGS", () => native().getRegs(this.fd, this.regsBuf));
     return decodeRegs(this.regsView);

@@ -4,7 +4,8 @@
  * to its end, and torn down.
  */
 import { ABI_CONSTANTS } from "../abi/guest-abi.js";
-import { compilePolicy, type Policy } from "../decide/policy.js";
+import type { HmFault } from "../decide/hm-vm-decider.js";
+import { type CompiledPolicy, compilePolicy, type Policy } from "../decide/policy.js";
 import { type ElfImage, loadElf } from "../elf/elf.js";
 import { Symbolizer } from "../elf/symbolizer.js";
 import { GuardvisorError } from "../errors.js";
@@ -13,6 +14,7 @@ import { type Kvm, releaseVcpu, Vcpu, type VcpuHandle, type Vm } from "../kvm/kv
 import { bootRegs, bootSregs, writeBootArea } from "./boot.js";
 import type { CapturedEvent } from "./dispatcher.js";
 import { makeRegions, ProtectionMap, planMemorySlots } from "./protection.js";
+import type { DeciderInit, IdcAttach } from "./vcpu-protocol.js";
 import { type VcpuStop, VcpuThread } from "./vcpu-thread.js";
 
 export interface GuestVmConfig {
@@ -24,6 +26,17 @@ export interface GuestVmConfig {
   cmdline: string;
   role?: number;
   policy: Policy;
+  /** Who decides this VM's events (default: the in-VMM decider). */
+  decider?: DeciderInit;
+  /**
+   * The health VM only: the IDC region, mapped at guest-physical `idcGpa`
+   * (right above RAM) and served by the doorbell hypercall.
+   */
+  hmService?: IdcAttach & { gpa: number };
+  /** Called once the policy is compiled, before the guest runs (to publish its rule table). */
+  onPolicy?: (p: CompiledPolicy) => void;
+  /** Called when this guest's decider sees the health VM misbehave. */
+  onHmFault?: (f: HmFault) => void;
   /** Called with each serial line as it arrives. */
   onSerial?: (line: string) => void;
   /** Called with each event as it arrives. */
@@ -75,17 +88,31 @@ export class GuestVm {
     try {
       memory = GuestMemory.allocate(config.memSize);
       loadSegments(memory, image);
-      mapMemory(vm, memory, protection);
+      const slots = mapMemory(vm, memory, protection);
+      const idc = config.hmService;
+      if (idc) {
+        vm.setUserMemoryRegion({
+          slot: slots,
+          gpa: idc.gpa,
+          size: idc.memory.size,
+          hostAddr: idc.memory.hostAddr,
+          readonly: false,
+        });
+      }
       writeBootArea(memory, {
         memSize: config.memSize,
         cmdline: config.cmdline,
         role: config.role ?? ABI_CONSTANTS.ROLE_GUEST,
         vmId: config.vmId,
+        idcGpa: idc?.gpa,
+        idcSize: idc?.memory.size,
       });
       vcpu = vm.createVcpu(0);
       configureVcpu(kvm, vcpu, image.entry);
       const guest = new GuestVm(config, image, protection, vm, memory, vcpu, undefined);
-      await guest.startThread(compilePolicy(config.policy, regions));
+      const compiled = compilePolicy(config.policy, regions);
+      config.onPolicy?.(compiled);
+      await guest.startThread(compiled);
       return guest;
     } catch (e) {
       if (vcpu) releaseVcpu(vcpu);
@@ -95,7 +122,8 @@ export class GuestVm {
     }
   }
 
-  private async startThread(policy: ReturnType<typeof compilePolicy>): Promise<void> {
+  private async startThread(policy: CompiledPolicy): Promise<void> {
+    const hm = this.config.hmService;
     this.thread = new VcpuThread(
       {
         vmId: this.config.vmId,
@@ -103,6 +131,8 @@ export class GuestVm {
         memory: this.memory.handle,
         regions: [...this.protection.regions],
         policy,
+        decider: this.config.decider ?? { kind: "vmm" },
+        hmService: hm ? { memory: hm.memory, layout: hm.layout, control: hm.control } : undefined,
       },
       {
         onSerial: (line) => {
@@ -113,6 +143,7 @@ export class GuestVm {
           this.events.push(e);
           this.config.onEvent?.(e);
         },
+        onHmFault: (f) => this.config.onHmFault?.(f),
       },
     );
     await this.thread.ready;
@@ -120,6 +151,22 @@ export class GuestVm {
 
   resume(): void {
     this.thread?.resume();
+  }
+
+  /** Resume; resolves when the guest stops (however it stops). */
+  run(): Promise<VcpuStop> {
+    const thread = this.thread;
+    if (!thread) throw new GuardvisorError("INTERNAL", "VM has no vCPU thread");
+    thread.resume();
+    return thread.done.then((s) => {
+      this.stopped = s;
+      return s;
+    });
+  }
+
+  /** The guest's TSC rate in kHz. */
+  tscKhz(): number {
+    return new Vcpu(this.vcpu).tscKhz();
   }
 
   /** Ask the vCPU to stop (it leaves KVM_RUN at once). */
@@ -187,9 +234,10 @@ function loadSegments(mem: GuestMemory, image: ElfImage): void {
   }
 }
 
-/** Back RAM with memory slots: read-only over protected pages. */
-function mapMemory(vm: Vm, mem: GuestMemory, protection: ProtectionMap): void {
-  planMemorySlots(mem.size, protection.regions).forEach((s, slot) => {
+/** Back RAM with memory slots: read-only over protected pages. Returns the number of slots used. */
+function mapMemory(vm: Vm, mem: GuestMemory, protection: ProtectionMap): number {
+  const plan = planMemorySlots(mem.size, protection.regions);
+  plan.forEach((s, slot) => {
     vm.setUserMemoryRegion({
       slot,
       gpa: s.gpa,
@@ -198,6 +246,7 @@ function mapMemory(vm: Vm, mem: GuestMemory, protection: ProtectionMap): void {
       readonly: s.readonly,
     });
   });
+  return plan.length;
 }
 
 function configureVcpu(kvm: Kvm, h: VcpuHandle, entry: number): void {

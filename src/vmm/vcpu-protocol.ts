@@ -2,7 +2,9 @@
  * What the VM owner and a vCPU worker say to each other: the worker's start
  * data, its messages, and the shared control word.
  */
+import type { HmFault } from "../decide/hm-vm-decider.js";
 import type { CompiledPolicy } from "../decide/policy.js";
+import type { IdcLayout } from "../idc/layout.js";
 import type { GuestMemoryHandle } from "../kvm/guest-memory.js";
 import type { VcpuHandle } from "../kvm/kvm.js";
 import type { CapturedEvent, DispatchStats, StopOutcome } from "./dispatcher.js";
@@ -15,12 +17,28 @@ export const CMD_STOP = 2;
 export const CTRL_CMD = 0;
 export const CTRL_SLOTS = 4;
 
+/** The IDC region as a worker attaches to it. */
+export interface IdcAttach {
+  memory: GuestMemoryHandle;
+  layout: IdcLayout;
+  /** The HmControl shared words. */
+  control: SharedArrayBuffer;
+}
+
+/** How a worker's events are decided. */
+export type DeciderInit =
+  | { kind: "vmm" }
+  | { kind: "hm-vm"; idc: IdcAttach; guest: number; timeoutMs: number; spinUs: number };
+
 export interface VcpuWorkerInit {
   vmId: number;
   vcpu: VcpuHandle;
   memory: GuestMemoryHandle;
   regions: ProtectedRegion[];
   policy: CompiledPolicy;
+  decider: DeciderInit;
+  /** Set for the health VM: its vCPU serves the IDC doorbell. */
+  hmService?: IdcAttach;
   control: SharedArrayBuffer;
 }
 
@@ -29,4 +47,5 @@ export type WorkerMessage =
   | { type: "serial"; line: string }
   | { type: "event"; event: CapturedEvent }
   | { type: "stopped"; outcome: StopOutcome | "stopped"; code?: number; detail: string; stats: DispatchStats }
+  | { type: "hm-fault"; fault: HmFault }
   | { type: "error"; code: string; message: string };

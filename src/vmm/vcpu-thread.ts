@@ -4,6 +4,7 @@
  * ended.
  */
 import { Worker } from "node:worker_threads";
+import type { HmFault } from "../decide/hm-vm-decider.js";
 import { GuardvisorError } from "../errors.js";
 import { RunPage } from "../kvm/exits.js";
 import { native } from "../kvm/native.js";
@@ -28,6 +29,7 @@ export interface VcpuStop {
 export interface VcpuListeners {
   onSerial(line: string): void;
   onEvent(e: CapturedEvent): void;
+  onHmFault?(f: HmFault): void;
 }
 
 export class VcpuThread {
@@ -65,6 +67,9 @@ export class VcpuThread {
             break;
           case "event":
             listeners.onEvent(m.event);
+            break;
+          case "hm-fault":
+            listeners.onHmFault?.(m.fault);
             break;
           case "stopped":
             result = { outcome: m.outcome, code: m.code, detail: m.detail, stats: m.stats };

@@ -4,24 +4,75 @@
  * It reports serial lines, events and its final state as messages.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { VmmDecider } from "../decide/decider.js";
+import { ABI_CONSTANTS } from "../abi/guest-abi.js";
+import { type Decider, VmmDecider } from "../decide/decider.js";
+import { HmVmDecider } from "../decide/hm-vm-decider.js";
 import { IoBus } from "../devices/bus.js";
 import { DebugExit } from "../devices/debug-exit.js";
 import { Hypercalls } from "../devices/hypercall.js";
 import { Serial } from "../devices/serial.js";
 import { isGuardvisorError } from "../errors.js";
+import { HmControl } from "../health/hm-control.js";
+import { IdcRegion } from "../idc/channel.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { Vcpu } from "../kvm/kvm.js";
 import { native } from "../kvm/native.js";
 import { cplOf } from "../kvm/structs.js";
 import { ExitDispatcher } from "./dispatcher.js";
 import { ProtectionMap } from "./protection.js";
-import { CMD_PAUSE, CMD_STOP, CTRL_CMD, type VcpuWorkerInit, type WorkerMessage } from "./vcpu-protocol.js";
+import {
+  CMD_PAUSE,
+  CMD_RUN,
+  CMD_STOP,
+  CTRL_CMD,
+  type IdcAttach,
+  type VcpuWorkerInit,
+  type WorkerMessage,
+} from "./vcpu-protocol.js";
 
 const init = workerData as VcpuWorkerInit;
 const port = parentPort;
 if (!port) throw new Error("vcpu-worker must run as a worker thread");
 const post = (m: WorkerMessage) => port.postMessage(m);
+
+/** How long one doorbell hypercall may park the health VM's vCPU. */
+const DOORBELL_PARK_MS = 1000;
+const DOORBELL_STEP_MS = 100;
+
+function attachIdc(a: IdcAttach): { region: IdcRegion; control: HmControl } {
+  const mem = GuestMemory.attach(a.memory);
+  return { region: new IdcRegion(mem.bytes.buffer as ArrayBuffer, a.layout), control: new HmControl(a.control) };
+}
+
+function makeDecider(): Decider {
+  const d = init.decider;
+  if (d.kind === "vmm") return new VmmDecider(init.policy);
+  const { region, control } = attachIdc(d.idc);
+  return new HmVmDecider(
+    init.policy,
+    region.channel(d.guest, init.policy.rules.length),
+    control,
+    { timeoutMs: d.timeoutMs, spinUs: d.spinUs },
+    (fault) => post({ type: "hm-fault", fault }),
+  );
+}
+
+/**
+ * The health VM's doorbell: park this vCPU thread until a request is
+ * published (the VMM bumps the doorbell word), the VM is told to stop, or a
+ * while passes. The engine calls it only after spinning idle.
+ */
+function serveDoorbell(hypercalls: Hypercalls, a: IdcAttach, ctrl: Int32Array): void {
+  const { region, control } = attachIdc(a);
+  hypercalls.on(ABI_CONSTANTS.HC_DOORBELL, () => {
+    for (let waited = 0; waited < DOORBELL_PARK_MS; waited += DOORBELL_STEP_MS) {
+      const seen = control.doorbellValue();
+      if (region.pendingRequests() || Atomics.load(ctrl, CTRL_CMD) !== CMD_RUN) break;
+      control.waitDoorbell(seen, DOORBELL_STEP_MS);
+    }
+    return BigInt(ABI_CONSTANTS.HC_OK);
+  });
+}
 
 function main(): void {
   const tid = native().prepareVcpuThread();
@@ -40,7 +91,9 @@ function main(): void {
   const bus = new IoBus();
   bus.register(serial);
   bus.register(new DebugExit());
-  bus.register(new Hypercalls({ ...cpu, cpl: () => cplOf(vcpu.getSregs()) }));
+  const hypercalls = new Hypercalls({ ...cpu, cpl: () => cplOf(vcpu.getSregs()) });
+  bus.register(hypercalls);
+  if (init.hmService) serveDoorbell(hypercalls, init.hmService, ctrl);
   const dispatcher = new ExitDispatcher({
     vmId: init.vmId,
     vcpuId: init.vcpu.id,
@@ -48,7 +101,7 @@ function main(): void {
     memory,
     protection,
     bus,
-    decider: new VmmDecider(init.policy),
+    decider: makeDecider(),
     sink: { event: (event) => post({ type: "event", event }) },
   });
 

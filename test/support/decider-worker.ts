@@ -1,0 +1,60 @@
+/**
+ * Test support: a stand-in for a guest's vCPU thread. It runs the real
+ * hm-vm decider on its own thread (deciders block while they wait) over
+ * `count` generated contexts and reports every decision.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { HmVmDecider } from "../../src/decide/hm-vm-decider.js";
+import type { CompiledPolicy } from "../../src/decide/policy.js";
+import { HmControl } from "../../src/health/hm-control.js";
+import { IdcRegion } from "../../src/idc/channel.js";
+import { GuestMemory } from "../../src/kvm/guest-memory.js";
+import { emptyContext } from "../../src/vmm/context.js";
+import type { DeciderInit } from "../../src/vmm/vcpu-protocol.js";
+
+export interface DeciderWorkerData {
+  decider: Extract<DeciderInit, { kind: "hm-vm" }>;
+  policy: CompiledPolicy;
+  count: number;
+}
+
+export interface Decision {
+  n: number;
+  verdict: string;
+  decidedBy: string;
+  rule: string;
+  reason: string;
+  us: number;
+}
+
+const d = workerData as DeciderWorkerData;
+const port = parentPort;
+if (port) {
+  const mem = GuestMemory.attach(d.decider.idc.memory);
+  const region = new IdcRegion(mem.bytes.buffer as ArrayBuffer, d.decider.idc.layout);
+  const decider = new HmVmDecider(
+    d.policy,
+    region.channel(d.decider.guest, d.policy.rules.length),
+    new HmControl(d.decider.idc.control),
+    { timeoutMs: d.decider.timeoutMs, spinUs: d.decider.spinUs },
+    (fault) => port.postMessage({ type: "fault", fault }),
+  );
+  const out: Decision[] = [];
+  for (let n = 1; n <= d.count; n++) {
+    const c = emptyContext("protected-write");
+    c.seq = n;
+    c.regionId = 1;
+    c.gpa = 0x100000 + n;
+    const t = process.hrtime.bigint();
+    const r = decider.decide(c);
+    out.push({
+      n,
+      verdict: r.verdict,
+      decidedBy: r.decidedBy,
+      rule: r.rule,
+      reason: r.reason,
+      us: Number(process.hrtime.bigint() - t) / 1e3,
+    });
+  }
+  port.postMessage({ type: "done", decisions: out });
+}
