@@ -161,10 +161,10 @@ async function demoCommand(): Promise<number> {
   const w = (s: string) => process.stdout.write(`${s}\n`);
   w("Guardvisor demo: a guest kernel module tries to patch kernel code.");
   w("Its .text is backed by read-only memory slots; every write attempt exits to");
-  w("the VMM, which captures the context and asks the decider. The policy denies it.\n");
+  w("the VMM, which captures the context and sends it over the IDC channel to the");
+  w("health-monitoring VM. Its engine evaluates the policy: the writes are denied.\n");
   const report = await runGuest({
     scenario: "text-patch",
-    decider: "vmm",
     onSerial: (line) => w(`  guest| ${line}`),
   });
   w("");

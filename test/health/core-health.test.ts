@@ -1,20 +1,20 @@
 /**
  * Core health management against a misbehaving engine: crash, hang, garbage
- * and late answers. The engine runs as a host process (the health VM's engine
- * source, guest/out/hm-host), the guests' deciders on worker threads, so this
- * runs with or without /dev/kvm; test/kvm/health-vm.test.ts does the same with
- * the real health VM.
+ * and late answers, with the guests' deciders on worker threads. The engine
+ * runs in the health VM (needs /dev/kvm) and as a host process (the same C
+ * source, guest/out/hm-host), so this runs with or without KVM;
+ * test/kvm/health-vm.test.ts runs whole guests against the health VM.
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { Worker } from "node:worker_threads";
 import { ABI_CONSTANTS as C } from "../../src/abi/guest-abi.js";
 import { compilePolicy, DEFAULT_POLICY } from "../../src/decide/policy.js";
-import { ProcessEngineBackend } from "../../src/health/backends.js";
 import { HealthManager } from "../../src/health/health-manager.js";
 import type { InjectSpec } from "../../src/idc/channel.js";
 import { makeRegions } from "../../src/vmm/protection.js";
 import type { DeciderWorkerData, Decision } from "../support/decider-worker.js";
+import { ENGINES, type EngineKind } from "../support/engines.js";
 
 const policy = compilePolicy(DEFAULT_POLICY, makeRegions([{ name: ".text", start: 0x100000, end: 0x101000 }], 1 << 24));
 
@@ -36,17 +36,23 @@ function decideOn(hm: HealthManager, guests: number, count: number): Promise<Dec
   );
 }
 
-async function withHealth<T>(inject: InjectSpec | undefined, guests: number, fn: (hm: HealthManager) => Promise<T>) {
-  const hm = await HealthManager.start({
-    backend: new ProcessEngineBackend(),
-    nguests: guests,
-    inject,
-    timeoutMs: 100,
-  });
+async function withHealth<T>(
+  engine: EngineKind,
+  inject: InjectSpec | undefined,
+  guests: number,
+  fn: (hm: HealthManager) => Promise<T>,
+  restartLimit?: number,
+) {
+  const { backend, close } = engine.make();
   try {
-    return await fn(hm);
+    const hm = await HealthManager.start({ backend, nguests: guests, inject, timeoutMs: 100, restartLimit });
+    try {
+      return await fn(hm);
+    } finally {
+      await hm.stop();
+    }
   } finally {
-    await hm.stop();
+    close();
   }
 }
 
@@ -57,79 +63,81 @@ const MODES: [string, InjectSpec, string][] = [
   ["slow", { mode: C.INJECT_SLOW, at: 1, slowUs: 400_000 }, "timeout|hang"],
 ];
 
-describe("core health management (hosted engine)", () => {
-  it("answers every request through the engine when nothing goes wrong", async () => {
-    await withHealth(undefined, 1, async (hm) => {
-      const [d] = await decideOn(hm, 1, 50);
-      assert.equal(d?.length, 50);
-      assert.ok(
-        d?.every((x) => x.decidedBy === "hm-vm" && x.verdict === "deny" && x.rule === "protect-kernel-regions"),
-      );
-      assert.equal(hm.status().restarts, 0);
-      assert.equal(hm.status().requests, 50);
-    });
-  });
-
-  for (const [name, inject, reason] of MODES) {
-    it(`${name}@1: fails safe on the first request, restarts the engine, then decides again`, async () => {
-      await withHealth(inject, 1, async (hm) => {
-        const [d] = await decideOn(hm, 1, 5);
-        assert.ok(d);
-        assert.deepEqual(
-          { verdict: d[0]?.verdict, decidedBy: d[0]?.decidedBy, rule: d[0]?.rule },
-          { verdict: "deny", decidedBy: "failsafe", rule: "failsafe" },
-        );
+for (const engine of ENGINES)
+  describe(`core health management: ${engine.name}`, { skip: engine.skip }, () => {
+    it("answers every request through the engine when nothing goes wrong", async () => {
+      await withHealth(engine, undefined, 1, async (hm) => {
+        const [d] = await decideOn(hm, 1, 50);
+        assert.equal(d?.length, 50);
         assert.ok(
-          d.slice(1).every((x) => x.decidedBy === "hm-vm" && x.verdict === "deny"),
-          JSON.stringify(d),
+          d?.every((x) => x.decidedBy === "hm-vm" && x.verdict === "deny" && x.rule === "protect-kernel-regions"),
         );
-        const s = hm.status();
-        assert.ok(s.restarts >= 1, "restarted");
-        assert.match(s.faults[0]?.reason ?? "", new RegExp(`^(${reason})$`));
-        assert.equal(s.failed, false);
-        // Nothing left in flight: every request settled exactly once.
-        const ch = hm.region.channel(0);
-        assert.equal(ch.settled, ch.published);
-        assert.equal(ch.published, 5n);
+        assert.equal(hm.status().restarts, 0);
+        assert.equal(hm.status().requests, 50);
       });
     });
-  }
 
-  it("loses no request and doubles none when the engine crashes with two guests' requests in flight", async () => {
-    await withHealth({ mode: C.INJECT_CRASH, at: 37, slowUs: 0 }, 2, async (hm) => {
-      const all = await decideOn(hm, 2, 60);
-      const flat = all.flat();
-      assert.equal(flat.length, 120);
-      assert.equal(flat.filter((x) => x.decidedBy === "failsafe").length, 1, "only the request it died on fails safe");
-      assert.ok(flat.every((x) => x.verdict === "deny"));
-      assert.equal(hm.status().restarts, 1);
-      for (let g = 0; g < 2; g++) {
-        const ch = hm.region.channel(g);
-        assert.equal(ch.published, 60n);
-        assert.equal(ch.settled, 60n);
-      }
-      // The engine answered every request but the poisoned one (re-sent ones count once more at most).
-      assert.ok(hm.status().requests >= 119, `${hm.status().requests} answered`);
-    });
-  });
-
-  it("gives up after the restart limit: every decision fails safe at once", async () => {
-    const hm = await HealthManager.start({
-      backend: new ProcessEngineBackend(),
-      nguests: 1,
-      inject: { mode: C.INJECT_CRASH, at: 1, slowUs: 0 },
-      timeoutMs: 100,
-      restartLimit: 0,
-    });
-    try {
-      const [d] = await decideOn(hm, 1, 3);
-      assert.ok(
-        d?.every((x) => x.decidedBy === "failsafe" && x.verdict === "deny"),
-        JSON.stringify(d),
-      );
-      assert.equal(hm.status().failed, true);
-    } finally {
-      await hm.stop();
+    for (const [name, inject, reason] of MODES) {
+      it(`${name}@1: fails safe on the first request, restarts the engine, then decides again`, async () => {
+        await withHealth(engine, inject, 1, async (hm) => {
+          const [d] = await decideOn(hm, 1, 5);
+          assert.ok(d);
+          assert.deepEqual(
+            { verdict: d[0]?.verdict, decidedBy: d[0]?.decidedBy, rule: d[0]?.rule },
+            { verdict: "deny", decidedBy: "failsafe", rule: "failsafe" },
+          );
+          assert.ok(
+            d.slice(1).every((x) => x.decidedBy === "hm-vm" && x.verdict === "deny"),
+            JSON.stringify(d),
+          );
+          const s = hm.status();
+          assert.ok(s.restarts >= 1, "restarted");
+          assert.match(s.faults[0]?.reason ?? "", new RegExp(`^(${reason})$`));
+          assert.equal(s.failed, false);
+          // Nothing left in flight: every request settled exactly once.
+          const ch = hm.region.channel(0);
+          assert.equal(ch.settled, ch.published);
+          assert.equal(ch.published, 5n);
+        });
+      });
     }
+
+    it("loses no request and doubles none when the engine crashes with two guests' requests in flight", async () => {
+      await withHealth(engine, { mode: C.INJECT_CRASH, at: 37, slowUs: 0 }, 2, async (hm) => {
+        const all = await decideOn(hm, 2, 60);
+        const flat = all.flat();
+        assert.equal(flat.length, 120);
+        assert.equal(
+          flat.filter((x) => x.decidedBy === "failsafe").length,
+          1,
+          "only the request it died on fails safe",
+        );
+        assert.ok(flat.every((x) => x.verdict === "deny"));
+        assert.equal(hm.status().restarts, 1);
+        for (let g = 0; g < 2; g++) {
+          const ch = hm.region.channel(g);
+          assert.equal(ch.published, 60n);
+          assert.equal(ch.settled, 60n);
+        }
+        // The engine answered every request but the poisoned one (re-sent ones count once more at most).
+        assert.ok(hm.status().requests >= 119, `${hm.status().requests} answered`);
+      });
+    });
+
+    it("gives up after the restart limit: every decision fails safe at once", async () => {
+      await withHealth(
+        engine,
+        { mode: C.INJECT_CRASH, at: 1, slowUs: 0 },
+        1,
+        async (hm) => {
+          const [d] = await decideOn(hm, 1, 3);
+          assert.ok(
+            d?.every((x) => x.decidedBy === "failsafe" && x.verdict === "deny"),
+            JSON.stringify(d),
+          );
+          assert.equal(hm.status().failed, true);
+        },
+        0,
+      );
+    });
   });
-});

@@ -1,0 +1,37 @@
+/**
+ * Test support: the two places the health-management engine runs. The health
+ * VM needs /dev/kvm (its tests skip loudly without it); the hosted engine
+ * process runs anywhere.
+ */
+import { readFileSync } from "node:fs";
+import { type EngineBackend, ProcessEngineBackend, VmEngineBackend } from "../../src/health/backends.js";
+import { Kvm } from "../../src/kvm/kvm.js";
+import { defaultKernelPath, HM_MEM_MIB } from "../../src/runner.js";
+import { skipWithoutKvm } from "./kvm.js";
+
+export interface EngineKind {
+  name: string;
+  skip: string | false;
+  /** A backend and what to close after the health manager has stopped. */
+  make(): { backend: EngineBackend; close(): void };
+}
+
+export const ENGINES: EngineKind[] = [
+  {
+    name: "hosted engine process",
+    skip: false,
+    make: () => ({ backend: new ProcessEngineBackend(), close: () => {} }),
+  },
+  {
+    name: "health VM on KVM",
+    skip: skipWithoutKvm,
+    make: () => {
+      const kvm = Kvm.open();
+      const kernel = readFileSync(defaultKernelPath());
+      return {
+        backend: new VmEngineBackend(kvm, kernel, defaultKernelPath(), HM_MEM_MIB),
+        close: () => kvm.close(),
+      };
+    },
+  },
+];
