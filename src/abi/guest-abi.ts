@@ -43,6 +43,14 @@ export const ABI_CONSTANTS = {
   HC_HEARTBEAT: 3,
   HC_DOORBELL: 0x10,
 
+  // HC_SEAL arguments (RDI, a bit set): one-way; sealed objects are protected from then on.
+  SEAL_MSRS: 1, // syscall/sysenter MSRs and EFER: writes become msr-write events
+
+  // HC_REPORT_EXCEPTION arguments: RDI = vector, RSI = faulting RIP, RCX = what the guest did.
+  GUEST_ACTION_HANDLED: 0,
+  GUEST_ACTION_TASK_KILLED: 1,
+  GUEST_ACTION_PANIC: 2,
+
   // Hypercall results.
   HC_OK: 0,
   HC_EINVAL: 0xffffffff,
@@ -155,6 +163,8 @@ export const CONTEXT_RECORD = defineStruct("gv_context", "Exception context reco
 export const CONTEXT_FLAGS = {
   INSN_VALID: 1,
   SEALED: 2,
+  /** The exception frame at the entry was unreadable or impossible (vector reads 255). */
+  FRAME_INVALID: 4,
 } as const;
 
 export const REG_NAMES = [

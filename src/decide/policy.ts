@@ -52,6 +52,12 @@ export const DEFAULT_POLICY: Policy = {
       verdict: "deny",
       reason: "write to a protected kernel region",
     },
+    {
+      name: "protect-syscall-msrs",
+      kinds: ["msr-write"],
+      verdict: "deny-fault",
+      reason: "write to a sealed system-call or EFER MSR: refused with #GP",
+    },
   ],
   defaults: FAILSAFE_DEFAULTS,
 };

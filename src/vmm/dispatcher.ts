@@ -6,13 +6,15 @@
  * This is the first place an event is seen: the context is captured here,
  * before the guest runs another instruction.
  */
-import { CONTEXT_FLAGS, type EventKind, type Verdict } from "../abi/guest-abi.js";
+import { ABI_CONSTANTS, CONTEXT_FLAGS, type EventKind, type Verdict } from "../abi/guest-abi.js";
 import type { Decider, DecisionResult } from "../decide/decider.js";
 import type { IoBus } from "../devices/bus.js";
 import type { VcpuExit } from "../kvm/exits.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
 import { cplOf, type Regs, type Sregs } from "../kvm/structs.js";
 import { type ContextRecord, emptyContext, encodeContext } from "./context.js";
+import type { ExceptionCapture } from "./exception-capture.js";
+import { decodeExceptionFrame } from "./frame.js";
 import { readVirtual } from "./paging.js";
 import type { ProtectionMap } from "./protection.js";
 
@@ -23,6 +25,8 @@ export interface CpuAccess {
   getSregs(): Sregs;
   injectException(vector: number, errorCode?: number): void;
   setMsrResult(error: 0 | 1): void;
+  /** KVM_SET_MSRS for one MSR (an allowed write to a filtered MSR). */
+  setMsr(index: number, value: bigint): void;
 }
 
 /** One event, as the vCPU thread reports it to the VM's owner. */
@@ -34,6 +38,12 @@ export interface CapturedEvent {
   regionId: number;
   gpa: number;
   rip: bigint;
+  /** CPU exception vector (cpu-exception), else 0. */
+  vector: number;
+  /** The MSR written (msr-write), else 0. */
+  msrIndex: number;
+  /** What else the VMM noticed (e.g. a hostile exception frame). */
+  note?: string;
   verdict: Verdict;
   decidedBy: DecisionResult["decidedBy"];
   rule: string;
@@ -45,8 +55,20 @@ export interface CapturedEvent {
   record: Uint8Array;
 }
 
+/** What the guest's own exception module says it did with an exception (HC_REPORT_EXCEPTION). */
+export type GuestAction = "task-killed" | "panic" | "handled" | "unknown";
+
+export interface GuestReport {
+  /** The captured event it matches; undefined when the VMM captured no such exception. */
+  seq: number | undefined;
+  vector: number;
+  rip: bigint;
+  action: GuestAction;
+}
+
 export interface EventSink {
   event(e: CapturedEvent): void;
+  guestReport?(r: GuestReport): void;
 }
 
 export type StopOutcome = "exit" | "crash" | "halt" | "restart";
@@ -64,6 +86,10 @@ export interface DispatcherDeps {
   bus: IoBus;
   decider: Decider;
   sink: EventSink;
+  /** Hardware-breakpoint capture on the guest's exception entry, when the entry is known. */
+  exceptions?: ExceptionCapture;
+  /** MSRs whose writes the MSR filter sends here. */
+  protectedMsrs?: ReadonlySet<number>;
   /** Monotonic clock in nanoseconds. */
   now?: () => bigint;
 }
@@ -76,6 +102,9 @@ export interface DispatchStats {
   unbackedWrites: number;
   unbackedReads: number;
   events: number;
+  exceptions: number;
+  guestReports: number;
+  msrWritesBeforeSeal: number;
 }
 
 export const GP_VECTOR = 13;
@@ -89,8 +118,15 @@ export class ExitDispatcher {
     unbackedWrites: 0,
     unbackedReads: 0,
     events: 0,
+    exceptions: 0,
+    guestReports: 0,
+    msrWritesBeforeSeal: 0,
   };
   private seq = 0;
+  /** HC_SEAL bits the guest has set (one-way). */
+  private sealed = 0;
+  /** Recent captured exceptions not yet reported by the guest: matched by vector and RIP. */
+  private readonly unreported: { seq: number; vector: number; rip: bigint }[] = [];
   private readonly now: () => bigint;
 
   constructor(private readonly d: DispatcherDeps) {
@@ -131,19 +167,23 @@ export class ExitDispatcher {
       case "hlt":
         return { kind: "stop", outcome: "halt", detail: "the guest halted the CPU" };
       case "shutdown":
-        return { kind: "stop", outcome: "crash", detail: "triple fault (KVM_EXIT_SHUTDOWN)" };
+        return this.onCrash("triple fault (KVM_EXIT_SHUTDOWN)", t0);
       case "internal-error":
-        return { kind: "stop", outcome: "crash", detail: `KVM internal error, suberror ${exit.suberror}` };
+        return this.onCrash(`KVM internal error, suberror ${exit.suberror}`, t0);
       case "fail-entry":
         return { kind: "stop", outcome: "crash", detail: `VM entry failed, reason 0x${exit.reason.toString(16)}` };
       case "system-event":
         return { kind: "stop", outcome: "crash", detail: `system event ${exit.type}` };
       case "msr-write":
+        if (this.d.protectedMsrs?.has(exit.index)) return this.onMsrWrite(exit.index, exit.value, t0);
+        this.d.cpu.setMsrResult(1); // not ours to filter: refuse
+        return CONTINUE;
       case "msr-read":
-        // No MSR filter is installed, so these are unexpected: refuse with #GP.
+        // The filter only covers writes, so reads are unexpected: refuse with #GP.
         this.d.cpu.setMsrResult(1);
         return CONTINUE;
       case "debug":
+        return this.onDebug(exit.pc, t0);
       case "interrupted":
         return CONTINUE;
       case "unknown":
@@ -178,10 +218,126 @@ export class ExitDispatcher {
     }
   }
 
-  /** First-time capture: registers, control registers and instruction bytes. */
-  capture(kind: EventKind): ContextRecord {
+  /** A debug exit: the exception-entry breakpoint, the step over it, or not ours. */
+  private onDebug(pc: bigint, t0: bigint): ExitAction {
+    const xc = this.d.exceptions;
+    if (!xc) return CONTINUE;
+    switch (xc.classify(pc)) {
+      case "stepped":
+        xc.stepped();
+        return CONTINUE;
+      case "other":
+        return CONTINUE;
+      case "exception-entry": {
+        const action = this.onException(t0);
+        if (action.kind === "continue") xc.stepOver();
+        return action;
+      }
+    }
+  }
+
+  /**
+   * The guest is entering its exception handler: capture the exception from
+   * the frame before the handler runs. Verdicts that end the VM end it here;
+   * every other verdict lets the guest's own exception module handle it.
+   */
+  private onException(t0: bigint): ExitAction {
+    this.stats.exceptions++;
     const regs = this.d.cpu.getRegs();
     const sregs = this.d.cpu.getSregs();
+    const ctx = this.capture("cpu-exception", regs, sregs);
+    const f = decodeExceptionFrame(this.d.memory, sregs.cr3, regs.rsp);
+    let note: string | undefined;
+    if (f.ok) {
+      const fr = f.frame;
+      ctx.vector = fr.vector;
+      ctx.errorCode = fr.errorCode;
+      ctx.cpl = fr.cpl;
+      ctx.regs = { ...regs, rip: fr.rip, rsp: fr.rsp, rflags: fr.rflags };
+      ctx.insn = readVirtual(this.d.memory, sregs.cr3, fr.rip, 16);
+      ctx.flags = ctx.insn.length > 0 ? ctx.flags | CONTEXT_FLAGS.INSN_VALID : ctx.flags & ~CONTEXT_FLAGS.INSN_VALID;
+      this.unreported.push({ seq: ctx.seq, vector: fr.vector, rip: fr.rip });
+      if (this.unreported.length > 16) this.unreported.shift();
+    } else {
+      // Hostile or broken: record what we saw at the entry, decide on vector 255.
+      ctx.vector = 255;
+      ctx.flags |= CONTEXT_FLAGS.FRAME_INVALID;
+      note = `exception frame rejected: ${f.why}`;
+    }
+    const decision = this.d.decider.decide(ctx);
+    const action = this.endsVm(decision.verdict) ?? CONTINUE;
+    this.report(ctx, decision, t0, note);
+    return action;
+  }
+
+  /** HC_REPORT_EXCEPTION: the guest's exception module says what it did. */
+  onGuestReport(vector: number, rip: bigint, action: GuestAction): void {
+    this.stats.guestReports++;
+    const i = this.unreported.findIndex((u) => u.vector === vector && u.rip === rip);
+    const match = i >= 0 ? this.unreported.splice(i, 1)[0] : undefined;
+    this.d.sink.guestReport?.({ seq: match?.seq, vector, rip, action });
+  }
+
+  /** HC_SEAL: protect more from now on (bits only ever get set). Returns the sealed set. */
+  seal(what: number): number {
+    this.sealed |= what & ABI_CONSTANTS.SEAL_MSRS;
+    return this.sealed;
+  }
+
+  /** A write to a filtered MSR (LSTAR, SYSENTER_EIP, …). */
+  private onMsrWrite(index: number, value: bigint, t0: bigint): ExitAction {
+    if ((this.sealed & ABI_CONSTANTS.SEAL_MSRS) === 0) {
+      // Before the guest seals its MSRs, it is still setting itself up: perform the write.
+      this.stats.msrWritesBeforeSeal++;
+      this.d.cpu.setMsr(index, value);
+      this.d.cpu.setMsrResult(0);
+      return CONTINUE;
+    }
+    const ctx = this.capture("msr-write");
+    ctx.msrIndex = index;
+    ctx.msrValue = value;
+    const decision = this.d.decider.decide(ctx);
+    const v = decision.verdict;
+    let action: ExitAction = CONTINUE;
+    if (v === "allow" || v === "log") {
+      this.d.cpu.setMsr(index, value);
+      this.d.cpu.setMsrResult(0);
+    } else if (v === "deny") {
+      this.d.cpu.setMsrResult(0); // dropped: the guest believes it wrote
+    } else if (v === "deny-fault" || v === "kill-task") {
+      this.d.cpu.setMsrResult(1); // #GP in the guest
+    } else {
+      this.d.cpu.setMsrResult(1);
+      action = this.endsVm(v) ?? CONTINUE;
+    }
+    this.report(ctx, decision, t0);
+    return action;
+  }
+
+  /** A crash (triple fault, internal error): an event, then the verdict's way out. */
+  private onCrash(detail: string, t0: bigint): ExitAction {
+    const ctx = this.capture("crash");
+    const decision = this.d.decider.decide(ctx);
+    this.report(ctx, decision, t0, detail);
+    const end = this.endsVm(decision.verdict);
+    if (end?.outcome === "restart") return { ...end, detail: `${detail}; restart by verdict` };
+    return { kind: "stop", outcome: "crash", detail };
+  }
+
+  private endsVm(verdict: Verdict): (ExitAction & { kind: "stop" }) | undefined {
+    switch (verdict) {
+      case "restart":
+        return { kind: "stop", outcome: "restart", detail: "restart by verdict" };
+      case "halt":
+      case "pause":
+        return { kind: "stop", outcome: "halt", detail: `halted by verdict ${verdict}` };
+      default:
+        return undefined;
+    }
+  }
+
+  /** First-time capture: registers, control registers and instruction bytes. */
+  capture(kind: EventKind, regs: Regs = this.d.cpu.getRegs(), sregs: Sregs = this.d.cpu.getSregs()): ContextRecord {
     const ctx = emptyContext(kind);
     ctx.seq = ++this.seq;
     ctx.vmId = this.d.vmId;
@@ -219,7 +375,7 @@ export class ExitDispatcher {
     }
   }
 
-  private report(ctx: ContextRecord, decision: DecisionResult, t0: bigint): void {
+  private report(ctx: ContextRecord, decision: DecisionResult, t0: bigint, note?: string): void {
     this.stats.events++;
     const latencyUs = Number(this.now() - t0) / 1000;
     this.d.sink.event({
@@ -230,6 +386,9 @@ export class ExitDispatcher {
       regionId: ctx.regionId,
       gpa: ctx.gpa,
       rip: ctx.regs.rip,
+      vector: ctx.kind === "cpu-exception" ? ctx.vector : 0,
+      msrIndex: ctx.msrIndex,
+      note,
       verdict: decision.verdict,
       decidedBy: decision.decidedBy,
       rule: decision.rule,

@@ -8,11 +8,12 @@ import type { HmFault } from "../decide/hm-vm-decider.js";
 import { type CompiledPolicy, compilePolicy, type Policy } from "../decide/policy.js";
 import { type ElfImage, loadElf } from "../elf/elf.js";
 import { Symbolizer } from "../elf/symbolizer.js";
-import { GuardvisorError } from "../errors.js";
+import { configError, GuardvisorError } from "../errors.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { type Kvm, releaseVcpu, Vcpu, type VcpuHandle, type Vm } from "../kvm/kvm.js";
+import { K } from "../kvm/native.js";
 import { bootRegs, bootSregs, writeBootArea } from "./boot.js";
-import type { CapturedEvent } from "./dispatcher.js";
+import type { CapturedEvent, GuestReport } from "./dispatcher.js";
 import { makeRegions, ProtectionMap, planMemorySlots } from "./protection.js";
 import type { DeciderInit, IdcAttach } from "./vcpu-protocol.js";
 import { type VcpuStop, VcpuThread } from "./vcpu-thread.js";
@@ -33,8 +34,16 @@ export interface GuestVmConfig {
    * (right above RAM) and served by the doorbell hypercall.
    */
   hmService?: IdcAttach & { gpa: number };
+  /**
+   * The guest's common exception entry, where a hardware breakpoint captures
+   * every CPU exception first: an ELF symbol name or a guest-virtual address.
+   * Default: the symbol `gv_exception_entry` when the kernel has it.
+   */
+  exceptionEntry?: string | bigint;
   /** Called once the policy is compiled, before the guest runs (to publish its rule table). */
   onPolicy?: (p: CompiledPolicy) => void;
+  /** Called when the guest's exception module reports an exception it handled. */
+  onGuestReport?: (r: GuestReport) => void;
   /** Called when this guest's decider sees the health VM misbehave. */
   onHmFault?: (f: HmFault) => void;
   /** Called with each serial line as it arrives. */
@@ -56,6 +65,9 @@ export class GuestVm {
   readonly symbolizer: Symbolizer;
   readonly protection: ProtectionMap;
   readonly events: CapturedEvent[] = [];
+  readonly guestReports: GuestReport[] = [];
+  /** Where exceptions are captured (undefined: no known entry, capture off). */
+  exceptionEntry: bigint | undefined;
   readonly serial: string[] = [];
   private readonly lockHashes: string[];
   private stopped: VcpuStop | undefined;
@@ -107,9 +119,11 @@ export class GuestVm {
         idcGpa: idc?.gpa,
         idcSize: idc?.memory.size,
       });
+      protectMsrs(vm);
       vcpu = vm.createVcpu(0);
       configureVcpu(kvm, vcpu, image.entry);
       const guest = new GuestVm(config, image, protection, vm, memory, vcpu, undefined);
+      guest.exceptionEntry = resolveEntry(image, config.exceptionEntry);
       const compiled = compilePolicy(config.policy, regions);
       config.onPolicy?.(compiled);
       await guest.startThread(compiled);
@@ -132,6 +146,8 @@ export class GuestVm {
         regions: [...this.protection.regions],
         policy,
         decider: this.config.decider ?? { kind: "vmm" },
+        exceptionEntry: this.exceptionEntry,
+        protectedMsrs: [...PROTECTED_MSRS],
         hmService: hm ? { memory: hm.memory, layout: hm.layout, control: hm.control } : undefined,
       },
       {
@@ -144,6 +160,10 @@ export class GuestVm {
           this.config.onEvent?.(e);
         },
         onHmFault: (f) => this.config.onHmFault?.(f),
+        onGuestReport: (r) => {
+          if (this.guestReports.length < 10_000) this.guestReports.push(r);
+          this.config.onGuestReport?.(r);
+        },
       },
     );
     await this.thread.ready;
@@ -223,6 +243,46 @@ export class GuestVm {
     this.memory.release();
     this.vm.close();
   }
+}
+
+/** MSRs whose writes exit to the VMM (protected once the guest seals them). */
+export const PROTECTED_MSRS: ReadonlySet<number> = new Set([
+  0xc0000080, // EFER
+  0xc0000081, // STAR
+  0xc0000082, // LSTAR
+  0xc0000083, // CSTAR
+  0xc0000084, // SFMASK
+  0x174, // SYSENTER_CS
+  0x175, // SYSENTER_ESP
+  0x176, // SYSENTER_EIP
+]);
+
+/** MSR filter: writes to PROTECTED_MSRS exit to the VMM (a clear bit denies, so it exits). */
+function protectMsrs(vm: Vm): void {
+  try {
+    vm.enableCap("KVM_CAP_X86_USER_SPACE_MSR", [BigInt(K("KVM_MSR_EXIT_REASON_FILTER"))]);
+    const write = K("KVM_MSR_FILTER_WRITE");
+    vm.setMsrFilter(false, [
+      { flags: write, base: 0xc0000080, nmsrs: 5, bitmap: new Uint8Array(1) },
+      { flags: write, base: 0x174, nmsrs: 3, bitmap: new Uint8Array(1) },
+    ]);
+  } catch (e) {
+    throw new GuardvisorError("KVM_UNAVAILABLE", `MSR protection needs the KVM MSR filter: ${(e as Error).message}`, {
+      cause: e,
+    });
+  }
+}
+
+/** The exception entry as a guest-virtual address, from a symbol name or an address. */
+function resolveEntry(image: ElfImage, want: string | bigint | undefined): bigint | undefined {
+  if (typeof want === "bigint") return want;
+  const name = want ?? "gv_exception_entry";
+  const sym = image.symbols.find((s) => s.name === name);
+  if (!sym) {
+    if (want === undefined) return undefined; // a kernel without gv-kernel's entry: capture off
+    throw configError("--exception-entry", `the kernel has no symbol named ${name}`);
+  }
+  return BigInt(sym.value);
 }
 
 /** Copy every PT_LOAD segment to its physical address and zero its tail. */

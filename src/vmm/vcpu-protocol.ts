@@ -7,7 +7,7 @@ import type { CompiledPolicy } from "../decide/policy.js";
 import type { IdcLayout } from "../idc/layout.js";
 import type { GuestMemoryHandle } from "../kvm/guest-memory.js";
 import type { VcpuHandle } from "../kvm/kvm.js";
-import type { CapturedEvent, DispatchStats, StopOutcome } from "./dispatcher.js";
+import type { CapturedEvent, DispatchStats, GuestReport, StopOutcome } from "./dispatcher.js";
 import type { ProtectedRegion } from "./protection.js";
 
 /** Control word values (Int32Array slot CTRL_CMD of the shared control buffer). */
@@ -37,6 +37,10 @@ export interface VcpuWorkerInit {
   regions: ProtectedRegion[];
   policy: CompiledPolicy;
   decider: DeciderInit;
+  /** Guest-virtual address of the common exception entry: a hardware breakpoint goes there. */
+  exceptionEntry?: bigint;
+  /** MSRs the VM's MSR filter sends to the VMM on write. */
+  protectedMsrs?: number[];
   /** Set for the health VM: its vCPU serves the IDC doorbell. */
   hmService?: IdcAttach;
   control: SharedArrayBuffer;
@@ -48,4 +52,5 @@ export type WorkerMessage =
   | { type: "event"; event: CapturedEvent }
   | { type: "stopped"; outcome: StopOutcome | "stopped"; code?: number; detail: string; stats: DispatchStats }
   | { type: "hm-fault"; fault: HmFault }
+  | { type: "guest-report"; report: GuestReport }
   | { type: "error"; code: string; message: string };

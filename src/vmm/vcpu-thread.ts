@@ -8,7 +8,7 @@ import type { HmFault } from "../decide/hm-vm-decider.js";
 import { GuardvisorError } from "../errors.js";
 import { RunPage } from "../kvm/exits.js";
 import { native } from "../kvm/native.js";
-import type { CapturedEvent, DispatchStats, StopOutcome } from "./dispatcher.js";
+import type { CapturedEvent, DispatchStats, GuestReport, StopOutcome } from "./dispatcher.js";
 import {
   CMD_PAUSE,
   CMD_RUN,
@@ -30,6 +30,7 @@ export interface VcpuListeners {
   onSerial(line: string): void;
   onEvent(e: CapturedEvent): void;
   onHmFault?(f: HmFault): void;
+  onGuestReport?(r: GuestReport): void;
 }
 
 export class VcpuThread {
@@ -70,6 +71,9 @@ export class VcpuThread {
             break;
           case "hm-fault":
             listeners.onHmFault?.(m.fault);
+            break;
+          case "guest-report":
+            listeners.onGuestReport?.(m.report);
             break;
           case "stopped":
             result = { outcome: m.outcome, code: m.code, detail: m.detail, stats: m.stats };

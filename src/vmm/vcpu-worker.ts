@@ -16,9 +16,10 @@ import { HmControl } from "../health/hm-control.js";
 import { IdcRegion } from "../idc/channel.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { Vcpu } from "../kvm/kvm.js";
-import { native } from "../kvm/native.js";
+import { K, native } from "../kvm/native.js";
 import { cplOf } from "../kvm/structs.js";
-import { ExitDispatcher } from "./dispatcher.js";
+import { ExitDispatcher, type GuestAction } from "./dispatcher.js";
+import { ExceptionCapture } from "./exception-capture.js";
 import { ProtectionMap } from "./protection.js";
 import {
   CMD_PAUSE,
@@ -74,6 +75,23 @@ function serveDoorbell(hypercalls: Hypercalls, a: IdcAttach, ctrl: Int32Array): 
   });
 }
 
+const GUEST_ACTIONS: Record<number, GuestAction> = {
+  [ABI_CONSTANTS.GUEST_ACTION_HANDLED]: "handled",
+  [ABI_CONSTANTS.GUEST_ACTION_TASK_KILLED]: "task-killed",
+  [ABI_CONSTANTS.GUEST_ACTION_PANIC]: "panic",
+};
+
+/** Hypercalls only the guest kernel (CPL 0) may make. */
+function guestKernelHypercalls(hypercalls: Hypercalls, dispatcher: ExitDispatcher): void {
+  const EPERM = BigInt(ABI_CONSTANTS.HC_EPERM);
+  hypercalls.on(ABI_CONSTANTS.HC_SEAL, (a) => (a.cpl === 0 ? BigInt(dispatcher.seal(Number(a.a0 & 0xffn))) : EPERM));
+  hypercalls.on(ABI_CONSTANTS.HC_REPORT_EXCEPTION, (a) => {
+    if (a.cpl !== 0) return EPERM;
+    dispatcher.onGuestReport(Number(a.a0 & 0xffn), a.a1, GUEST_ACTIONS[Number(a.a2 & 0xffn)] ?? "unknown");
+    return BigInt(ABI_CONSTANTS.HC_OK);
+  });
+}
+
 function main(): void {
   const tid = native().prepareVcpuThread();
   const ctrl = new Int32Array(init.control);
@@ -87,6 +105,7 @@ function main(): void {
     getSregs: () => vcpu.getSregs(),
     injectException: (v: number, e?: number) => vcpu.injectException(v, e),
     setMsrResult: (e: 0 | 1) => vcpu.run.setMsrResult(e),
+    setMsr: (index: number, value: bigint) => vcpu.setMsrs([[index, value]]),
   };
   const bus = new IoBus();
   bus.register(serial);
@@ -94,6 +113,14 @@ function main(): void {
   const hypercalls = new Hypercalls({ ...cpu, cpl: () => cplOf(vcpu.getSregs()) });
   bus.register(hypercalls);
   if (init.hmService) serveDoorbell(hypercalls, init.hmService, ctrl);
+  const exceptions =
+    init.exceptionEntry === undefined
+      ? undefined
+      : new ExceptionCapture(init.exceptionEntry, vcpu, {
+          enable: K("KVM_GUESTDBG_ENABLE"),
+          singlestep: K("KVM_GUESTDBG_SINGLESTEP"),
+          useHwBp: K("KVM_GUESTDBG_USE_HW_BP"),
+        });
   const dispatcher = new ExitDispatcher({
     vmId: init.vmId,
     vcpuId: init.vcpu.id,
@@ -102,8 +129,15 @@ function main(): void {
     protection,
     bus,
     decider: makeDecider(),
-    sink: { event: (event) => post({ type: "event", event }) },
+    sink: {
+      event: (event) => post({ type: "event", event }),
+      guestReport: (report) => post({ type: "guest-report", report }),
+    },
+    exceptions,
+    protectedMsrs: new Set(init.protectedMsrs ?? []),
   });
+  guestKernelHypercalls(hypercalls, dispatcher);
+  exceptions?.arm();
 
   post({ type: "ready", tid });
   // Built paused: wait for the owner to resume us.

@@ -1,99 +1,12 @@
 import assert from "node:assert/strict";
 import { after, beforeEach, describe, it } from "node:test";
 import { ABI_CONSTANTS } from "../../src/abi/guest-abi.js";
-import { VmmDecider } from "../../src/decide/decider.js";
-import { compilePolicy, DEFAULT_POLICY, FAILSAFE_DEFAULTS, type Policy } from "../../src/decide/policy.js";
-import { IoBus } from "../../src/devices/bus.js";
-import { DebugExit } from "../../src/devices/debug-exit.js";
-import { Hypercalls } from "../../src/devices/hypercall.js";
-import { Serial } from "../../src/devices/serial.js";
-import { GuestMemory } from "../../src/kvm/guest-memory.js";
-import { type Regs, type Sregs, zeroRegs } from "../../src/kvm/structs.js";
+import { FAILSAFE_DEFAULTS } from "../../src/decide/policy.js";
 import { decodeContext } from "../../src/vmm/context.js";
-import { type CapturedEvent, type CpuAccess, ExitDispatcher } from "../../src/vmm/dispatcher.js";
-import { makeRegions, ProtectionMap } from "../../src/vmm/protection.js";
+import { dispatchFixture, MEM } from "../support/dispatch.js";
 
-const MEM = 4 << 20;
-const mem = GuestMemory.allocate(MEM);
+const { mem, setup } = dispatchFixture();
 after(() => mem.release());
-const regions = makeRegions([{ name: ".text", start: 0x100000, end: 0x100800 }], MEM);
-
-function sregs(cpl: number): Sregs {
-  const seg = {
-    base: 0n,
-    limit: 0,
-    selector: 0,
-    type: 0,
-    present: 1,
-    dpl: 0,
-    db: 0,
-    s: 1,
-    l: 0,
-    g: 0,
-    avl: 0,
-    unusable: 0,
-  };
-  return {
-    cs: { ...seg, selector: cpl === 3 ? 0x23 : 0x08 },
-    ds: seg,
-    es: seg,
-    fs: seg,
-    gs: seg,
-    ss: seg,
-    tr: seg,
-    ldt: seg,
-    gdt: { base: 0n, limit: 0 },
-    idt: { base: 0n, limit: 0 },
-    cr0: 0x80050033n,
-    cr2: 0n,
-    cr3: 0x1000n,
-    cr4: 0x620n,
-    cr8: 0n,
-    efer: 0xd01n,
-    apicBase: 0n,
-  };
-}
-
-class FakeCpu implements CpuAccess {
-  regs: Regs = zeroRegs();
-  cpl = 0;
-  injected: Array<[number, number | undefined]> = [];
-  msrResult: number | undefined;
-  getRegs = () => ({ ...this.regs });
-  setRegs = (r: Regs) => {
-    this.regs = { ...r };
-  };
-  getSregs = () => sregs(this.cpl);
-  injectException = (v: number, e?: number) => {
-    this.injected.push([v, e]);
-  };
-  setMsrResult = (e: 0 | 1) => {
-    this.msrResult = e;
-  };
-}
-
-function setup(policy: Policy = DEFAULT_POLICY) {
-  const cpu = new FakeCpu();
-  const events: CapturedEvent[] = [];
-  const lines: string[] = [];
-  const bus = new IoBus();
-  bus.register(new Serial((l) => lines.push(l)));
-  bus.register(new DebugExit());
-  bus.register(new Hypercalls({ ...cpu, cpl: () => cpu.cpl }));
-  let clock = 1000n;
-  const d = new ExitDispatcher({
-    vmId: 7,
-    vcpuId: 0,
-    cpu,
-    memory: mem,
-    protection: new ProtectionMap(regions, MEM),
-    bus,
-    decider: new VmmDecider(compilePolicy(policy, regions)),
-    sink: { event: (e) => events.push(e) },
-    now: () => (clock += 2500n),
-  });
-  return { d, cpu, events, lines };
-}
 
 const bytes = (...b: number[]) => Uint8Array.from(b);
 
@@ -231,14 +144,20 @@ describe("exit dispatcher", () => {
     assert.deepEqual([...data], [0xff, 0xff]);
   });
 
-  it("turns crashes into stops with a reason", () => {
-    const { d } = setup();
+  it("turns crashes into crash events: the default policy restarts, a halt policy crashes", () => {
+    const { d, events } = setup();
     assert.deepEqual(d.dispatch({ kind: "shutdown" }), {
       kind: "stop",
-      outcome: "crash",
-      detail: "triple fault (KVM_EXIT_SHUTDOWN)",
+      outcome: "restart",
+      detail: "triple fault (KVM_EXIT_SHUTDOWN); restart by verdict",
     });
-    const ie = d.dispatch({ kind: "internal-error", suberror: 1, data: [] });
+    assert.equal(events.length, 1);
+    assert.deepEqual(
+      { kind: events[0]?.kind, verdict: events[0]?.verdict, note: events[0]?.note },
+      { kind: "crash", verdict: "restart", note: "triple fault (KVM_EXIT_SHUTDOWN)" },
+    );
+    const halting = setup({ name: "h", rules: [], defaults: { ...FAILSAFE_DEFAULTS, crash: "halt" } }).d;
+    const ie = halting.dispatch({ kind: "internal-error", suberror: 1, data: [] });
     assert.equal(ie.kind === "stop" && ie.outcome, "crash");
     assert.equal(d.dispatch({ kind: "hlt" }).kind, "stop");
     assert.equal(d.dispatch({ kind: "unknown", reason: 99 }).kind, "stop");

@@ -1,0 +1,68 @@
+/**
+ * First-time capture of guest CPU exceptions with a hardware breakpoint on
+ * the guest's common exception entry (PLATFORM.md): the breakpoint fires
+ * before the entry's first instruction, with the exception frame on the
+ * guest stack. Setting RFLAGS.RF does not step over it on every host, so after
+ * a capture the breakpoint is disabled, the vCPU single-steps one instruction,
+ * and the breakpoint is re-armed (two extra exits per exception).
+ */
+
+/** KVM_SET_GUEST_DEBUG as the capture needs it. */
+export interface DebugControl {
+  setGuestDebug(control: number, debugregs?: readonly bigint[]): void;
+}
+
+/** The KVM_GUESTDBG_* flags (from the native layer; injected for tests). */
+export interface GuestDebugFlags {
+  enable: number;
+  singlestep: number;
+  useHwBp: number;
+}
+
+/** DR7: local enable of DR0, execute breakpoint, length 1 (bits 19:16 = 0), bit 10 reads as 1. */
+export const DR7_EXEC_DR0 = 0x401n;
+
+export type DebugExitKind = "exception-entry" | "stepped" | "other";
+
+export class ExceptionCapture {
+  private state: "off" | "armed" | "stepping" = "off";
+  /** Exceptions captured. */
+  captures = 0;
+
+  constructor(
+    readonly entry: bigint,
+    private readonly cpu: DebugControl,
+    private readonly flags: GuestDebugFlags,
+  ) {}
+
+  get armed(): boolean {
+    return this.state === "armed";
+  }
+
+  /** Put the execute breakpoint on the entry. */
+  arm(): void {
+    const f = this.flags;
+    this.cpu.setGuestDebug(f.enable | f.useHwBp, [this.entry, 0n, 0n, 0n, 0n, 0n, 0n, DR7_EXEC_DR0]);
+    this.state = "armed";
+  }
+
+  /** What a KVM_EXIT_DEBUG at `pc` means. */
+  classify(pc: bigint): DebugExitKind {
+    if (this.state === "stepping") return "stepped";
+    if (this.state === "armed" && pc === this.entry) return "exception-entry";
+    return "other";
+  }
+
+  /** After a capture: let the entry's first instruction run, with the breakpoint off. */
+  stepOver(): void {
+    this.captures++;
+    const f = this.flags;
+    this.cpu.setGuestDebug(f.enable | f.singlestep);
+    this.state = "stepping";
+  }
+
+  /** After the single step: breakpoint back on. */
+  stepped(): void {
+    this.arm();
+  }
+}
