@@ -3,7 +3,7 @@
  * evidence. The parts live in src/audit/ (docs/audit.md):
  * record.ts (what one event record holds), disasm.ts (the instruction at RIP),
  * chain.ts (the hash chain and its verification), log.ts (the writer, with
- * rotation).
+ * rotation), show.ts (the readable table).
  */
 export {
   AUDIT_FORMAT,
@@ -20,3 +20,4 @@ export {
 export { BAD_INSN, type DecodedInsn, disassemble } from "./audit/disasm.js";
 export { AuditLog, type AuditLogOptions, DEFAULT_KEEP, rotatedFiles } from "./audit/log.js";
 export { type AuditVmView, auditRecord, NO_INSN } from "./audit/record.js";
+export { renderTable } from "./audit/show.js";
