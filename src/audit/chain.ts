@@ -185,8 +185,11 @@ export interface FileReport {
 export interface VerifyOptions {
   /** Accept a log that does not end with a close or rotate record (a log still being written). */
   allowOpen?: boolean;
-  /** The hash the last record must have (an anchor saved elsewhere). */
-  head?: string;
+  /**
+   * The hash of a record saved elsewhere earlier (e.g. the head printed after
+   * a run): the chain must contain that record.
+   */
+  anchor?: string;
   /** Require the whole chain: from its start record to a close record. */
   complete?: boolean;
 }
@@ -202,6 +205,8 @@ export interface VerifyReport {
   lastIndex: number | null;
   /** The hash of the last record that verified. */
   head: string | null;
+  /** Where the anchor record is, when an anchor was given and found. */
+  anchor: { file: string; line: number; index: number } | null;
   /** Where the chain starts in these files: at its genesis, or continuing a part not given. */
   start: { kind: "genesis" } | { kind: "continued"; fromIndex: number; prevHash: string } | null;
   /** How the verified records end. */
@@ -232,6 +237,7 @@ export function verifyChain(files: AuditFile[], opts: VerifyOptions = {}): Verif
     firstIndex: null,
     lastIndex: null,
     head: null,
+    anchor: null,
     start: null,
     end: null,
     files: [],
@@ -457,15 +463,22 @@ export function verifyChain(files: AuditFile[], opts: VerifyOptions = {}): Verif
     };
     return report;
   }
-  if (opts.head !== undefined && opts.head.toLowerCase() !== last.rec.hash) {
-    report.bad = {
-      file: last.file,
-      line: last.line,
-      index: last.rec.index,
-      expectedIndex: null,
-      reason: `the last record's hash ${last.rec.hash} is not the expected head ${opts.head}: the log was rewritten or its end removed`,
-    };
-    return report;
+  if (opts.anchor !== undefined) {
+    const a = seen.get(opts.anchor.toLowerCase());
+    if (!a) {
+      report.bad = {
+        file: report.files[0]!.file,
+        line: 1,
+        index: report.firstIndex,
+        expectedIndex: null,
+        reason: `no record has the anchor hash ${opts.anchor}: the log was rewritten, or the records up to the anchor were removed`,
+      };
+      return report;
+    }
+    report.anchor = { file: a.file, line: a.line, index: a.rec.index };
+    report.notes.push(
+      `the anchor is the record at ${at(a)} (index ${a.rec.index}): it and every record before it are as they were when the anchor was taken`,
+    );
   }
   report.ok = true;
   return report;

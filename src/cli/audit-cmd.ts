@@ -59,7 +59,7 @@ function verifyText(r: VerifyReport): string {
     if (r.records > 0) lines.push(`the ${r.records} records before it verified (index ${r.firstIndex}–${r.lastIndex})`);
   }
   for (const n of r.notes) lines.push(`note: ${n}`);
-  if (r.head) lines.push(`head: ${r.head}`);
+  if (r.head) lines.push(`head: ${r.head}${r.ok ? "" : " (the last record that verified)"}`);
   return `${lines.join("\n")}\n`;
 }
 
@@ -67,7 +67,7 @@ interface VerifyFlags {
   rotated?: boolean;
   allowOpen?: boolean;
   complete?: boolean;
-  head?: string;
+  anchor?: string;
   json?: boolean;
 }
 
@@ -93,15 +93,15 @@ export function registerAuditCommands(program: Command, setExit?: (code: number)
     .option("--rotated", "read FILE's rotated files too (FILE.N … FILE.1, then FILE)")
     .option("--allow-open", "accept a log without a close record (one still being written)")
     .option("--complete", "require the whole chain: its start record through a close record")
-    .option("--head <hash>", "also require this hash for the last record (an anchor saved elsewhere)")
+    .option("--anchor <hash>", "require the record with this hash (a head saved elsewhere earlier) to be in the chain")
     .option("--json", "print the result as one JSON object")
     .addHelpText("after", AUDIT_EXIT_HELP)
     .action((paths: string[], flags: VerifyFlags) => {
-      if (flags.head !== undefined && !/^[0-9a-fA-F]{64}$/.test(flags.head)) {
-        throw new GuardvisorError("CONFIG_INVALID", "--head: must be 64 hex digits (a SHA-256)");
+      if (flags.anchor !== undefined && !/^[0-9a-fA-F]{64}$/.test(flags.anchor)) {
+        throw new GuardvisorError("CONFIG_INVALID", "--anchor: must be 64 hex digits (a SHA-256)");
       }
       const files = auditFiles(paths, flags.rotated);
-      const r = verifyChain(files, { allowOpen: flags.allowOpen, complete: flags.complete, head: flags.head });
+      const r = verifyChain(files, { allowOpen: flags.allowOpen, complete: flags.complete, anchor: flags.anchor });
       process.stdout.write(flags.json ? `${JSON.stringify(r)}\n` : verifyText(r));
       exit(r.ok ? AUDIT_EXIT.OK : AUDIT_EXIT.VERIFY_FAILED);
     });

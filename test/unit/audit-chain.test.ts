@@ -238,15 +238,28 @@ describe("audit: hash chain", () => {
     assertBad([...lines, extra.line], 4, 4, /follows the close record at A\.jsonl line 3; only audit-reopen may/);
   });
 
-  it("--head: the last hash must match an anchor", () => {
-    const { lines } = makeLog(2);
-    const head = verifyLines(lines).head!;
-    assert.equal(verifyChain([asFile(lines)], { head }).ok, true);
-    assert.equal(verifyChain([asFile(lines)], { head: head.toUpperCase() }).ok, true);
-    const other = makeLog(2).lines;
-    const r = verifyChain([asFile(other)], { head });
-    assert.equal(r.ok, false);
-    assert.match(r.bad?.reason ?? "", /not the expected head/);
+  it("--anchor: a record hash saved earlier must still be in the chain", () => {
+    const path = join(dir, "anchored.jsonl");
+    const log = new AuditLog(path);
+    log.append(syntheticRecord(1));
+    log.close();
+    const anchor = log.head;
+    const more = new AuditLog(path);
+    more.append(syntheticRecord(2));
+    more.close();
+    const lines = readLines(path);
+    const r = verifyChain([asFile(lines)], { anchor: anchor.toUpperCase() });
+    assert.equal(r.ok, true, r.bad ? describeBad(r.bad) : "");
+    assert.deepEqual(r.anchor, { file: "A.jsonl", line: 3, index: 3 });
+    assert.match(r.notes.join("\n"), /anchor is the record at A\.jsonl line 3 \(index 3\)/);
+    // A rewrite of the whole log from the first record on verifies by itself, but loses the anchor.
+    const rewritten = rehashFrom(lines, 1, (o) => {
+      if (o.seq === 1) o.verdict = "allow";
+    });
+    assert.equal(verifyChain([asFile(rewritten)]).ok, true, "a full rewrite is a valid chain");
+    const caught = verifyChain([asFile(rewritten)], { anchor });
+    assert.equal(caught.ok, false);
+    assert.match(caught.bad?.reason ?? "", /no record has the anchor hash/);
   });
 
   it("splitLines keeps a final line without newline as partial", () => {
@@ -272,4 +285,19 @@ describe("audit: hash chain", () => {
 function stripLink(o: Record<string, unknown>): Record<string, unknown> {
   const { chain: _c, index: _i, prevHash: _p, hash: _h, ...rest } = o;
   return rest;
+}
+
+/** Edit records from line `from` (1-based) on and recompute every hash after it: a rewrite by someone who can write the file. */
+function rehashFrom(lines: string[], from: number, edit: (o: Record<string, unknown>) => void): string[] {
+  const out = lines.slice(0, from - 1);
+  let prev = from > 1 ? (JSON.parse(out.at(-1)!).hash as string) : undefined;
+  for (const l of lines.slice(from - 1)) {
+    const o = JSON.parse(l) as Record<string, unknown>;
+    edit(o);
+    const link = { chain: o.chain as string, index: o.index as number, prevHash: prev ?? (o.prevHash as string) };
+    const sealed = sealRecord(link, stripLink(o));
+    out.push(sealed.line);
+    prev = sealed.hash;
+  }
+  return out;
 }

@@ -57,7 +57,7 @@ describe("audit: CLI", () => {
     }
   });
 
-  it("audit verify --json, --allow-open, --head, and several files", () => {
+  it("audit verify --json, --allow-open, --anchor, and several files", () => {
     const path = makeLog(30, { maxBytes: 8192 });
     const files = rotatedFiles(path);
     assert.ok(files.length >= 2);
@@ -66,7 +66,7 @@ describe("audit: CLI", () => {
     const report = JSON.parse(j.stdout);
     assert.equal(report.ok, true);
     assert.equal(report.files.length, files.length);
-    assert.equal(cli(["audit", "verify", "--head", report.head, ...files]).status, 0);
+    assert.equal(cli(["audit", "verify", "--anchor", report.head, ...files]).status, 0);
     const rotated = cli(["audit", "verify", "--rotated", "--complete", path]);
     assert.equal(rotated.status, 0, rotated.stdout);
     for (const f of files) assert.ok(rotated.stdout.includes(`${f}: `), `${f} listed`);
@@ -76,9 +76,9 @@ describe("audit: CLI", () => {
       "the newest file alone is not the whole chain",
     );
     assert.match(cli(["audit", "show", "--rotated", path]).stdout, /chain: ok, records 1–\d+, closed/);
-    const wrong = cli(["audit", "verify", "--head", "0".repeat(64), ...files]);
+    const wrong = cli(["audit", "verify", "--anchor", "0".repeat(64), ...files]);
     assert.equal(wrong.status, 1);
-    assert.match(wrong.stdout, /not the expected head/);
+    assert.match(wrong.stdout, /no record has the anchor hash/);
     const open = makeLog(1);
     writeLines(open, readLines(open).slice(0, -1));
     assert.equal(cli(["audit", "verify", open]).status, 1);
@@ -92,9 +92,9 @@ describe("audit: CLI", () => {
     assert.equal(missing.status, 2);
     assert.match(missing.stderr, /^guardvisor: error: cannot read audit log .*nope\.jsonl: no such file\n$/);
     assert.equal(cli(["audit", "verify", "--rotated", makeLog(), makeLog()]).status, 2);
-    const head = cli(["audit", "verify", "--head", "xyz", makeLog()]);
-    assert.equal(head.status, 2);
-    assert.match(head.stderr, /^guardvisor: error: --head: must be 64 hex digits/);
+    const anchor = cli(["audit", "verify", "--anchor", "xyz", makeLog()]);
+    assert.equal(anchor.status, 2);
+    assert.match(anchor.stderr, /^guardvisor: error: --anchor: must be 64 hex digits/);
     const noArgs = cli(["audit", "verify"]);
     assert.equal(noArgs.status, 2);
     assert.match(noArgs.stderr, /^guardvisor: error: missing required argument/);
