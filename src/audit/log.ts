@@ -244,7 +244,8 @@ export class AuditLog {
     } catch (e) {
       throw ioError(this.path, "open", e);
     }
-    this.fileRecords = 0;
+    // An existing file already holds records: the next append may rotate it.
+    this.fileRecords = this.bytes > 0 ? 1 : 0;
   }
 
   private seal(record: Record<string, unknown>, prevHash: string) {

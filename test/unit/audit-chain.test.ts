@@ -262,6 +262,36 @@ describe("audit: hash chain", () => {
     assert.match(caught.bad?.reason ?? "", /no record has the anchor hash/);
   });
 
+  it("any one byte changed anywhere is caught at its own line, and verify never throws", () => {
+    const { lines } = makeLog(3);
+    const data = Buffer.from(lines.map((l) => `${l}\n`).join(""));
+    const lineOf = (pos: number) => data.subarray(0, pos).toString("latin1").split("\n").length;
+    let seed = 12345;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    for (let i = 0; i < 400; i++) {
+      const pos = rand(data.length);
+      if (data[pos] === 0x0a) continue;
+      const copy = Buffer.from(data);
+      let byte = rand(256);
+      while (byte === data[pos] || byte === 0x0a) byte = (byte + 1) % 256;
+      copy[pos] = byte;
+      const r = verifyChain([{ name: "A.jsonl", data: copy }]);
+      assert.equal(r.ok, false, `byte ${pos} changed to ${byte}`);
+      assert.equal(r.bad?.line, lineOf(pos), `byte ${pos}: ${r.bad ? describeBad(r.bad) : ""}`);
+    }
+  });
+
+  it("deeply nested or huge junk lines do not throw", () => {
+    const deep = `${"[".repeat(200_000)}${"]".repeat(200_000)}\n`;
+    const r = verifyChain([{ name: "A.jsonl", data: Buffer.from(deep) }]);
+    assert.equal(r.ok, false);
+    const fake = `{"a":${"[".repeat(100_000)}${"]".repeat(100_000)},"hash":"${"0".repeat(64)}"}\n`;
+    assert.equal(verifyChain([{ name: "A.jsonl", data: Buffer.from(fake) }]).ok, false);
+  });
+
   it("splitLines keeps a final line without newline as partial", () => {
     assert.deepEqual(
       splitLines(Buffer.from("a\nb")).lines.map((l) => l.toString()),

@@ -245,6 +245,24 @@ describe("audit: rotation by size", () => {
     assert.match(edited.bad?.reason ?? "", /hash mismatch/);
   });
 
+  it("a writer that reopens a file already over the limit rotates at its first record", () => {
+    const path = fresh();
+    const big = new AuditLog(path);
+    for (let i = 1; i <= 12; i++) big.append(syntheticRecord(i));
+    big.close();
+    assert.ok(statSync(path).size > 8192);
+    const log = new AuditLog(path, { maxBytes: 8192 });
+    log.append(syntheticRecord(13));
+    log.close();
+    assert.deepEqual(rotatedFiles(path), [`${path}.1`, path]);
+    assert.deepEqual(
+      readLines(path).map((l) => JSON.parse(l).kind),
+      ["audit-continue", "protected-write", "audit-close"],
+    );
+    const r = verify(rotatedFiles(path), { complete: true });
+    assert.equal(r.ok, true, okMsg(r));
+  });
+
   it("keeps only `keep` rotated files; what is left still verifies", () => {
     const { path, files } = rotatedLog(60, 2);
     assert.deepEqual(files, [`${path}.2`, `${path}.1`, path]);
