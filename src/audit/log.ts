@@ -187,7 +187,7 @@ export class AuditLog {
 
   /**
    * Append one record: a CPU event (auditRecord) or any other event, e.g.
-   * `{ kind: "hm-restart", vm: "hm", reason: "…" }`. It needs a `kind` that does
+   * `{ kind: "hm-restart", vm: "health-vm", reason: "…" }`. It needs a `kind` that does
    * not begin with `audit-`, and no `chain`, `index`, `prevHash` or `hash`
    * member; `time` is added when missing.
    */
