@@ -18,6 +18,7 @@ import {
   type SummaryEvent,
 } from "../runner.js";
 import { SCENARIOS } from "../scenarios.js";
+import { registerAuditCommands } from "./audit-cmd.js";
 
 /** Process exit codes (also in --help and the README). */
 export const EXIT = {
@@ -229,6 +230,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .description("a short demo: a kernel-code patch attack denied, the guest still healthy")
     .action(async () => setExit(await demoCommand()));
 
+  registerAuditCommands(program, setExit);
   return program;
 }
 
