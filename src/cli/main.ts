@@ -6,6 +6,7 @@ import { DECIDERS, type DeciderName } from "../decide/decider.js";
 import { GuardvisorError, isGuardvisorError } from "../errors.js";
 import { DEFAULT_MEM_MIB, DEFAULT_TIMEOUT_MS, type RunReport, runGuest, type SummaryEvent } from "../runner.js";
 import { SCENARIOS } from "../scenarios.js";
+import { registerPolicyCommands } from "./policy-cmd.js";
 
 /** Process exit codes (also in --help and the README). */
 export const EXIT = {
@@ -153,6 +154,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .description("a short demo: a kernel-code patch attack denied, the guest still healthy")
     .action(async () => setExit(await demoCommand()));
 
+  registerPolicyCommands(program);
   return program;
 }
 

@@ -72,8 +72,8 @@ export interface RestartPolicy {
   /** Restarts allowed (within `windowSeconds`, when given). */
   limit: number;
   windowSeconds?: number;
-  /** The verdict applied instead of a restart past the limit. */
-  then: "halt" | "pause";
+  /** What happens instead of a restart once the limit is used up. */
+  exhausted: "halt" | "pause";
 }
 
 export interface Policy {
