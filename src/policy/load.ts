@@ -177,11 +177,14 @@ class Converter {
 }
 
 /** The first line of a YAML error without the "at line L, column C" suffix. */
-function yamlProblem(e: YAMLError): string {
+function yamlProblem(e: YAMLError, src: string): string {
   const first = e.message.split("\n")[0] ?? e.message;
   const text = first.replace(/ at line \d+, column \d+:?\s*$/, "");
   if (e.code === "MULTIPLE_DOCS") return "more than one YAML document in the file";
-  if (e.code === "DUPLICATE_KEY") return "duplicate key";
+  if (e.code === "DUPLICATE_KEY") {
+    const key = /^[^:\n]{1,64}/.exec(src.slice(e.pos[0]))?.[0].trim();
+    return key ? `duplicate key ${JSON.stringify(key)}` : "duplicate key";
+  }
   return text;
 }
 
@@ -191,9 +194,9 @@ function isJsonFile(path: string): boolean {
 
 /** Message for a schema issue (zod), with the offending value. */
 function issueProblem(issue: z.core.$ZodIssue, value: unknown): string {
+  if (value === undefined && issue.code !== "custom") return "required field";
   switch (issue.code) {
     case "invalid_type":
-      if (value === undefined) return "required field";
       return `expected ${issue.expected === "int" ? "an integer" : `a ${issue.expected === "record" || issue.expected === "object" ? "mapping" : issue.expected === "array" ? "list" : issue.expected}`}, got ${describeValue(value)}`;
     case "invalid_value":
       return issue.values.length === 1
@@ -258,9 +261,12 @@ export function parsePolicyText(text: string, path: string): PolicyFile {
   const problem = doc.errors[0] ?? doc.warnings[0];
   if (problem) {
     const start = problem.pos[0];
-    throw located(lines.linePos(start), "(syntax)", yamlProblem(problem));
+    throw located(lines.linePos(start), "(syntax)", yamlProblem(problem, src));
   }
-  const map = new SourceMap(lines, (doc.contents ?? undefined) as YamlNode | undefined);
+  if (doc.contents === null) {
+    throw located({ line: 1, col: 1 }, "(document)", "the file is empty; expected a mapping");
+  }
+  const map = new SourceMap(lines, doc.contents as YamlNode);
   const converter = new Converter(doc, map, (node, field, msg) => {
     throw located(map.position(node), formatFieldPath(field), msg);
   });

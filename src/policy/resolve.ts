@@ -18,7 +18,7 @@ import type { ElfImage, ElfSymbol } from "../elf/elf.js";
 import { protectedRegions } from "../elf/elf.js";
 import type { FieldPath, PolicyFile } from "./load.js";
 import { CR0_BITS, CR4_BITS, msrName } from "./names.js";
-import type { PolicySpec } from "./schema.js";
+import type { PolicySpec, RuleSpec } from "./schema.js";
 
 /** What resolving needs to know about a kernel. */
 export interface PolicyKernel {
@@ -176,7 +176,7 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
   (spec.rules ?? []).forEach((r, i) => {
     const at = ["rules", i];
     const rip = r.rip ? [r.rip] : ripsOf(at, r.originator);
-    const reason = r.reason ?? `rule ${r.name}`;
+    const reason = r.reason ?? describeRule(r);
     for (const [group, range, msr] of expand(groupsOf(r.region), rip, r.msr)) {
       const rule: PolicyRule = { name: r.name, verdict: r.action, reason };
       if (r.event) rule.kinds = [...new Set(r.event)];
@@ -223,6 +223,18 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
     if (spec.restart.window !== undefined) policy.restart.windowSeconds = spec.restart.window;
   }
   return policy;
+}
+
+/** A reason for a rule that gives none: what it matches, in words. */
+function describeRule(r: RuleSpec): string {
+  const parts = [r.event ? r.event.join(" or ") : "any event"];
+  if (r.region) parts.push(`in ${r.region.join(", ")}`);
+  if (r.vector) parts.push(`vector ${r.vector.join(", ")}`);
+  if (r.cpl) parts.push(`at CPL ${r.cpl.join(", ")}`);
+  if (r.msr) parts.push(`to MSR ${r.msr.map(msrName).join(", ")}`);
+  if (r.originator) parts.push(`from ${r.originator.join(", ")}`);
+  if (r.rip) parts.push(`from RIP [${hex(r.rip.from)}, ${hex(r.rip.to)})`);
+  return parts.join(" ");
 }
 
 function resolveObjects(spec: PolicySpec): PolicyObjects {
