@@ -182,7 +182,10 @@ function yamlProblem(e: YAMLError, src: string): string {
   const text = first.replace(/ at line \d+, column \d+:?\s*$/, "");
   if (e.code === "MULTIPLE_DOCS") return "more than one YAML document in the file";
   if (e.code === "DUPLICATE_KEY") {
-    const key = /^[^:\n]{1,64}/.exec(src.slice(e.pos[0]))?.[0].trim();
+    const key = /^[^:\n]{1,64}/
+      .exec(src.slice(e.pos[0]))?.[0]
+      .trim()
+      .replace(/^(["'])(.*)\1$/, "$2");
     return key ? `duplicate key ${JSON.stringify(key)}` : "duplicate key";
   }
   return text;
@@ -240,9 +243,10 @@ export function parsePolicyText(text: string, path: string): PolicyFile {
     throw located(undefined, "(document)", `the file is larger than ${POLICY_MAX_BYTES} bytes`);
   }
   if (src.trim() === "") throw located({ line: 1, col: 1 }, "(document)", "the file is empty; expected a mapping");
+  let json: unknown;
   if (isJsonFile(path)) {
     try {
-      JSON.parse(src);
+      json = JSON.parse(src);
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
       const at = /position (\d+)/.exec(msg);
@@ -259,18 +263,24 @@ export function parsePolicyText(text: string, path: string): PolicyFile {
     throw e;
   }
   const problem = doc.errors[0] ?? doc.warnings[0];
-  if (problem) {
-    const start = problem.pos[0];
-    throw located(lines.linePos(start), "(syntax)", yamlProblem(problem, src));
+  let map: SourceMap;
+  let data: unknown;
+  if (problem && json !== undefined && problem.code !== "DUPLICATE_KEY") {
+    // Valid JSON that the YAML parser does not take (duplicate keys aside): check it without positions.
+    map = new SourceMap(lines, undefined);
+    data = json;
+  } else {
+    if (problem) throw located(lines.linePos(problem.pos[0]), "(syntax)", yamlProblem(problem, src));
+    if (doc.contents === null) {
+      throw located({ line: 1, col: 1 }, "(document)", "the file is empty; expected a mapping");
+    }
+    const sourceMap = new SourceMap(lines, doc.contents as YamlNode);
+    const converter = new Converter(doc, sourceMap, (node, field, msg) => {
+      throw located(sourceMap.position(node), formatFieldPath(field), msg);
+    });
+    map = sourceMap;
+    data = converter.convert(doc.contents, [], 0);
   }
-  if (doc.contents === null) {
-    throw located({ line: 1, col: 1 }, "(document)", "the file is empty; expected a mapping");
-  }
-  const map = new SourceMap(lines, doc.contents as YamlNode);
-  const converter = new Converter(doc, map, (node, field, msg) => {
-    throw located(map.position(node), formatFieldPath(field), msg);
-  });
-  const data = converter.convert(doc.contents, [], 0);
   if (data === null || typeof data !== "object" || Array.isArray(data)) {
     throw located(
       map.position(map.root) ?? { line: 1, col: 1 },

@@ -37,6 +37,13 @@ describe("policy files: loading", () => {
     assert.equal(p.name, "everything-json");
     assert.deepEqual(p.spec.rules?.[1]?.vector, [13, 14]);
     fails('{"version": 1,\n  "mode": "loud"}', 'p.json:2:11: mode: "loud" is not one of enforce, audit', "p.json");
+    fails(
+      '{"version": 1, "mode": "audit", "mode": "enforce"}',
+      'p.json:1:33: (syntax): duplicate key "mode"',
+      "p.json",
+    );
+    // Valid JSON is never refused as a syntax error, even where YAML would differ.
+    assert.equal(parsePolicyText('{\n\t"version": 1,\n\t"name": "tabs"\n}', "p.json").name, "tabs");
   });
 
   it("accepts one value where a list is allowed, and names case-insensitively", () => {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import type { EventKind } from "../../src/abi/guest-abi.js";
@@ -271,6 +271,29 @@ describe("policy files: compile and load round trip", () => {
     assert.deepEqual(
       r.regions.map((g) => g.name),
       [".text", ".rodata", ".utext"],
+    );
+  });
+});
+
+describe("docs/policy.md", () => {
+  it("every worked example loads and resolves", () => {
+    const text = readFileSync(join(SHIPPED, "..", "docs", "policy.md"), "utf8");
+    const blocks = [...text.matchAll(/```(yaml|json)\n([\s\S]*?)```/g)];
+    assert.ok(blocks.length >= 7, `${blocks.length} examples`);
+    for (const [, lang, body] of blocks) {
+      const file = parsePolicyText(body!, `example.${lang}`);
+      const policy = resolvePolicy(file, kernel);
+      assert.ok(policy.rules.length > 0, file.name);
+      compilePolicy(policy, regions);
+    }
+  });
+
+  it("shows the error the CLI gives for an unknown top-level field", () => {
+    const text = readFileSync(join(SHIPPED, "..", "docs", "policy.md"), "utf8");
+    const shown = /guardvisor: error: (bad\.yaml:.*)/.exec(text)?.[1];
+    assert.throws(
+      () => parsePolicyText("version: 1\nname: x\nfrobnicate: 1\n", "bad.yaml"),
+      (e: unknown) => e instanceof GuardvisorError && e.message === shown,
     );
   });
 });
