@@ -20,7 +20,7 @@ import {
 import type { z } from "zod";
 import { ABI_CONSTANTS } from "../abi/guest-abi.js";
 import { GuardvisorError } from "../errors.js";
-import { describeValue, NAME_PATTERN, type PolicySpec, policySchema } from "./schema.js";
+import { describeValue, NAME_HELP, NAME_PATTERN, type PolicySpec, policySchema } from "./schema.js";
 
 /** A field's place in the file: keys and list indexes from the top. */
 export type FieldPath = ReadonlyArray<string | number>;
@@ -239,7 +239,7 @@ export function parsePolicyText(text: string, path: string): PolicyFile {
   const located = (pos: Position | undefined, field: string, problem: string) =>
     locatedError(path, pos, field, problem);
 
-  if (src.length > POLICY_MAX_BYTES) {
+  if (Buffer.byteLength(src) > POLICY_MAX_BYTES) {
     throw located(undefined, "(document)", `the file is larger than ${POLICY_MAX_BYTES} bytes`);
   }
   if (src.trim() === "") throw located({ line: 1, col: 1 }, "(document)", "the file is empty; expected a mapping");
@@ -294,31 +294,44 @@ export function parsePolicyText(text: string, path: string): PolicyFile {
     return located(map.position(node), formatFieldPath(p), msg);
   };
 
+  // Region names become object keys: a name that is not a valid name never gets that far.
+  const rawRegions = (data as Record<string, unknown>).regions;
+  if (rawRegions !== null && typeof rawRegions === "object" && !Array.isArray(rawRegions)) {
+    for (const name of Object.keys(rawRegions)) {
+      if (name === "__proto__") throw fail(["regions"], `"__proto__" is reserved`, name);
+      if (!NAME_PATTERN.test(name)) {
+        throw fail(["regions"], `${JSON.stringify(name)} is not a valid region name: ${NAME_HELP}`, name);
+      }
+    }
+  }
+
   const parsed = policySchema.safeParse(data);
   if (!parsed.success) {
-    // One error: the issue that comes first in the file.
+    // One error: the issue that comes first in the file. Missing fields come
+    // last: a misspelt field is both unknown and missing, and "unknown" says more.
     interface Candidate {
       path: FieldPath;
       key: string | undefined;
       problem: string;
+      missing: boolean;
       offset: number;
     }
     const candidates: Candidate[] = [];
-    const add = (path: FieldPath, key: string | undefined, problem: string) => {
+    const add = (path: FieldPath, key: string | undefined, problem: string, missing: boolean) => {
       const { node } = map.locate(data, path, key);
-      candidates.push({ path, key, problem, offset: node?.range?.[0] ?? Number.MAX_SAFE_INTEGER });
+      candidates.push({ path, key, problem, missing, offset: node?.range?.[0] ?? Number.MAX_SAFE_INTEGER });
     };
     for (const issue of parsed.error.issues) {
       const path = issue.path.filter((p): p is string | number => typeof p !== "symbol");
       if (issue.code === "unrecognized_keys") {
-        for (const key of issue.keys) add(path, key, unknownFieldProblem(path));
+        for (const key of issue.keys) add(path, key, unknownFieldProblem(path), false);
       } else {
-        add(path, undefined, issueProblem(issue, valueAt(data, path)));
+        const value = valueAt(data, path);
+        add(path, undefined, issueProblem(issue, value), value === undefined);
       }
     }
-    const ranked = candidates;
-    ranked.sort((a, b) => a.offset - b.offset);
-    const first = ranked[0]!;
+    candidates.sort((a, b) => Number(a.missing) - Number(b.missing) || a.offset - b.offset);
+    const first = candidates[0]!;
     throw fail(first.path, first.problem, first.key);
   }
   const spec = parsed.data;
@@ -386,7 +399,6 @@ function checkCrossReferences(
   const regionNames = Object.keys(spec.regions ?? {});
   for (const [name, r] of Object.entries(spec.regions ?? {})) {
     const at = ["regions", name];
-    if (!NAME_PATTERN.test(name)) throw fail(["regions"], `${JSON.stringify(name)} is not a valid region name`, name);
     const forms = [r.section !== undefined, r.symbol !== undefined, r.from !== undefined || r.to !== undefined];
     if (forms.filter(Boolean).length !== 1) {
       throw fail(at, "give exactly one of section, symbol, or from and to");

@@ -15,7 +15,7 @@ const VERDICT_NAMES = Object.keys(VERDICTS) as [Verdict, ...Verdict[]];
 
 /** Rule, exception and region names. */
 export const NAME_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_.:+-]{0,63}$/;
-const NAME_HELP = "a name is 1 to 64 letters, digits and _ . : + - (not starting with . : + -)";
+export const NAME_HELP = "a name is 1 to 64 letters, digits and _ . : + - (not starting with . : + -)";
 
 /** How a value looks in a message. */
 export function describeValue(v: unknown): string {

@@ -35,6 +35,12 @@ describe("guardvisor policy (CLI)", () => {
     assert.equal(r.status, 2);
     assert.equal(r.stdout, "");
     assertOneLineError(r.stderr, /frobnicate\.yaml:3:1: frobnicate: unknown field/);
+    // Even in a file that has nothing else.
+    const bare = join(dir, "bare.yaml");
+    writeFileSync(bare, "frobnicate: 1\n");
+    const b = cli(["policy", "check", bare]);
+    assert.equal(b.status, 2);
+    assertOneLineError(b.stderr, /bare\.yaml:1:1: frobnicate: unknown field/);
   });
 
   it("check: a good file exits 0; with --kernel it is resolved too", () => {

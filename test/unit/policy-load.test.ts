@@ -88,6 +88,10 @@ describe("policy files: loading", () => {
   it("reports the error that comes first in the file", () => {
     fails("version: 2\nfrobnicate: 1\nmode: x\n", "p.yaml:1:10: version: must be 1, got 2");
     fails("mode: x\nversion: 1\nfrobnicate: 1\n", 'p.yaml:1:7: mode: "x" is not one of enforce, audit');
+    // A misspelt field is reported as unknown, not as the missing field it was meant to be.
+    fails("verison: 1\n", /^p\.yaml:1:1: verison: unknown field/);
+    fails("frobnicate: 1\n", /^p\.yaml:1:1: frobnicate: unknown field/);
+    fails("version: 1\nrules:\n  - {name: a, actoin: deny}\n", /^p\.yaml:3:15: rules\[0\]\.actoin: unknown field/);
   });
 
   it("rejects files that are not a mapping, and odd YAML", () => {
@@ -97,6 +101,10 @@ describe("policy files: loading", () => {
     fails("version: 1\nname: !custom x\n", /^p\.yaml:2:7: \(syntax\): Unresolved tag: !custom$/);
     fails("version: 1\n? [a, b]\n: 1\n", "p.yaml:2:3: (document): a mapping key must be a plain word");
     fails("version: 1\n__proto__: {polluted: true}\n", /^p\.yaml:2:1: __proto__: unknown field/);
+    fails(
+      "version: 1\nregions:\n  __proto__: {section: .text}\n",
+      'p.yaml:3:3: regions.__proto__: "__proto__" is reserved',
+    );
     assert.equal(({} as Record<string, unknown>).polluted, undefined);
   });
 
