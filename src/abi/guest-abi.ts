@@ -79,9 +79,10 @@ export const ABI_CONSTANTS = {
 
   // Compiled rule table.
   RULES_MAGIC: 0x54525647, // "GVRT"
-  RULES_VERSION: 1,
+  RULES_VERSION: 2,
   RULES_MAX: 128,
-  RULE_MATCH_MSR: 1,
+  RULE_MATCH_MSR: 1, // rule flag: match msr_index == msr
+  RULE_MATCH_GPA: 2, // rule flag: match writes lying wholly in [gpa_from, gpa_to)
   RULE_DEFAULT: 0xffffffff, // rule index reported when no rule matched
 } as const;
 
@@ -250,12 +251,18 @@ export const RULE = defineStruct("gv_rule", "One compiled rule; the first match 
   { name: "kind_mask", type: "u32", doc: "bit (1 << GV_EVENT_*)" },
   { name: "vector_mask", type: "u32", doc: "bit per vector 0..31" },
   { name: "cpl_mask", type: "u32", doc: "bit per CPL 0..3" },
-  { name: "flags", type: "u32", doc: "GV_RULE_MATCH_MSR" },
-  { name: "msr", type: "u32" },
+  { name: "flags", type: "u32", doc: "GV_RULE_MATCH_MSR | GV_RULE_MATCH_GPA; other bits must be 0" },
+  { name: "msr", type: "u32", doc: "with GV_RULE_MATCH_MSR: msr_index must equal it" },
   { name: "verdict", type: "u32" },
   { name: "region_mask", type: "u64", doc: "bit per region id 1..63; 0 = any" },
   { name: "rip_from", type: "u64" },
   { name: "rip_to", type: "u64", doc: "exclusive" },
+  {
+    name: "gpa_from",
+    type: "u64",
+    doc: "with GV_RULE_MATCH_GPA: gpa_from <= gpa < gpa_to and access_len <= gpa_to - gpa",
+  },
+  { name: "gpa_to", type: "u64", doc: "exclusive; both 0 without GV_RULE_MATCH_GPA" },
 ]);
 
 export const SHARED_STRUCTS = [

@@ -19,6 +19,7 @@ import {
 } from "../runner.js";
 import { SCENARIOS } from "../scenarios.js";
 import { registerAuditCommands } from "./audit-cmd.js";
+import { registerPolicyCommands } from "./policy-cmd.js";
 
 /** Process exit codes (also in --help and the README). */
 export const EXIT = {
@@ -231,6 +232,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .action(async () => setExit(await demoCommand()));
 
   registerAuditCommands(program, setExit);
+  registerPolicyCommands(program);
   return program;
 }
 

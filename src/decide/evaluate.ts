@@ -22,6 +22,11 @@ export function ruleMatches(r: CompiledRule, c: ContextRecord): boolean {
   const rip = c.regs.rip;
   if (rip < r.ripFrom || rip >= r.ripTo) return false;
   if (r.msr >= 0 && r.msr !== c.msrIndex) return false;
+  if (r.gpa) {
+    // The whole write [gpa, gpa + access_len) lies in [from, to), tested without computing gpa + access_len.
+    const gpa = BigInt(c.gpa);
+    if (gpa < r.gpa.from || gpa >= r.gpa.to || BigInt(c.data.length) > r.gpa.to - gpa) return false;
+  }
   return true;
 }
 

@@ -22,8 +22,58 @@ export interface PolicyRule {
   rip?: { from: number; to: number };
   /** MSR index; any when absent. */
   msr?: number;
+  /**
+   * Guest-physical range [from, to) that the whole write must lie in (a symbol
+   * or address range inside a protected region); any when absent.
+   */
+  gpa?: { from: number; to: number };
   verdict: Verdict;
   reason: string;
+}
+
+/** `audit`: every deny and deny-fault becomes log when the policy is compiled. */
+export type PolicyMode = "enforce" | "audit";
+
+/** An MSR the VMM filters writes to, and the verdict for a write. */
+export interface MsrObject {
+  index: number;
+  /** Its architectural name (e.g. "LSTAR"), or the index in hex. */
+  name: string;
+  action: Verdict;
+}
+
+/** A descriptor table (IDT, GDT) the guest may seal; once sealed, writes get `action`. */
+export interface SealedTableObject {
+  seal: boolean;
+  action: Verdict;
+}
+
+/** Control-register bits that must stay set once the guest has set them. */
+export interface PinnedCrObject {
+  /** Bit masks (CR0 and CR4 bits all lie below bit 32). */
+  cr0: number;
+  cr4: number;
+  /** The same bits by name, as written in the policy. */
+  cr0Bits: string[];
+  cr4Bits: string[];
+  action: Verdict;
+}
+
+/** Protected objects other than memory regions; enforced by the VMM. */
+export interface PolicyObjects {
+  msrs: MsrObject[];
+  idt?: SealedTableObject;
+  gdt?: SealedTableObject;
+  pinnedCr?: PinnedCrObject;
+}
+
+/** How often a guest may be restarted, and what happens after that. */
+export interface RestartPolicy {
+  /** Restarts allowed (within `windowSeconds`, when given). */
+  limit: number;
+  windowSeconds?: number;
+  /** What happens instead of a restart once the limit is used up. */
+  exhausted: "halt" | "pause";
 }
 
 export interface Policy {
@@ -31,6 +81,20 @@ export interface Policy {
   rules: PolicyRule[];
   /** Verdict when no rule matches, per event kind (fail-closed defaults). */
   defaults: Record<EventKind, Verdict>;
+  /** Absent = enforce. */
+  mode?: PolicyMode;
+  /** Absent = no MSR filter entries, no sealing, no pinned bits. */
+  objects?: PolicyObjects;
+  /** Absent = restarts are not limited by the policy. */
+  restart?: RestartPolicy;
+}
+
+/**
+ * The verdict that takes effect under a policy's mode: in audit mode deny and
+ * deny-fault become log (for rules, defaults and object actions alike).
+ */
+export function effectiveVerdict(mode: PolicyMode | undefined, v: Verdict): Verdict {
+  return mode === "audit" && (v === "deny" || v === "deny-fault") ? "log" : v;
 }
 
 /** Fail-safe verdicts when no decider answers in time (DESIGN.md, Verdicts). */
@@ -77,6 +141,11 @@ export interface CompiledRule {
   ripTo: bigint;
   /** -1 = any. */
   msr: number;
+  /**
+   * Guest-physical range [from, to) that the whole write must lie in
+   * (`GV_RULE_MATCH_GPA`); any when absent.
+   */
+  gpa?: { from: bigint; to: bigint };
   verdict: Verdict;
 }
 
@@ -96,6 +165,11 @@ export interface CompiledPolicy {
 
 const ALL_KINDS = Object.values(EVENT_KINDS).reduce((m, k) => m | (1 << k), 0);
 
+/**
+ * Compiles a policy against one guest's protected regions. In audit mode every
+ * deny and deny-fault (rules and defaults) is compiled as log, and the rule's
+ * reason says what it would have been.
+ */
 export function compilePolicy(p: Policy, regions: readonly ProtectedRegion[]): CompiledPolicy {
   const rules = p.rules.map((r, index): CompiledRule => {
     let regionMask = 0n;
@@ -108,7 +182,7 @@ export function compilePolicy(p: Policy, regions: readonly ProtectedRegion[]): C
         regionMask |= 1n << BigInt(g.id);
       }
     }
-    return {
+    const rule: CompiledRule = {
       index,
       kindMask: r.kinds ? r.kinds.reduce((m, k) => m | (1 << EVENT_KINDS[k]), 0) : ALL_KINDS,
       regionMask,
@@ -117,15 +191,21 @@ export function compilePolicy(p: Policy, regions: readonly ProtectedRegion[]): C
       ripFrom: BigInt(r.rip?.from ?? 0),
       ripTo: r.rip ? BigInt(r.rip.to) : 0xffffffffffffffffn,
       msr: r.msr ?? -1,
-      verdict: r.verdict,
+      verdict: effectiveVerdict(p.mode, r.verdict),
     };
+    if (r.gpa) rule.gpa = { from: BigInt(r.gpa.from), to: BigInt(r.gpa.to) };
+    return rule;
   });
+  const defaults = { ...p.defaults };
+  for (const k of Object.keys(defaults) as EventKind[]) defaults[k] = effectiveVerdict(p.mode, defaults[k]);
   return {
     name: p.name,
-    table: encodeRuleTable({ rules, defaults: p.defaults }),
+    table: encodeRuleTable({ rules, defaults }),
     rules,
     names: p.rules.map((r) => r.name),
-    reasons: p.rules.map((r) => r.reason),
-    defaults: p.defaults,
+    reasons: p.rules.map((r, i) =>
+      rules[i]?.verdict === r.verdict ? r.reason : `${r.reason} (audit mode: would ${r.verdict})`,
+    ),
+    defaults,
   };
 }

@@ -19,6 +19,7 @@ const VERDICT_BY_NUMBER = new Map<number, Verdict>(Object.entries(VERDICTS).map(
 const H = (n: string) => RULE_TABLE_HEADER.offset(n);
 const R = (n: string) => RULE.offset(n);
 const U64_MAX = 0xffffffffffffffffn;
+const KNOWN_FLAGS = C.RULE_MATCH_MSR | C.RULE_MATCH_GPA;
 
 export interface RuleTableContent {
   rules: CompiledRule[];
@@ -47,12 +48,14 @@ export function encodeRuleTable(t: RuleTableContent): Uint8Array {
     v.setUint32(at + R("kind_mask"), r.kindMask, true);
     v.setUint32(at + R("vector_mask"), r.vectorMask, true);
     v.setUint32(at + R("cpl_mask"), r.cplMask, true);
-    v.setUint32(at + R("flags"), r.msr >= 0 ? C.RULE_MATCH_MSR : 0, true);
+    v.setUint32(at + R("flags"), (r.msr >= 0 ? C.RULE_MATCH_MSR : 0) | (r.gpa ? C.RULE_MATCH_GPA : 0), true);
     v.setUint32(at + R("msr"), Math.max(r.msr, 0), true);
     v.setUint32(at + R("verdict"), VERDICTS[r.verdict], true);
     v.setBigUint64(at + R("region_mask"), r.regionMask, true);
     v.setBigUint64(at + R("rip_from"), r.ripFrom, true);
     v.setBigUint64(at + R("rip_to"), r.ripTo, true);
+    v.setBigUint64(at + R("gpa_from"), r.gpa?.from ?? 0n, true);
+    v.setBigUint64(at + R("gpa_to"), r.gpa?.to ?? 0n, true);
   });
   v.setUint32(H("magic"), C.RULES_MAGIC, true);
   v.setUint32(H("version"), C.RULES_VERSION, true);
@@ -87,8 +90,9 @@ export function decodeRuleTable(buf: Uint8Array): RuleTableContent {
   for (let i = 0; i < n; i++) {
     const at = RULE_TABLE_HEADER.size + i * RULE.size;
     const flags = v.getUint32(at + R("flags"), true);
+    if ((flags & ~KNOWN_FLAGS) !== 0) throw bad(`rule ${i}: unknown flags 0x${flags.toString(16)}`);
     const ripTo = v.getBigUint64(at + R("rip_to"), true);
-    rules.push({
+    const rule: CompiledRule = {
       index: i,
       kindMask: v.getUint32(at + R("kind_mask"), true),
       regionMask: v.getBigUint64(at + R("region_mask"), true),
@@ -98,7 +102,11 @@ export function decodeRuleTable(buf: Uint8Array): RuleTableContent {
       ripTo: ripTo === U64_MAX ? U64_MAX : ripTo,
       msr: flags & C.RULE_MATCH_MSR ? v.getUint32(at + R("msr"), true) : -1,
       verdict: verdict(v.getUint32(at + R("verdict"), true), `rule ${i}`),
-    });
+    };
+    if (flags & C.RULE_MATCH_GPA) {
+      rule.gpa = { from: v.getBigUint64(at + R("gpa_from"), true), to: v.getBigUint64(at + R("gpa_to"), true) };
+    }
+    rules.push(rule);
   }
   return { rules, defaults };
 }

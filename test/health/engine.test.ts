@@ -25,6 +25,13 @@ function pick<T>(r: () => number, xs: readonly T[]): T {
   return xs[Math.floor(r() * xs.length)] as T;
 }
 
+const GPAS = [0x100000n, 0x100ff8n, 0x101000n, 0x200000n];
+
+function randomGpaRange(r: () => number): { from: bigint; to: bigint } {
+  const from = pick(r, GPAS) + BigInt(Math.floor(r() * 16));
+  return { from, to: from + BigInt(1 + Math.floor(r() * 24)) };
+}
+
 function randomRule(r: () => number, index: number): CompiledRule {
   const kinds = KINDS.filter(() => r() < 0.5);
   const ripFrom = r() < 0.5 ? 0n : pick(r, RIPS);
@@ -40,6 +47,7 @@ function randomRule(r: () => number, index: number): CompiledRule {
     ripFrom,
     ripTo,
     msr: r() < 0.7 ? -1 : pick(r, MSRS),
+    gpa: r() < 0.6 ? undefined : randomGpaRange(r),
     verdict: pick(r, VERDICT_NAMES),
   };
 }
@@ -76,6 +84,10 @@ function randomContext(r: () => number, seq: number, p: CompiledPolicy): Context
       ) ?? c.kind;
   }
   c.msrIndex = pick(r, MSRS);
+  const g = p.rules.length > 0 && r() < 0.5 ? pick(r, p.rules).gpa : undefined;
+  // Writes at and across the edges of a rule's gpa range, 1 to 8 bytes wide.
+  c.gpa = Number(g ? pick(r, [g.from - 1n, g.from, g.to - 1n, g.to - 4n, g.to]) : pick(r, GPAS));
+  c.data = new Uint8Array(1 + Math.floor(r() * 8));
   return c;
 }
 

@@ -85,6 +85,63 @@ describe("policy evaluation", () => {
     assert.equal(evaluate(p, m).verdict, "deny");
   });
 
+  it("matches a guest-physical range only when the whole write lies inside it", () => {
+    const policy: Policy = {
+      name: "t",
+      defaults: FAILSAFE_DEFAULTS,
+      rules: [
+        {
+          name: "slot",
+          kinds: ["protected-write"],
+          regions: [".rodata"],
+          gpa: { from: 0x101040, to: 0x101048 },
+          verdict: "allow",
+          reason: "one table slot",
+        },
+      ],
+    };
+    const p = compilePolicy(policy, regions);
+    const w = emptyContext("protected-write");
+    w.regionId = 2;
+    const at = (gpa: number, len: number) => {
+      w.gpa = gpa;
+      w.data = new Uint8Array(len);
+      return evaluate(p, w).rule;
+    };
+    assert.equal(at(0x101040, 8), "slot");
+    assert.equal(at(0x101044, 4), "slot");
+    assert.equal(at(0x101047, 1), "slot");
+    assert.equal(at(0x101047, 0), "slot");
+    assert.equal(at(0x101044, 8), "default:protected-write"); // runs past the end
+    assert.equal(at(0x10103c, 8), "default:protected-write"); // starts before it
+    assert.equal(at(0x101048, 0), "default:protected-write");
+    assert.equal(at(0x101048, 1), "default:protected-write");
+  });
+
+  it("compiles deny and deny-fault as log in audit mode, saying what they would have been", () => {
+    const policy: Policy = {
+      name: "audit",
+      mode: "audit",
+      defaults: FAILSAFE_DEFAULTS,
+      rules: [
+        { name: "a", kinds: ["protected-write"], verdict: "deny", reason: "kernel" },
+        { name: "b", kinds: ["msr-write"], verdict: "deny-fault", reason: "msr" },
+        { name: "c", kinds: ["crash"], verdict: "restart", reason: "crash" },
+      ],
+    };
+    const p = compilePolicy(policy, regions);
+    assert.deepEqual(
+      p.rules.map((r) => r.verdict),
+      ["log", "log", "restart"],
+    );
+    assert.equal(p.defaults["protected-write"], "log");
+    assert.equal(p.defaults["msr-write"], "log");
+    assert.equal(p.defaults.crash, "restart");
+    assert.equal(p.reasons[0], "kernel (audit mode: would deny)");
+    assert.equal(p.reasons[2], "crash");
+    assert.equal(evaluate(p, emptyContext("hang")).verdict, "restart");
+  });
+
   it("refuses a rule naming a region the guest does not have", () => {
     assert.throws(
       () =>

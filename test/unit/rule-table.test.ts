@@ -28,13 +28,21 @@ const policy: Policy = {
     { name: "b", kinds: ["cpu-exception"], vectors: [0, 14], cpl: [3], verdict: "kill-task", reason: "" },
     { name: "c", kinds: ["msr-write"], msr: 0xc0000082, verdict: "deny-fault", reason: "" },
     { name: "d", verdict: "log", reason: "" },
+    {
+      name: "e",
+      kinds: ["protected-write"],
+      regions: [".rodata"],
+      gpa: { from: 0x101040, to: 0x101048 },
+      verdict: "allow",
+      reason: "",
+    },
   ],
 };
 
 describe("binary rule table", () => {
   it("round-trips a compiled policy exactly", () => {
     const p = compilePolicy(policy, regions);
-    assert.equal(p.table.length, RULE_TABLE_HEADER.size + 4 * RULE.size);
+    assert.equal(p.table.length, RULE_TABLE_HEADER.size + 5 * RULE.size);
     const back = decodeRuleTable(p.table);
     assert.deepEqual(back.rules, p.rules);
     assert.deepEqual(back.defaults, policy.defaults);
@@ -42,6 +50,11 @@ describe("binary rule table", () => {
     assert.equal(back.rules[1]?.vectorMask, (1 << 0) | (1 << 14));
     assert.equal(back.rules[2]?.msr, 0xc0000082);
     assert.equal(back.rules[3]?.msr, -1);
+    assert.equal(back.rules[3]?.gpa, undefined);
+    assert.deepEqual(back.rules[4]?.gpa, { from: 0x101040n, to: 0x101048n });
+    const flags = (i: number) =>
+      new DataView(p.table.buffer).getUint32(RULE_TABLE_HEADER.size + i * RULE.size + RULE.offset("flags"), true);
+    assert.deepEqual([0, 1, 2, 3, 4].map(flags), [0, 0, 1, 0, 2]);
   });
 
   it("names the policy by a hash of its rules", () => {
@@ -64,10 +77,11 @@ describe("binary rule table", () => {
     };
     corrupt((v) => v.setUint32(0, 1), /magic/);
     corrupt((v) => v.setUint32(RULE_TABLE_HEADER.offset("version"), 9, true), /version/);
-    corrupt((v) => v.setUint32(RULE_TABLE_HEADER.offset("nrules"), 5, true), /truncated/);
+    corrupt((v) => v.setUint32(RULE_TABLE_HEADER.offset("nrules"), 6, true), /truncated/);
     corrupt((v) => v.setUint32(RULE_TABLE_HEADER.offset("nrules"), 100000, true), /at most/);
     corrupt((v) => v.setUint32(RULE_TABLE_HEADER.size + RULE.offset("verdict"), 99, true), /rule 0: verdict 99/);
     corrupt((v) => v.setUint8(RULE_TABLE_HEADER.offset("defaults") + 1, 0), /default for protected-write/);
+    corrupt((v) => v.setUint32(RULE_TABLE_HEADER.size + RULE.offset("flags"), 4, true), /rule 0: unknown flags 0x4/);
     assert.throws(() => decodeRuleTable(good.subarray(0, 8)), /truncated header/);
   });
 

@@ -88,6 +88,10 @@ static int rule_matches(const struct gv_rule *r, const struct gv_context *c)
 		return 0;
 	if ((r->flags & GV_RULE_MATCH_MSR) && r->msr != c->msr_index)
 		return 0;
+	/* The whole write [gpa, gpa + access_len) inside [gpa_from, gpa_to), without computing gpa + len. */
+	if ((r->flags & GV_RULE_MATCH_GPA) &&
+	    (c->gpa < r->gpa_from || c->gpa >= r->gpa_to || c->access_len > r->gpa_to - c->gpa))
+		return 0;
 	return 1;
 }
 
@@ -99,6 +103,9 @@ static int evaluate(const struct gv_rule_table *t, uint32_t size, const struct g
 	    t->nrules > GV_RULES_MAX || size < sizeof(*t) + t->nrules * sizeof(struct gv_rule))
 		return -1;
 	const struct gv_rule *rules = (const struct gv_rule *)(t + 1);
+	for (uint32_t i = 0; i < t->nrules; i++)
+		if (rules[i].flags & ~(uint32_t)(GV_RULE_MATCH_MSR | GV_RULE_MATCH_GPA))
+			return -1; /* a table from a newer compiler: refuse rather than misread it */
 	for (uint32_t i = 0; i < t->nrules; i++) {
 		if (rule_matches(&rules[i], c)) {
 			*verdict = rules[i].verdict;
