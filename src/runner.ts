@@ -224,6 +224,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
       vms.push(vm);
     }
     const stops = await Promise.all(vms.map((vm) => vm.runToEnd(timeoutMs)));
+    await health?.settled(); // a restart still running counts
     const hmStatus = health?.status();
     const healthVm: HealthVmSummary = {
       restarts: hmStatus?.restarts ?? 0,

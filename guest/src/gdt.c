@@ -70,8 +70,11 @@ void gdt_init(void)
 	gdt[SEL_TSS / 8 + 1] = base >> 32;
 
 	tss.iopb[GV_PORT_COM1 / 8] = 0; /* 0x3f8..0x3ff */
-	iopb_allow(GV_PORT_DEBUG_EXIT);
-	iopb_allow(GV_PORT_HYPERCALL);
+	/* 32-bit ports: a 4-byte access checks the bits of all four bytes. */
+	for (unsigned i = 0; i < 4; i++) {
+		iopb_allow(GV_PORT_DEBUG_EXIT + i);
+		iopb_allow(GV_PORT_HYPERCALL + i);
+	}
 
 	struct {
 		uint16_t limit;

@@ -56,7 +56,7 @@ export class HmVmDecider implements Decider {
   }
 
   decide(ctx: ContextRecord): DecisionResult {
-    const generation = this.control.generation;
+    let generation = this.control.generation;
     if (this.control.state === HM_FAILED) {
       return this.failsafe(ctx.kind, "failed", 0n, generation, "the health VM is out of restarts");
     }
@@ -79,7 +79,7 @@ export class HmVmDecider implements Decider {
       }
       if (r.state === "invalid") {
         this.channel.withdraw(seq);
-        return this.failsafe(ctx.kind, "garbage", seq, generation, r.why);
+        return this.failsafe(ctx.kind, "garbage", seq, generation < 0 ? this.control.generation : generation, r.why);
       }
       const state = this.control.state;
       if ((state === HM_DOWN || state === HM_FAILED) && this.control.isPoison(this.channel.guest, seq)) {
@@ -92,12 +92,15 @@ export class HmVmDecider implements Decider {
       }
       const now = process.hrtime.bigint();
       if (state !== HM_UP) {
+        // The deadline (and the generation a fault is reported against) starts again when it is back.
+        generation = -1;
         start = now;
         if (now - first > this.restartWaitNs) {
           this.channel.withdraw(seq);
           return this.failsafe(ctx.kind, "failed", seq, generation, "the health VM did not come back");
         }
       }
+      if (generation < 0) generation = this.control.generation;
       const waited = now - start;
       if (waited > this.timeoutNs) {
         this.channel.withdraw(seq);

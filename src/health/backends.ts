@@ -85,6 +85,7 @@ export class VmEngineBackend implements EngineBackend {
       stopped,
       stop: async () => {
         vm.stop();
+        ctx.control.ring(); // wake its vCPU thread if it is parked in the doorbell
         await vm.destroy();
       },
     };

@@ -20,7 +20,7 @@ import { type IdcLayout, idcLayout } from "../idc/layout.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
 import type { DeciderInit } from "../vmm/vcpu-protocol.js";
 import type { EngineBackend, EngineInstance } from "./backends.js";
-import { HM_UP, HmControl } from "./hm-control.js";
+import { HM_FAILED, HM_UP, HmControl } from "./hm-control.js";
 
 export const HM_DEFAULTS = {
   /** A health VM that has not answered a request after this long is faulty. */
@@ -137,7 +137,7 @@ export class HealthManager {
       restarts: this.restartsLog.length,
       generation: this.control.generation,
       requests: Number(this.region.hmStatus().requests),
-      failed: this.control.state !== HM_UP && !this.restarting && !this.stopping,
+      failed: this.control.state === HM_FAILED,
       faults: this.restartsLog,
     };
   }
@@ -162,9 +162,14 @@ export class HealthManager {
       control: this.control,
     });
     this.engine = engine;
-    void engine.stopped.then((why) => this.stopped(engine, why));
+    let died: string | undefined;
+    void engine.stopped.then((why) => {
+      died = why;
+      this.stopped(engine, why);
+    });
     const deadline = Date.now() + HM_DEFAULTS.bootTimeoutMs;
-    while (this.region.hmStatus().state !== C.HM_STATE_READY) {
+    while (this.region.hmStatus().state !== C.HM_STATE_READY || died !== undefined) {
+      if (died !== undefined) throw new GuardvisorError("GUEST_FAULT", `the health VM stopped while booting: ${died}`);
       if (this.engine !== engine) throw new GuardvisorError("GUEST_FAULT", "the health VM stopped while booting");
       if (Date.now() > deadline) {
         throw new GuardvisorError("GUEST_FAULT", `the health VM was not ready in ${HM_DEFAULTS.bootTimeoutMs} ms`);
@@ -177,6 +182,14 @@ export class HealthManager {
   /** The engine stopped: unless we stopped it, the health VM crashed. */
   private stopped(engine: EngineInstance, why: string): void {
     if (this.stopping || this.engine !== engine) return;
+    const running = this.restarting;
+    if (running) {
+      // It died while a restart was finishing (after it came up): restart again once that settles.
+      void running.then(() => {
+        if (!this.stopping && this.engine === engine) void this.restart("crash", why);
+      });
+      return;
+    }
     void this.restart("crash", why);
   }
 
@@ -207,36 +220,51 @@ export class HealthManager {
   }
 
   private async doRestart(reason: HmFailure, detail: string, reported?: { guest: number; seq: bigint }) {
-    const t0 = Date.now();
-    const generation = this.control.generation;
-    const s = this.region.hmStatus();
-    const poison = s.busy && s.guest < this.layout.nguests ? { guest: s.guest, seq: s.seq } : reported;
-    this.control.markDown(poison);
-    const old = this.engine;
-    this.engine = undefined;
-    await old?.stop();
-    // The poisoned request is settled fail-safe by its guest: never re-send it.
-    if (poison && poison.seq > 0n) this.region.markWithdrawn(poison.guest, poison.seq);
-    let resent = 0;
-    for (let g = 0; g < this.layout.nguests; g++) resent += this.region.rewindRing(g);
-    this.region.resetHmState();
-    this.region.setInject({ mode: C.INJECT_NONE, at: 0, slowUs: 0 });
-    const record: HmRestart = { reason, detail, generation, poison, resent, timeMs: t0, downMs: 0 };
-    this.restartsLog.push(record);
-    if (this.restartsLog.length > this.restartLimit) {
-      this.control.markFailed();
-      record.detail += `; restart limit ${this.restartLimit} reached: every decision is fail-safe now`;
-      this.opts.onRestart?.(record);
-      return;
+    for (;;) {
+      const t0 = Date.now();
+      const generation = this.control.generation;
+      const s = this.region.hmStatus();
+      const poison = s.busy && s.guest < this.layout.nguests ? { guest: s.guest, seq: s.seq } : reported;
+      // Recorded at once: a summary taken while the restart runs already counts it.
+      const record: HmRestart = { reason, detail, generation, poison, resent: 0, timeMs: t0, downMs: 0 };
+      this.restartsLog.push(record);
+      this.control.markDown(poison);
+      const old = this.engine;
+      this.engine = undefined;
+      await old?.stop();
+      // The poisoned request is settled fail-safe by its guest: never re-send it.
+      if (poison && poison.seq > 0n) this.region.markWithdrawn(poison.guest, poison.seq);
+      for (let g = 0; g < this.layout.nguests; g++) record.resent += this.region.rewindRing(g);
+      this.region.resetHmState();
+      this.region.setInject({ mode: C.INJECT_NONE, at: 0, slowUs: 0 });
+      if (this.restartsLog.length > this.restartLimit) {
+        this.control.markFailed();
+        record.detail += `; restart limit ${this.restartLimit} reached: every decision is fail-safe now`;
+        this.opts.onRestart?.(record);
+        return;
+      }
+      if (this.stopping) return;
+      try {
+        await this.boot();
+        record.downMs = Date.now() - t0;
+        this.opts.onRestart?.(record);
+        return;
+      } catch (e) {
+        // It died again before serving: that is the next restart.
+        record.downMs = Date.now() - t0;
+        record.detail += `; the new health VM failed: ${(e as Error).message}`;
+        this.opts.onRestart?.(record);
+        if (this.stopping) return;
+        reason = "crash";
+        detail = (e as Error).message;
+        reported = undefined;
+      }
     }
-    try {
-      await this.boot();
-    } catch (e) {
-      this.control.markFailed();
-      record.detail += `; restart failed: ${(e as Error).message}`;
-    }
-    record.downMs = Date.now() - t0;
-    this.opts.onRestart?.(record);
+  }
+
+  /** Resolves when no restart is running (so status() counts every restart so far). */
+  async settled(): Promise<void> {
+    while (this.restarting) await this.restarting;
   }
 }
 

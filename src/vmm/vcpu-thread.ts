@@ -38,6 +38,8 @@ export class VcpuThread {
   private readonly ctrl: Int32Array;
   private readonly run: RunPage;
   private tid = 0;
+  /** The worker has ended (or is ending): its thread id may be reused, never signal it. */
+  private finished = false;
   readonly ready: Promise<void>;
   readonly done: Promise<VcpuStop>;
 
@@ -76,6 +78,7 @@ export class VcpuThread {
             listeners.onGuestReport?.(m.report);
             break;
           case "stopped":
+            this.finished = true;
             result = { outcome: m.outcome, code: m.code, detail: m.detail, stats: m.stats };
             break;
           case "error":
@@ -89,6 +92,7 @@ export class VcpuThread {
         failReady(e);
       });
       this.worker.on("exit", () => {
+        this.finished = true;
         failReady(new GuardvisorError("INTERNAL", "vCPU thread exited before it was ready"));
         resolve(result ?? { outcome: "crash", detail: "vCPU thread exited without a result" });
       });
@@ -117,7 +121,7 @@ export class VcpuThread {
 
   private kick(): void {
     this.run.immediateExit = true;
-    if (this.tid > 0) native().kickThread(this.tid);
+    if (this.tid > 0 && !this.finished) native().kickThread(this.tid);
   }
 
   /** Forcefully end the thread (after stop() did not work). */
