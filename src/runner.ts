@@ -18,7 +18,7 @@ import { packageRoot } from "./kvm/native.js";
 import { findScenario, parseResultLine, type Scenario } from "./scenarios.js";
 import { validateMemMiB } from "./vmm/boot.js";
 import type { CapturedEvent, DispatchStats } from "./vmm/dispatcher.js";
-import { GuestVm } from "./vmm/guest-vm.js";
+import { GuestVm, type Integrity } from "./vmm/guest-vm.js";
 import type { VcpuStop } from "./vmm/vcpu-thread.js";
 
 export const DEFAULT_MEM_MIB = 32;
@@ -26,6 +26,10 @@ export const DEFAULT_TIMEOUT_MS = 30_000;
 export const DEFAULT_DECIDER: DeciderName = "hm-vm";
 /** The health VM's RAM (its IDC region is mapped right above it). */
 export const HM_MEM_MIB = 4;
+/** Restarts of one guest when the policy sets no limit. */
+export const DEFAULT_RESTART_LIMIT = 3;
+/** A vCPU in KVM_RUN without an exit for this long is hung. */
+export const DEFAULT_HANG_TIMEOUT_MS = 3000;
 
 export interface RunOptions {
   /** One scenario for every guest, or one per guest. */
@@ -45,6 +49,10 @@ export interface RunOptions {
   injectHmFault?: InjectSpec;
   /** Health-VM answer deadline. */
   hmTimeoutMs?: number;
+  /** Watchdog: a guest vCPU without an exit for this long is hung (0: off). */
+  hangTimeoutMs?: number;
+  /** The guest's exception entry (symbol or address) for first-time exception capture. */
+  exceptionEntry?: string | bigint;
   onSerial?: (line: string, guest: number) => void;
   onHmSerial?: (line: string) => void;
   onEvent?: (e: SummaryEvent, guest: number) => void;
@@ -55,6 +63,14 @@ export type GuestOutcome = "completed" | "restarted" | "halted" | "crashed";
 export interface SummaryEvent {
   seq: number;
   kind: EventKind;
+  /** cpu-exception: the vector; integrity: the object (0 CR0, 4 CR4, 16 IDTR). */
+  vector?: number;
+  /** msr-write: the MSR index. */
+  msr?: string;
+  /** What else the VMM noticed (a crash's cause, a hostile frame, …). */
+  note?: string;
+  /** What the guest's exception module said it did with this exception. */
+  guest?: string;
   region: string | null;
   symbol: string | null;
   verdict: Verdict;
@@ -97,6 +113,19 @@ export interface RunReport {
   serial: string[];
   stats: DispatchStats | undefined;
   changedRegions: string[];
+  /** Exceptions the guest reported handling that the VMM never captured (a guest that lies, or capture off). */
+  unmatchedGuestReports: number;
+}
+
+interface GuestLife {
+  restarts: number;
+  /** Exceptions the guest reported that the VMM never captured. */
+  unmatchedReports: number;
+  /** Every incarnation's protected regions intact at its end. */
+  intact: boolean;
+  changed: string[];
+  serial: string[];
+  last?: { stop: VcpuStop & { timedOut: boolean }; integrity: Integrity; vm: GuestVm };
 }
 
 export interface MultiRunReport {
@@ -171,7 +200,8 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
   const kvm = Kvm.open(opts.kvmPath);
   const audit = opts.auditPath ? new AuditLog(opts.auditPath) : undefined;
   let health: HealthManager | undefined;
-  const vms: GuestVm[] = [];
+  const vms: (GuestVm | undefined)[] = [];
+  const policy = opts.policy ?? DEFAULT_POLICY;
   try {
     if (decider === "hm-vm") {
       // The health VM always runs gv-kernel, whatever kernel the guests run.
@@ -196,34 +226,87 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
       });
     }
     const events: SummaryEvent[][] = scenarios.map(() => []);
-    for (const [g, scenario] of scenarios.entries()) {
-      const cmdline = [scenario ? `scenario=${scenario.name}` : "", "role=guest", opts.cmdline ?? ""]
-        .filter(Boolean)
-        .join(" ");
-      const hm = health;
-      const vm = await GuestVm.build(kvm, {
-        vmId: g,
-        kernel,
-        kernelName: kernelPath,
-        memSize,
-        cmdline,
-        policy: opts.policy ?? DEFAULT_POLICY,
-        decider: hm ? hm.deciderFor(g) : { kind: "vmm" },
-        onPolicy: (p) => hm?.installRules(g, p.table),
-        onHmFault: (f) => hm?.reportFault(f),
-        onSerial: opts.onSerial ? (line) => opts.onSerial?.(line, g) : undefined,
-        onEvent: (e) => {
-          // vms[g] is set before the guest runs its first instruction.
-          const self = vms[g] as GuestVm;
-          const s = toSummary(e, self);
-          events[g]?.push(s);
-          audit?.append(auditRecord(e, self, `guest${g}`));
-          opts.onEvent?.(s, g);
-        },
-      });
-      vms.push(vm);
-    }
-    const stops = await Promise.all(vms.map((vm) => vm.runToEnd(timeoutMs)));
+    const restartLimit = policy.restart?.limit ?? DEFAULT_RESTART_LIMIT;
+    const deadline = Date.now() + timeoutMs;
+    /** One guest from boot to its end, restarted (a new VM, `restart=N`) when a verdict says so. */
+    const runLife = async (g: number): Promise<GuestLife> => {
+      const scenario = scenarios[g];
+      const life: GuestLife = { restarts: 0, intact: true, changed: [], serial: [], unmatchedReports: 0 };
+      for (;;) {
+        const cmdline = [
+          scenario ? `scenario=${scenario.name}` : "",
+          "role=guest",
+          life.restarts > 0 ? `restart=${life.restarts}` : "",
+          opts.cmdline ?? "",
+        ]
+          .filter(Boolean)
+          .join(" ");
+        const hm = health;
+        const bySeq = new Map<number, SummaryEvent>(); // this incarnation's event numbers
+        const vm = await GuestVm.build(kvm, {
+          vmId: g,
+          kernel,
+          kernelName: kernelPath,
+          memSize,
+          cmdline,
+          policy,
+          decider: hm ? hm.deciderFor(g) : { kind: "vmm" },
+          hangTimeoutMs: opts.hangTimeoutMs ?? DEFAULT_HANG_TIMEOUT_MS,
+          exceptionEntry: opts.exceptionEntry,
+          onPolicy: (p) => hm?.installRules(g, p.table),
+          onHmFault: (f) => hm?.reportFault(f),
+          onGuestReport: (r) => {
+            // Both views of one exception: what the VMM captured, what the guest says it did.
+            const ev = r.seq === undefined ? undefined : bySeq.get(r.seq);
+            if (ev) ev.guest = r.action;
+            else life.unmatchedReports++;
+            audit?.append({
+              time: new Date().toISOString(),
+              vm: `guest${g}`,
+              kind: "guest-report",
+              seq: ev?.seq ?? null,
+              vector: r.vector,
+              rip: `0x${r.rip.toString(16)}`,
+              action: r.action,
+              matched: ev !== undefined,
+            });
+          },
+          onSerial: opts.onSerial ? (line) => opts.onSerial?.(line, g) : undefined,
+          onEvent: (e) => {
+            // vms[g] is set before the guest runs its first instruction.
+            const self = vms[g] as GuestVm;
+            const list = events[g] as SummaryEvent[];
+            const n = { ...e, seq: list.length + 1 }; // numbered per guest across restarts
+            const s = toSummary(n, self);
+            list.push(s);
+            bySeq.set(e.seq, s);
+            audit?.append(auditRecord(n, self, `guest${g}`));
+            opts.onEvent?.(s, g);
+          },
+        });
+        vms[g] = vm;
+        const stop = await vm.runToEnd(Math.max(1, deadline - Date.now()));
+        const integrity = vm.integrity();
+        life.intact &&= integrity.intact;
+        life.changed.push(...integrity.changed);
+        life.serial.push(...vm.serial);
+        life.last = { stop, integrity, vm };
+        if (stop.outcome !== "restart" || stop.timedOut) return life;
+        if (life.restarts >= restartLimit) {
+          const then = policy.restart?.exhausted ?? "halt";
+          life.last.stop = {
+            ...stop,
+            outcome: "halt",
+            detail: `${stop.detail}; restart limit ${restartLimit} reached: ${then}`,
+          };
+          return life;
+        }
+        life.restarts++;
+        life.serial.push(`--- guardvisor: guest${g} restarted (${life.restarts}): ${stop.detail} ---`);
+        await vm.destroy();
+      }
+    };
+    const lives = await Promise.all(scenarios.map((_, g) => runLife(g)));
     await health?.settled(); // a restart still running counts
     const hmStatus = health?.status();
     const healthVm: HealthVmSummary = {
@@ -231,27 +314,32 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
       requests: hmStatus?.requests ?? 0,
       faults: (hmStatus?.faults ?? []).map((f) => ({ reason: f.reason, detail: f.detail, downMs: f.downMs })),
     };
-    const guests = vms.map((vm, g): RunReport => {
-      const stop = stops[g] as VcpuStop & { timedOut: boolean };
+    const guests = lives.map((life, g): RunReport => {
+      const last = life.last as NonNullable<GuestLife["last"]>;
+      const stop = last.stop;
       const scenario = scenarios[g];
-      const integrity = vm.integrity();
       const summary: RunSummary = {
         scenario: scenario?.name ?? "custom",
         decider,
-        guest: { outcome: outcomeOf(stop), restarts: 0, exitCode: stop.outcome === "exit" ? (stop.code ?? 0) : null },
-        integrity: { protectedBytes: integrity.protectedBytes, intact: integrity.intact },
+        guest: {
+          outcome: outcomeOf(stop),
+          restarts: life.restarts,
+          exitCode: stop.outcome === "exit" ? (stop.code ?? 0) : null,
+        },
+        integrity: { protectedBytes: last.integrity.protectedBytes, intact: life.intact },
         healthVm,
         events: events[g] ?? [],
       };
-      const result = parseResultLine(vm.serial);
+      const result = parseResultLine(life.serial);
       return {
         summary,
         detail: stop.timedOut ? `stopped after the ${timeoutMs} ms time limit` : stop.detail,
         result,
         problems: scenario ? checkScenario(scenario, summary, result) : [],
-        serial: vm.serial,
+        serial: life.serial,
         stats: stop.stats,
-        changedRegions: integrity.changed,
+        changedRegions: [...new Set(life.changed)],
+        unmatchedGuestReports: life.unmatchedReports,
       };
     });
     return {
@@ -264,7 +352,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
     };
   } finally {
     // Guests first: their vCPU threads use the IDC region the health VM owns.
-    for (const vm of vms) await vm.destroy();
+    for (const vm of vms) await vm?.destroy();
     await health?.stop();
     audit?.close();
     kvm.close();
@@ -275,6 +363,9 @@ function toSummary(e: CapturedEvent, g: GuestVm): SummaryEvent {
   return {
     seq: e.seq,
     kind: e.kind,
+    ...(e.kind === "cpu-exception" || e.kind === "integrity" ? { vector: e.vector } : {}),
+    ...(e.kind === "msr-write" ? { msr: `0x${e.msrIndex.toString(16)}` } : {}),
+    ...(e.note ? { note: e.note } : {}),
     region: g.regionName(e.regionId) ?? null,
     symbol: e.kind === "protected-write" ? g.symbolizePhys(e.gpa) : g.symbolizer.format(Number(e.rip)),
     verdict: e.verdict,
@@ -296,15 +387,21 @@ export function checkScenario(s: Scenario, sum: RunSummary, result: Record<strin
       if (result[k] !== v) problems.push(`GV-RESULT ${k}=${result[k] ?? "(missing)"}, expected ${k}=${v}`);
     }
   }
+  if (sum.guest.restarts !== (s.restarts ?? 0)) {
+    problems.push(`${sum.guest.restarts} restarts, expected ${s.restarts ?? 0}`);
+  }
   if (s.events.length === 0 && sum.events.length > 0) problems.push(`${sum.events.length} events, expected none`);
   for (const want of s.events) {
     const n = sum.events.filter(
-      (e) => e.kind === want.kind && e.verdict === want.verdict && (!want.region || e.region === want.region),
+      (e) =>
+        e.kind === want.kind &&
+        e.verdict === want.verdict &&
+        (!want.region || e.region === want.region) &&
+        (want.vector === undefined || e.vector === want.vector),
     ).length;
     if (n < want.min) {
-      problems.push(
-        `${n} ${want.kind} events with verdict ${want.verdict}${want.region ? ` in ${want.region}` : ""}, expected at least ${want.min}`,
-      );
+      const where = `${want.region ? ` in ${want.region}` : ""}${want.vector === undefined ? "" : ` on vector ${want.vector}`}`;
+      problems.push(`${n} ${want.kind} events${where} with verdict ${want.verdict}, expected at least ${want.min}`);
     }
   }
   return problems;

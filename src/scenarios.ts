@@ -8,6 +8,8 @@ import { GuardvisorError } from "./errors.js";
 export interface ExpectedEvents {
   kind: EventKind;
   region?: string;
+  /** CPU exception vector (cpu-exception) or integrity object (integrity). */
+  vector?: number;
   verdict: Verdict;
   min: number;
 }
@@ -19,6 +21,8 @@ export interface Scenario {
   result: Record<string, string>;
   /** Events the run must produce; an empty list means "no events at all". */
   events: ExpectedEvents[];
+  /** Restarts of the guest VM before it completes (default 0). */
+  restarts?: number;
 }
 
 export const SCENARIOS: readonly Scenario[] = [
@@ -39,6 +43,83 @@ export const SCENARIOS: readonly Scenario[] = [
     description: "a kernel module overwrites a syscall-table entry in .rodata, then makes that syscall",
     result: { attempts: "1", hooked: "0", uid: "1000" },
     events: [{ kind: "protected-write", region: ".rodata", verdict: "deny", min: 1 }],
+  },
+  {
+    name: "user-fault",
+    description:
+      "ring-3 tasks write kernel memory (#PF) and use a denied port (#GP): each task ended, the kernel goes on",
+    result: { tasks: "3", pf: "1", gp: "1", survivor: "1", intact: "1" },
+    events: [
+      { kind: "cpu-exception", vector: 14, verdict: "log", min: 1 },
+      { kind: "cpu-exception", vector: 13, verdict: "log", min: 1 },
+    ],
+  },
+  {
+    name: "div-zero",
+    description: "a ring-3 task divides by zero (#DE): the task is ended, the kernel goes on",
+    result: { faulted: "1", vector: "0" },
+    events: [{ kind: "cpu-exception", vector: 0, verdict: "log", min: 1 }],
+  },
+  {
+    name: "null-deref",
+    description: "a kernel module dereferences null: kernel panic, the VM is restarted and completes",
+    result: { restarted: "1" },
+    events: [
+      { kind: "cpu-exception", vector: 14, verdict: "log", min: 1 },
+      { kind: "crash", verdict: "restart", min: 1 },
+    ],
+    restarts: 1,
+  },
+  {
+    name: "triple-fault",
+    description: "the kernel loads an empty IDT and faults: triple fault, the VM is restarted and completes",
+    result: { restarted: "1" },
+    events: [{ kind: "crash", verdict: "restart", min: 1 }],
+    restarts: 1,
+  },
+  {
+    name: "hang",
+    description: "the kernel spins with interrupts off: the watchdog restarts the VM, which completes",
+    result: { restarted: "1" },
+    events: [{ kind: "hang", verdict: "restart", min: 1 }],
+    restarts: 1,
+  },
+  {
+    name: "lstar-hook",
+    description: "after sealing, a module writes LSTAR and SYSENTER_EIP: refused with #GP, syscalls still work",
+    result: { attempts: "2", refused: "2", lstar_intact: "1", uid: "1000" },
+    events: [
+      { kind: "msr-write", verdict: "deny-fault", min: 2 },
+      { kind: "cpu-exception", vector: 13, verdict: "log", min: 2 },
+    ],
+  },
+  {
+    name: "idt-hook",
+    description: "after sealing, a module overwrites the #PF gate of the IDT",
+    result: { attempts: "1", changed: "0" },
+    events: [{ kind: "protected-write", region: ".rodata", verdict: "deny", min: 1 }],
+  },
+  {
+    name: "idtr-swap",
+    description: "a module loads a rogue IDT with lidt: detected on the next exit, the VM is restarted",
+    result: { restarted: "1" },
+    events: [{ kind: "integrity", vector: 16, verdict: "restart", min: 1 }],
+    restarts: 1,
+  },
+  {
+    name: "wp-bypass",
+    description: "a module clears CR0.WP and patches kernel code: the write is denied, WP is set back",
+    result: { attempts: "1", changed: "0", wp: "1" },
+    events: [
+      { kind: "integrity", vector: 0, verdict: "deny", min: 1 },
+      { kind: "protected-write", region: ".text", verdict: "deny", min: 1 },
+    ],
+  },
+  {
+    name: "alias-map",
+    description: "a module maps kernel code at a second, writable address and patches it there",
+    result: { attempts: "1", changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1 }],
   },
 ];
 

@@ -65,6 +65,34 @@ static inline void write_cr3(uint64_t v)
 	__asm__ volatile("mov %0, %%cr3" : : "r"(v) : "memory");
 }
 
+static inline uint64_t read_cr0(void)
+{
+	uint64_t v;
+	__asm__ volatile("mov %%cr0, %0" : "=r"(v));
+	return v;
+}
+
+static inline void write_cr0(uint64_t v)
+{
+	__asm__ volatile("mov %0, %%cr0" : : "r"(v) : "memory");
+}
+
+static inline void invlpg(const void *va)
+{
+	__asm__ volatile("invlpg (%0)" : : "r"(va) : "memory");
+}
+
+/* A Guardvisor hypercall (docs/guest-abi.md): EAX = number, args in RDI, RSI, RCX; result in RAX. */
+static inline uint64_t gv_hypercall(uint32_t nr, uint64_t a0, uint64_t a1, uint64_t a2)
+{
+	uint64_t rax = nr;
+	__asm__ volatile("outl %%eax, %%dx"
+			 : "+a"(rax)
+			 : "d"(GV_PORT_HYPERCALL), "D"(a0), "S"(a1), "c"(a2)
+			 : "memory");
+	return rax;
+}
+
 /* Stop the VM: the VMM takes `code` as the guest's exit code. */
 __attribute__((noreturn)) static inline void gv_exit(uint32_t code)
 {

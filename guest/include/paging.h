@@ -17,4 +17,7 @@ int paging_init(const struct gv_boot_info *bi);
  */
 int paging_map_user(const struct gv_boot_info *bi, uint64_t gpa, uint64_t size);
 
+/* The 4 KiB page table of the first 2 MiB (set by paging_init). */
+extern uint64_t *paging_pt_low;
+
 #endif /* GV_PAGING_H */

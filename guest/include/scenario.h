@@ -13,6 +13,9 @@ struct scenario {
 	int (*run)(void);
 };
 
+/* How many times the VMM has restarted this guest (boot command line `restart=N`). */
+extern unsigned gv_restart_count;
+
 /* NULL if no scenario has that name. */
 const struct scenario *scenario_find(const char *name);
 
@@ -21,5 +24,14 @@ int scenario_benign(void);
 int scenario_text_patch(void);
 int scenario_syscall_hook(void);
 int scenario_user_fault(void);
+int scenario_div_zero(void);
+int scenario_lstar_hook(void);
+int scenario_null_deref(void);
+int scenario_triple_fault(void);
+int scenario_alias_map(void);
+int scenario_idt_hook(void);
+int scenario_idtr_swap(void);
+int scenario_wp_bypass(void);
+int scenario_hang(void);
 
 #endif /* GV_SCENARIO_H */

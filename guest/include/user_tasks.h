@@ -26,6 +26,9 @@ USER_TASK user_intruder_task(uint64_t arg);  /* writes to kernel memory at arg *
 USER_TASK user_port_probe_task(uint64_t arg); /* out to a port the TSS denies */
 USER_TASK user_survivor_task(uint64_t arg);   /* writes to COM1 directly, exits 0 */
 
+/* div-zero */
+USER_TASK user_divzero_task(uint64_t arg); /* divides by zero: #DE */
+
 /* health VM (role=hm): the engine; its geometry comes from the kernel in hm_args */
 struct hm_args {
 	uint64_t idc; /* IDC region address (identity-mapped, user-accessible) */

@@ -35,6 +35,8 @@ void kmain(struct gv_boot_info *bi)
 	syscall_init();
 	if (paging_init(bi) < 0)
 		gv_exit(EXIT_BAD_PAGE_TABLES);
+	/* Set up: from now on the VMM refuses changes to the MSRs, the IDTR and pinned CR bits. */
+	gv_hypercall(GV_HC_SEAL, GV_SEAL_MSRS | GV_SEAL_IDT | GV_SEAL_CR, 0, 0);
 
 	if (bi->role == GV_ROLE_HM) {
 		kprintf("gv-kernel: boot role=hm mem=%luMiB\n", bi->mem_size >> 20);
@@ -44,9 +46,14 @@ void kmain(struct gv_boot_info *bi)
 	char buf[SCENARIO_NAME_MAX];
 	const char *name = buf;
 	size_t len = bi->cmdline_len < GV_BOOT_CMDLINE_MAX ? bi->cmdline_len : GV_BOOT_CMDLINE_MAX - 1;
+	char num[8];
+	if (cmdline_get((const char *)bi->cmdline_gpa, len, "restart", num, sizeof(num)) > 0)
+		for (const char *p = num; *p >= '0' && *p <= '9'; p++)
+			gv_restart_count = gv_restart_count * 10 + (unsigned)(*p - '0');
 	if (cmdline_get((const char *)bi->cmdline_gpa, len, "scenario", buf, sizeof(buf)) < 0)
 		name = "none"; /* reported as an unknown scenario */
-	kprintf("gv-kernel: boot role=guest scenario=%s mem=%luMiB\n", name, bi->mem_size >> 20);
+	kprintf("gv-kernel: boot role=guest scenario=%s mem=%luMiB restart=%u\n", name, bi->mem_size >> 20,
+		gv_restart_count);
 
 	const struct scenario *s = scenario_find(name);
 	if (!s) {

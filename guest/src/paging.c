@@ -23,6 +23,8 @@ static void set_bits(uint64_t *pt, const char *start, const char *end, uint64_t 
 		pt[a / PAGE_SIZE] |= bits;
 }
 
+uint64_t *paging_pt_low;
+
 int paging_init(const struct gv_boot_info *bi)
 {
 	uint64_t *pml4 = (uint64_t *)bi->pml4_gpa;
@@ -40,6 +42,7 @@ int paging_init(const struct gv_boot_info *bi)
 	set_bits(pt, __utext_start, __utext_end, PTE_US);
 	set_bits(pt, __udata_start, __user_end, PTE_US | PTE_NX);
 	write_cr3(read_cr3()); /* flush the TLB */
+	paging_pt_low = pt;
 	return 0;
 }
 

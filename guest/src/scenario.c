@@ -2,11 +2,22 @@
 #include "scenario.h"
 #include <stddef.h>
 
+unsigned gv_restart_count;
+
 static const struct scenario scenarios[] = {
 	{ "benign", scenario_benign },
 	{ "text-patch", scenario_text_patch },
 	{ "syscall-hook", scenario_syscall_hook },
 	{ "user-fault", scenario_user_fault },
+	{ "div-zero", scenario_div_zero },
+	{ "lstar-hook", scenario_lstar_hook },
+	{ "null-deref", scenario_null_deref },
+	{ "triple-fault", scenario_triple_fault },
+	{ "alias-map", scenario_alias_map },
+	{ "idt-hook", scenario_idt_hook },
+	{ "idtr-swap", scenario_idtr_swap },
+	{ "wp-bypass", scenario_wp_bypass },
+	{ "hang", scenario_hang },
 };
 
 static int str_eq(const char *a, const char *b)

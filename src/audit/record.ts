@@ -51,6 +51,7 @@ export function auditRecord(e: CapturedEvent, vm: AuditVmView, vmName: string): 
     target: e.kind === "protected-write" ? vm.symbolizePhys(e.gpa) : null,
     rip: symbolizeRip(vm, c.regs.rip),
     insn,
+    ...(e.note ? { note: e.note } : {}),
     context: {
       cpl: c.cpl,
       gpa: hex(c.gpa),

@@ -7,11 +7,17 @@ import { DECIDERS, type DeciderName } from "../decide/decider.js";
 import { GuardvisorError, isGuardvisorError } from "../errors.js";
 import { HM_DEFAULTS } from "../health/health-manager.js";
 import type { InjectSpec } from "../idc/channel.js";
+import { readPolicyKernel } from "../policy/compile-file.js";
+import { loadPolicyFile } from "../policy/load.js";
+import { resolvePolicy } from "../policy/resolve.js";
 import {
   DEFAULT_DECIDER,
+  DEFAULT_HANG_TIMEOUT_MS,
   DEFAULT_MEM_MIB,
   DEFAULT_TIMEOUT_MS,
+  defaultKernelPath,
   type MultiRunReport,
+  type RunOptions,
   type RunReport,
   runGuest,
   runGuests,
@@ -63,6 +69,12 @@ export function parseInject(v: string): InjectSpec {
   return { mode, at, slowUs: mode === ABI_CONSTANTS.INJECT_SLOW ? HM_DEFAULTS.timeoutMs * 3000 : 0 };
 }
 
+function parseEntry(v: string): string | bigint {
+  if (/^0x[0-9a-f]{1,16}$/i.test(v)) return BigInt(v);
+  if (/^[A-Za-z_.$][\w.$]{0,200}$/.test(v)) return v;
+  throw new InvalidArgumentError("must be an ELF symbol name or a hexadecimal address (0x...)");
+}
+
 function collect(v: string, prev: string[] | undefined): string[] {
   return [...(prev ?? []), v];
 }
@@ -79,6 +91,9 @@ interface RunFlags {
   timeout: number;
   cmdline?: string;
   serial?: boolean;
+  policy?: string;
+  exceptionEntry?: string | bigint;
+  hangTimeout: number;
 }
 
 function formatEvent(e: SummaryEvent): string {
@@ -127,16 +142,9 @@ function printHealthVm(h: RunReport["summary"]["healthVm"]): void {
   for (const f of h.faults) out.write(`  - ${f.reason}: ${f.detail} (down ${f.downMs} ms)\n`);
 }
 
-async function runCommand(flags: RunFlags): Promise<number> {
-  if (!flags.scenario === !flags.kernel) {
-    throw new GuardvisorError("CONFIG_INVALID", "give --scenario NAME (repeatable) or --kernel ELF");
-  }
-  if (flags.injectHmFault && flags.decider !== "hm-vm") {
-    throw new GuardvisorError("CONFIG_INVALID", "--inject-hm-fault: needs --decider hm-vm");
-  }
-  const report = await runGuests({
-    scenarios: flags.scenario,
-    guests: flags.guests,
+function commonRunOptions(flags: RunFlags): RunOptions {
+  const kernelPath = flags.kernel ?? defaultKernelPath();
+  return {
     kernelPath: flags.kernel,
     cmdline: flags.cmdline,
     decider: flags.decider,
@@ -144,6 +152,64 @@ async function runCommand(flags: RunFlags): Promise<number> {
     timeoutMs: flags.timeout * 1000,
     auditPath: flags.audit,
     injectHmFault: flags.injectHmFault,
+    hangTimeoutMs: flags.hangTimeout,
+    exceptionEntry: flags.exceptionEntry,
+    policy: flags.policy ? resolvePolicy(loadPolicyFile(flags.policy), readPolicyKernel(kernelPath)) : undefined,
+  };
+}
+
+/** `--scenario all`: every built-in scenario in turn, one verdict each. */
+async function runAll(flags: RunFlags): Promise<number> {
+  const base = commonRunOptions(flags);
+  const rows: { scenario: string; expected: unknown; observed: unknown; pass: boolean }[] = [];
+  for (const sc of SCENARIOS) {
+    const r = await runGuest({ ...base, scenario: sc.name });
+    const s = r.summary;
+    const counts: Record<string, number> = {};
+    for (const e of s.events) {
+      const k = `${e.kind}${e.vector === undefined ? "" : `#${e.vector}`}:${e.verdict}`;
+      counts[k] = (counts[k] ?? 0) + 1;
+    }
+    const pass = s.guest.outcome === "completed" && r.problems.length === 0;
+    rows.push({
+      scenario: sc.name,
+      expected: { result: sc.result, events: sc.events, restarts: sc.restarts ?? 0, outcome: "completed" },
+      observed: {
+        outcome: s.guest.outcome,
+        restarts: s.guest.restarts,
+        result: r.result ?? null,
+        events: counts,
+        decidedBy: [...new Set(s.events.map((e) => e.decidedBy))],
+        intact: s.integrity.intact,
+        problems: r.problems,
+      },
+      pass,
+    });
+    if (!flags.json) {
+      process.stdout.write(`${pass ? "pass" : "FAIL"}  ${sc.name}${pass ? "" : `: ${r.problems.join("; ")}`}\n`);
+    }
+  }
+  if (flags.json) process.stdout.write(`${JSON.stringify({ scenarios: rows })}\n`);
+  return rows.every((r) => r.pass) ? EXIT.OK : EXIT.RUN_FAILED;
+}
+
+async function runCommand(flags: RunFlags): Promise<number> {
+  if (!flags.scenario === !flags.kernel) {
+    throw new GuardvisorError("CONFIG_INVALID", "give --scenario NAME (repeatable) or --kernel ELF");
+  }
+  if (flags.injectHmFault && flags.decider !== "hm-vm") {
+    throw new GuardvisorError("CONFIG_INVALID", "--inject-hm-fault: needs --decider hm-vm");
+  }
+  if (flags.scenario?.includes("all")) {
+    if (flags.scenario.length > 1 || flags.guests !== undefined) {
+      throw new GuardvisorError("CONFIG_INVALID", "--scenario all: give it alone, without --guests");
+    }
+    return runAll(flags);
+  }
+  const report = await runGuests({
+    ...commonRunOptions(flags),
+    scenarios: flags.scenario,
+    guests: flags.guests,
     onSerial: flags.serial ? (line, g) => process.stderr.write(`guest${g}| ${line}\n`) : undefined,
     onHmSerial: flags.serial ? (line) => process.stderr.write(`hm| ${line}\n`) : undefined,
   });
@@ -207,7 +273,22 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option("--timeout <seconds>", "stop the guest after this long", intOption("--timeout"), DEFAULT_TIMEOUT_MS / 1000)
     .option("--cmdline <text>", "extra kernel command-line text")
     .option("--serial", "echo the guest's serial output on stderr")
-    .addHelpText("after", EXIT_HELP)
+    .option("--policy <file>", "the policy (YAML or JSON, docs/policy.md); default: the built-in default policy")
+    .option(
+      "--exception-entry <symbol|0xaddr>",
+      "the guest's common exception entry, for first-time exception capture (default: the symbol gv_exception_entry)",
+      parseEntry,
+    )
+    .option(
+      "--hang-timeout <ms>",
+      "a guest vCPU without an exit for this long is hung (0: no watchdog)",
+      intOption("--hang-timeout"),
+      DEFAULT_HANG_TIMEOUT_MS,
+    )
+    .addHelpText(
+      "after",
+      `\n--scenario all runs every built-in scenario in turn and prints one verdict per scenario.${EXIT_HELP}`,
+    )
     .action(async (flags: RunFlags) => setExit(await runCommand(flags)));
 
   program

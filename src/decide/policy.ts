@@ -117,6 +117,13 @@ export const DEFAULT_POLICY: Policy = {
       reason: "write to a protected kernel region",
     },
     {
+      name: "restore-pinned-cr",
+      kinds: ["integrity"],
+      vectors: [0, 4],
+      verdict: "deny",
+      reason: "a pinned CR0/CR4 bit was cleared: set it back",
+    },
+    {
       name: "protect-syscall-msrs",
       kinds: ["msr-write"],
       verdict: "deny-fault",

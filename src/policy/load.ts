@@ -450,7 +450,7 @@ function checkCrossReferences(
         throw fail([...at, field], `${field} needs event: ${hint}`);
       }
     };
-    only("vector", ["cpu-exception"], "cpu-exception");
+    only("vector", ["cpu-exception", "integrity"], "cpu-exception (or integrity)");
     only("msr", ["msr-write"], "msr-write");
     only("region", ["protected-write", "integrity"], "protected-write (or integrity)");
     if (r.region?.some(isRange) && events.some((e) => e !== "protected-write")) {

@@ -23,6 +23,7 @@ export interface CpuAccess {
   getRegs(): Regs;
   setRegs(r: Regs): void;
   getSregs(): Sregs;
+  setSregs(s: Sregs): void;
   injectException(vector: number, errorCode?: number): void;
   setMsrResult(error: 0 | 1): void;
   /** KVM_SET_MSRS for one MSR (an allowed write to a filtered MSR). */
@@ -108,6 +109,9 @@ export interface DispatchStats {
 }
 
 export const GP_VECTOR = 13;
+/** CR0.WP; CR4.SMEP and SMAP: the bits sealing pins when they are set. */
+const CR0_PINNABLE = 1n << 16n;
+const CR4_PINNABLE = (1n << 20n) | (1n << 21n);
 
 export class ExitDispatcher {
   readonly stats: DispatchStats = {
@@ -125,6 +129,12 @@ export class ExitDispatcher {
   private seq = 0;
   /** HC_SEAL bits the guest has set (one-way). */
   private sealed = 0;
+  /** What was sealed: the IDTR, and the CR0/CR4 bits that must stay set. */
+  private sealedIdt: { base: bigint; limit: number } | undefined;
+  private pinnedCr0 = 0n;
+  private pinnedCr4 = 0n;
+  /** The guest's exception module reported a panic (its next debug exit is a crash). */
+  private panicked: { vector: number; rip: bigint } | undefined;
   /** Recent captured exceptions not yet reported by the guest: matched by vector and RIP. */
   private readonly unreported: { seq: number; vector: number; rip: bigint }[] = [];
   private readonly now: () => bigint;
@@ -141,13 +151,29 @@ export class ExitDispatcher {
   dispatch(exit: VcpuExit): ExitAction {
     const t0 = this.now();
     this.stats.exits++;
+    const console = (exit.kind === "io-out" || exit.kind === "io-in") && exit.port >= 0x3f8 && exit.port <= 0x3ff;
+    if (!console || (this.stats.exits & 63) === 0) {
+      const broken = this.checkSealed(t0);
+      if (broken) return broken;
+    }
+    return this.handle(exit, t0);
+  }
+
+  private handle(exit: VcpuExit, t0: bigint): ExitAction {
     switch (exit.kind) {
       case "io-out": {
         this.stats.io++;
         const a = this.d.bus.out(exit.port, exit.size, exit.count, exit.data);
-        return a.kind === "exit"
-          ? { kind: "stop", outcome: "exit", code: a.code, detail: `guest exited with code ${a.code}` }
-          : CONTINUE;
+        if (a.kind !== "exit") return CONTINUE;
+        const p = this.panicked;
+        if (p && a.code === 0x80 + p.vector) {
+          // The guest's exception module gave up: a crash, decided by policy.
+          return this.onCrash(
+            `kernel panic on vector ${p.vector} at 0x${p.rip.toString(16)} (exit code 0x${a.code.toString(16)})`,
+            t0,
+          );
+        }
+        return { kind: "stop", outcome: "exit", code: a.code, detail: `guest exited with code ${a.code}` };
       }
       case "io-in":
         this.stats.io++;
@@ -273,6 +299,7 @@ export class ExitDispatcher {
   /** HC_REPORT_EXCEPTION: the guest's exception module says what it did. */
   onGuestReport(vector: number, rip: bigint, action: GuestAction): void {
     this.stats.guestReports++;
+    if (action === "panic") this.panicked = { vector, rip };
     const i = this.unreported.findIndex((u) => u.vector === vector && u.rip === rip);
     const match = i >= 0 ? this.unreported.splice(i, 1)[0] : undefined;
     this.d.sink.guestReport?.({ seq: match?.seq, vector, rip, action });
@@ -280,8 +307,74 @@ export class ExitDispatcher {
 
   /** HC_SEAL: protect more from now on (bits only ever get set). Returns the sealed set. */
   seal(what: number): number {
-    this.sealed |= what & ABI_CONSTANTS.SEAL_MSRS;
+    const C = ABI_CONSTANTS;
+    const add = what & (C.SEAL_MSRS | C.SEAL_IDT | C.SEAL_CR) & ~this.sealed;
+    if (add & (C.SEAL_IDT | C.SEAL_CR)) {
+      const s = this.d.cpu.getSregs();
+      if (add & C.SEAL_IDT) this.sealedIdt = { base: s.idt.base, limit: s.idt.limit };
+      if (add & C.SEAL_CR) {
+        this.pinnedCr0 = s.cr0 & CR0_PINNABLE;
+        this.pinnedCr4 = s.cr4 & CR4_PINNABLE;
+      }
+    }
+    this.sealed |= add;
     return this.sealed;
+  }
+
+  /**
+   * Sealed state still as sealed? The IDTR and pinned CR bits live in the
+   * vCPU, not in memory, so they are checked on exits: on every exit that is
+   * not console output, and on every 64th that is. A change is an integrity
+   * event; "deny" puts the sealed value back, "restart"/"halt" end the VM.
+   */
+  private checkSealed(t0: bigint): ExitAction | undefined {
+    if ((this.sealed & (ABI_CONSTANTS.SEAL_IDT | ABI_CONSTANTS.SEAL_CR)) === 0) return undefined;
+    const s = this.d.cpu.getSregs();
+    const C = ABI_CONSTANTS;
+    const broken: { object: number; what: string; restore: (x: Sregs) => void }[] = [];
+    const idt = this.sealedIdt;
+    if (idt && (s.idt.base !== idt.base || s.idt.limit !== idt.limit)) {
+      broken.push({
+        object: C.INTEGRITY_IDTR,
+        what: `IDTR changed from 0x${idt.base.toString(16)}/${idt.limit} to 0x${s.idt.base.toString(16)}/${s.idt.limit}`,
+        restore: (x) => {
+          x.idt = { base: idt.base, limit: idt.limit };
+        },
+      });
+    }
+    if ((s.cr0 & this.pinnedCr0) !== this.pinnedCr0) {
+      broken.push({
+        object: C.INTEGRITY_CR0,
+        what: `pinned CR0 bits cleared: 0x${(this.pinnedCr0 & ~s.cr0).toString(16)}`,
+        restore: (x) => {
+          x.cr0 |= this.pinnedCr0;
+        },
+      });
+    }
+    if ((s.cr4 & this.pinnedCr4) !== this.pinnedCr4) {
+      broken.push({
+        object: C.INTEGRITY_CR4,
+        what: `pinned CR4 bits cleared: 0x${(this.pinnedCr4 & ~s.cr4).toString(16)}`,
+        restore: (x) => {
+          x.cr4 |= this.pinnedCr4;
+        },
+      });
+    }
+    let end: ExitAction | undefined;
+    for (const b of broken) {
+      const ctx = this.capture("integrity", this.d.cpu.getRegs(), s);
+      ctx.vector = b.object;
+      const decision = this.d.decider.decide(ctx);
+      this.report(ctx, decision, t0, b.what);
+      const stop = this.endsVm(decision.verdict);
+      if (stop) end ??= { ...stop, detail: `${b.what}; ${stop.detail}` };
+      else if (decision.verdict === "deny" || decision.verdict === "deny-fault") {
+        const fixed = this.d.cpu.getSregs();
+        b.restore(fixed);
+        this.d.cpu.setSregs(fixed);
+      }
+    }
+    return end;
   }
 
   /** A write to a filtered MSR (LSTAR, SYSENTER_EIP, …). */
@@ -312,6 +405,15 @@ export class ExitDispatcher {
     }
     this.report(ctx, decision, t0);
     return action;
+  }
+
+  /** The watchdog saw no progress: the vCPU was kicked out of a hang. */
+  onHang(detail: string): ExitAction {
+    const t0 = this.now();
+    const ctx = this.capture("hang");
+    const decision = this.d.decider.decide(ctx);
+    this.report(ctx, decision, t0, detail);
+    return this.endsVm(decision.verdict) ?? { kind: "stop", outcome: "halt", detail: `${detail}; halted` };
   }
 
   /** A crash (triple fault, internal error): an event, then the verdict's way out. */

@@ -40,6 +40,11 @@ export interface GuestVmConfig {
    * Default: the symbol `gv_exception_entry` when the kernel has it.
    */
   exceptionEntry?: string | bigint;
+  /**
+   * Watchdog: a vCPU inside KVM_RUN with no exit for this long is hung (a
+   * "hang" event, decided by policy). 0 or absent: no watchdog.
+   */
+  hangTimeoutMs?: number;
   /** Called once the policy is compiled, before the guest runs (to publish its rule table). */
   onPolicy?: (p: CompiledPolicy) => void;
   /** Called when the guest's exception module reports an exception it handled. */
@@ -203,13 +208,38 @@ export class GuestVm {
       timedOut = true;
       thread.stop();
     }, timeoutMs);
+    const watchdog = this.startWatchdog(thread);
     thread.resume();
     try {
       this.stopped = await thread.done;
     } finally {
       clearTimeout(timer);
+      if (watchdog) clearInterval(watchdog);
     }
     return { ...this.stopped, timedOut };
+  }
+
+  private startWatchdog(thread: VcpuThread): NodeJS.Timeout | undefined {
+    const limit = this.config.hangTimeoutMs ?? 0;
+    if (limit <= 0) return undefined;
+    let last = -1;
+    let since = Date.now();
+    const t = setInterval(
+      () => {
+        const p = thread.progress();
+        const now = Date.now();
+        if (p.exits !== last || !p.inRun) {
+          last = p.exits;
+          since = now;
+        } else if (now - since > limit) {
+          since = now;
+          thread.hang();
+        }
+      },
+      Math.min(100, Math.max(10, limit / 10)),
+    );
+    t.unref();
+    return t;
   }
 
   /** Compare every protected region with its hash at lock time. */

@@ -14,7 +14,13 @@ import type { ProtectedRegion } from "./protection.js";
 export const CMD_PAUSE = 0;
 export const CMD_RUN = 1;
 export const CMD_STOP = 2;
+/** The watchdog saw no progress: leave KVM_RUN and report a hang. */
+export const CMD_HANG = 3;
 export const CTRL_CMD = 0;
+/** Bumped by the worker on every exit (the watchdog's sign of life). */
+export const CTRL_PROGRESS = 1;
+/** 1 while the worker is inside KVM_RUN (a decider waiting is not a hang). */
+export const CTRL_IN_RUN = 2;
 export const CTRL_SLOTS = 4;
 
 /** The IDC region as a worker attaches to it. */

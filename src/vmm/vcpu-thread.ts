@@ -10,10 +10,13 @@ import { RunPage } from "../kvm/exits.js";
 import { native } from "../kvm/native.js";
 import type { CapturedEvent, DispatchStats, GuestReport, StopOutcome } from "./dispatcher.js";
 import {
+  CMD_HANG,
   CMD_PAUSE,
   CMD_RUN,
   CMD_STOP,
   CTRL_CMD,
+  CTRL_IN_RUN,
+  CTRL_PROGRESS,
   CTRL_SLOTS,
   type VcpuWorkerInit,
   type WorkerMessage,
@@ -112,6 +115,19 @@ export class VcpuThread {
   stop(): void {
     this.command(CMD_STOP);
     this.kick();
+  }
+
+  /** The watchdog: make the vCPU leave KVM_RUN and report a hang. */
+  hang(): void {
+    if (Atomics.compareExchange(this.ctrl, CTRL_CMD, CMD_RUN, CMD_HANG) === CMD_RUN) {
+      Atomics.notify(this.ctrl, CTRL_CMD);
+      this.kick();
+    }
+  }
+
+  /** Exits so far, and whether the vCPU is inside KVM_RUN right now. */
+  progress(): { exits: number; inRun: boolean } {
+    return { exits: Atomics.load(this.ctrl, CTRL_PROGRESS), inRun: Atomics.load(this.ctrl, CTRL_IN_RUN) === 1 };
   }
 
   private command(cmd: number): void {

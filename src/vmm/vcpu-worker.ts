@@ -22,10 +22,13 @@ import { ExitDispatcher, type GuestAction } from "./dispatcher.js";
 import { ExceptionCapture } from "./exception-capture.js";
 import { ProtectionMap } from "./protection.js";
 import {
+  CMD_HANG,
   CMD_PAUSE,
   CMD_RUN,
   CMD_STOP,
   CTRL_CMD,
+  CTRL_IN_RUN,
+  CTRL_PROGRESS,
   type IdcAttach,
   type VcpuWorkerInit,
   type WorkerMessage,
@@ -103,6 +106,7 @@ function main(): void {
     getRegs: () => vcpu.getRegs(),
     setRegs: (r: Parameters<Vcpu["setRegs"]>[0]) => vcpu.setRegs(r),
     getSregs: () => vcpu.getSregs(),
+    setSregs: (x: Parameters<Vcpu["setSregs"]>[0]) => vcpu.setSregs(x),
     injectException: (v: number, e?: number) => vcpu.injectException(v, e),
     setMsrResult: (e: 0 | 1) => vcpu.run.setMsrResult(e),
     setMsr: (index: number, value: bigint) => vcpu.setMsrs([[index, value]]),
@@ -154,7 +158,20 @@ function main(): void {
       Atomics.wait(ctrl, CTRL_CMD, CMD_PAUSE);
       continue;
     }
+    if (cmd === CMD_HANG) {
+      Atomics.compareExchange(ctrl, CTRL_CMD, CMD_HANG, CMD_RUN);
+      const hang = dispatcher.onHang("no progress: the watchdog stopped the vCPU");
+      if (hang.kind === "stop") {
+        serial.flush();
+        post({ type: "stopped", outcome: hang.outcome, code: hang.code, detail: hang.detail, stats: dispatcher.stats });
+        return;
+      }
+      continue;
+    }
+    Atomics.store(ctrl, CTRL_IN_RUN, 1);
     const exit = vcpu.runOnce();
+    Atomics.store(ctrl, CTRL_IN_RUN, 0);
+    Atomics.add(ctrl, CTRL_PROGRESS, 1);
     if (exit.kind === "interrupted") vcpu.run.immediateExit = false;
     const action = dispatcher.dispatch(exit);
     if (action.kind === "stop") {

@@ -68,7 +68,11 @@ export class FakeCpu implements CpuAccess {
   setRegs = (r: Regs) => {
     this.regs = { ...r };
   };
-  getSregs = () => ({ ...sregs(this.cpl), cr2: this.cr2 });
+  sregsOverride: Sregs | undefined;
+  getSregs = () => this.sregsOverride ?? { ...sregs(this.cpl), cr2: this.cr2 };
+  setSregs = (s: Sregs) => {
+    this.sregsOverride = { ...s };
+  };
   injectException = (v: number, e?: number) => {
     this.injected.push([v, e]);
   };

@@ -27,3 +27,11 @@ void user_survivor_task(uint64_t arg)
 	__asm__ volatile("rep outsb" : "+S"(p), "+c"(n) : "d"(GV_PORT_COM1) : "memory");
 	u_exit(0);
 }
+
+/* Integer division by zero (the divisor comes from memory, so it is not folded): #DE. */
+void user_divzero_task(uint64_t arg)
+{
+	static volatile uint64_t divisor;
+	volatile uint64_t q = (arg + 1000) / divisor;
+	u_exit(q); /* not reached */
+}
