@@ -39,7 +39,7 @@ export interface CapturedEvent {
   regionId: number;
   gpa: number;
   rip: bigint;
-  /** CPU exception vector (cpu-exception), else 0. */
+  /** CPU exception vector (cpu-exception), the object (integrity: 0 CR0, 4 CR4, 16 IDTR), else 0. */
   vector: number;
   /** The MSR written (msr-write), else 0. */
   msrIndex: number;
@@ -488,7 +488,7 @@ export class ExitDispatcher {
       regionId: ctx.regionId,
       gpa: ctx.gpa,
       rip: ctx.regs.rip,
-      vector: ctx.kind === "cpu-exception" ? ctx.vector : 0,
+      vector: ctx.kind === "cpu-exception" || ctx.kind === "integrity" ? ctx.vector : 0,
       msrIndex: ctx.msrIndex,
       note,
       verdict: decision.verdict,
