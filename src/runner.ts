@@ -71,6 +71,8 @@ export interface SummaryEvent {
   note?: string;
   /** What the guest's exception module said it did with this exception. */
   guest?: string;
+  /** This event happened this many times in a row (absent: once). */
+  count?: number;
   region: string | null;
   symbol: string | null;
   verdict: Verdict;
@@ -226,6 +228,19 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
       });
     }
     const events: SummaryEvent[][] = scenarios.map(() => []);
+    const repeats = new RepeatLog((g, ev, count, lastMs) =>
+      audit?.append({
+        time: new Date(lastMs).toISOString(),
+        vm: `guest${g}`,
+        kind: "repeat",
+        of: ev.seq,
+        event: ev.kind,
+        ...(ev.vector === undefined ? {} : { vector: ev.vector }),
+        symbol: ev.symbol,
+        verdict: ev.verdict,
+        repeats: count,
+      }),
+    );
     const restartLimit = policy.restart?.limit ?? DEFAULT_RESTART_LIMIT;
     const deadline = Date.now() + timeoutMs;
     /** One guest from boot to its end, restarted (a new VM, `restart=N`) when a verdict says so. */
@@ -278,6 +293,15 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
             const list = events[g] as SummaryEvent[];
             const n = { ...e, seq: list.length + 1 }; // numbered per guest across restarts
             const s = toSummary(n, self);
+            const prev = list.at(-1);
+            if (prev && sameEvent(prev, s)) {
+              // A storm of one event: counted, not stored again (memory stays bounded).
+              prev.count = (prev.count ?? 1) + 1;
+              bySeq.set(e.seq, prev);
+              repeats.note(g, prev, e.timeMs);
+              return;
+            }
+            repeats.flush(g);
             list.push(s);
             bySeq.set(e.seq, s);
             audit?.append(auditRecord(n, self, `guest${g}`));
@@ -307,6 +331,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
       }
     };
     const lives = await Promise.all(scenarios.map((_, g) => runLife(g)));
+    for (let g = 0; g < scenarios.length; g++) repeats.flush(g);
     await health?.settled(); // a restart still running counts
     const hmStatus = health?.status();
     const healthVm: HealthVmSummary = {
@@ -359,6 +384,44 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
   }
 }
 
+/** The same event again: kind, place, verdict and decider all equal. */
+function sameEvent(a: SummaryEvent, b: SummaryEvent): boolean {
+  return (
+    a.kind === b.kind &&
+    a.vector === b.vector &&
+    a.msr === b.msr &&
+    a.region === b.region &&
+    a.symbol === b.symbol &&
+    a.verdict === b.verdict &&
+    a.decidedBy === b.decidedBy &&
+    a.note === b.note
+  );
+}
+
+/** Repeats of one event folded into the audit log: one "repeat" record with the count when the run ends. */
+class RepeatLog {
+  private readonly pending = new Map<number, { ev: SummaryEvent; count: number; lastMs: number }>();
+  constructor(private readonly write: (g: number, ev: SummaryEvent, count: number, lastMs: number) => void) {}
+
+  note(g: number, ev: SummaryEvent, timeMs: number): void {
+    const p = this.pending.get(g);
+    if (p && p.ev === ev) {
+      p.count++;
+      p.lastMs = timeMs;
+    } else {
+      this.flush(g);
+      this.pending.set(g, { ev, count: 1, lastMs: timeMs });
+    }
+  }
+
+  flush(g: number): void {
+    const p = this.pending.get(g);
+    if (!p) return;
+    this.pending.delete(g);
+    this.write(g, p.ev, p.count, p.lastMs);
+  }
+}
+
 function toSummary(e: CapturedEvent, g: GuestVm): SummaryEvent {
   return {
     seq: e.seq,
@@ -392,13 +455,15 @@ export function checkScenario(s: Scenario, sum: RunSummary, result: Record<strin
   }
   if (s.events.length === 0 && sum.events.length > 0) problems.push(`${sum.events.length} events, expected none`);
   for (const want of s.events) {
-    const n = sum.events.filter(
-      (e) =>
-        e.kind === want.kind &&
-        e.verdict === want.verdict &&
-        (!want.region || e.region === want.region) &&
-        (want.vector === undefined || e.vector === want.vector),
-    ).length;
+    const n = sum.events
+      .filter(
+        (e) =>
+          e.kind === want.kind &&
+          e.verdict === want.verdict &&
+          (!want.region || e.region === want.region) &&
+          (want.vector === undefined || e.vector === want.vector),
+      )
+      .reduce((sum, e) => sum + (e.count ?? 1), 0);
     if (n < want.min) {
       const where = `${want.region ? ` in ${want.region}` : ""}${want.vector === undefined ? "" : ` on vector ${want.vector}`}`;
       problems.push(`${n} ${want.kind} events${where} with verdict ${want.verdict}, expected at least ${want.min}`);

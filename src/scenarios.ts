@@ -85,6 +85,12 @@ export const SCENARIOS: readonly Scenario[] = [
     restarts: 1,
   },
   {
+    name: "exception-storm",
+    description: "a ring-3 task raises 10,000 #UD faults: all captured, folded into one event with a count",
+    result: { faults: "10000", exited: "1" },
+    events: [{ kind: "cpu-exception", vector: 6, verdict: "log", min: 10000 }],
+  },
+  {
     name: "lstar-hook",
     description: "after sealing, a module writes LSTAR and SYSENTER_EIP: refused with #GP, syscalls still work",
     result: { attempts: "2", refused: "2", lstar_intact: "1", uid: "1000" },

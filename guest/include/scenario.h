@@ -33,5 +33,6 @@ int scenario_idt_hook(void);
 int scenario_idtr_swap(void);
 int scenario_wp_bypass(void);
 int scenario_hang(void);
+int scenario_exception_storm(void);
 
 #endif /* GV_SCENARIO_H */

@@ -26,6 +26,10 @@ USER_TASK user_intruder_task(uint64_t arg);  /* writes to kernel memory at arg *
 USER_TASK user_port_probe_task(uint64_t arg); /* out to a port the TSS denies */
 USER_TASK user_survivor_task(uint64_t arg);   /* writes to COM1 directly, exits 0 */
 
+/* exception-storm: ud2 `arg` times (the kernel resumes after each) */
+#define STORM_FAULTS 10000
+USER_TASK user_storm_task(uint64_t arg);
+
 /* div-zero */
 USER_TASK user_divzero_task(uint64_t arg); /* divides by zero: #DE */
 

@@ -18,6 +18,7 @@ static const struct scenario scenarios[] = {
 	{ "idtr-swap", scenario_idtr_swap },
 	{ "wp-bypass", scenario_wp_bypass },
 	{ "hang", scenario_hang },
+	{ "exception-storm", scenario_exception_storm },
 };
 
 static int str_eq(const char *a, const char *b)

@@ -46,6 +46,15 @@ describe("every scenario on KVM", { skip: skipWithoutKvm }, () => {
     assert.ok(r.summary.events.some((e) => e.kind === "cpu-exception" && e.vector === 14 && e.guest === "panic"));
   });
 
+  it("exception-storm: 10,000 faults folded into one event with a count; the VMM stays responsive", async () => {
+    const t = Date.now();
+    const r = await runGuest({ scenario: "exception-storm" });
+    const ud = r.summary.events.filter((e) => e.kind === "cpu-exception" && e.vector === 6);
+    assert.equal(ud.length, 1, "one folded event, not 10,000");
+    assert.ok((ud[0]?.count ?? 1) >= 10_000);
+    assert.ok(Date.now() - t < 120_000);
+  });
+
   it("benign: still zero events with capture, sealing and the watchdog on", async () => {
     const r = await runGuest({ scenario: "benign" });
     assert.deepEqual(r.summary.events, []);

@@ -35,3 +35,11 @@ void user_divzero_task(uint64_t arg)
 	volatile uint64_t q = (arg + 1000) / divisor;
 	u_exit(q); /* not reached */
 }
+
+/* exception-storm: `arg` times ud2; the kernel resumes after each one. */
+void user_storm_task(uint64_t arg)
+{
+	for (uint64_t i = 0; i < arg; i++)
+		__asm__ volatile("ud2" ::: "memory");
+	u_exit(0);
+}
