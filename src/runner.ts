@@ -15,6 +15,9 @@ import { HealthManager } from "./health/health-manager.js";
 import type { InjectSpec } from "./idc/channel.js";
 import { Kvm } from "./kvm/kvm.js";
 import { packageRoot } from "./kvm/native.js";
+import { readPolicyKernel } from "./policy/compile-file.js";
+import { loadPolicyFile } from "./policy/load.js";
+import { type PolicyKernel, resolvePolicy } from "./policy/resolve.js";
 import { findScenario, parseResultLine, type Scenario } from "./scenarios.js";
 import { validateMemMiB } from "./vmm/boot.js";
 import type { CapturedEvent, DispatchStats } from "./vmm/dispatcher.js";
@@ -199,11 +202,25 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
   const decider = opts.decider ?? DEFAULT_DECIDER;
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
 
-  const kvm = Kvm.open(opts.kvmPath);
   const audit = opts.auditPath ? new AuditLog(opts.auditPath) : undefined;
+  let kvm: Kvm;
+  try {
+    kvm = Kvm.open(opts.kvmPath);
+  } catch (e) {
+    audit?.close();
+    throw e;
+  }
   let health: HealthManager | undefined;
   const vms: (GuestVm | undefined)[] = [];
-  const policy = opts.policy ?? DEFAULT_POLICY;
+  /** A scenario that ships its own policy runs with it unless the caller gave one. */
+  const policyFor = (sc: Scenario | undefined): Policy =>
+    opts.policy ??
+    (sc?.policy ? resolvePolicy(loadPolicyFile(join(packageRoot(), sc.policy)), policyKernel()) : DEFAULT_POLICY);
+  let kernelForPolicy: PolicyKernel | undefined;
+  const policyKernel = () => {
+    kernelForPolicy ??= readPolicyKernel(kernelPath);
+    return kernelForPolicy;
+  };
   try {
     if (decider === "hm-vm") {
       // The health VM always runs gv-kernel, whatever kernel the guests run.
@@ -241,11 +258,11 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         repeats: count,
       }),
     );
-    const restartLimit = policy.restart?.limit ?? DEFAULT_RESTART_LIMIT;
     const deadline = Date.now() + timeoutMs;
     /** One guest from boot to its end, restarted (a new VM, `restart=N`) when a verdict says so. */
     const runLife = async (g: number): Promise<GuestLife> => {
       const scenario = scenarios[g];
+      const guestPolicy = policyFor(scenario);
       const life: GuestLife = { restarts: 0, intact: true, changed: [], serial: [], unmatchedReports: 0 };
       for (;;) {
         const cmdline = [
@@ -264,7 +281,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
           kernelName: kernelPath,
           memSize,
           cmdline,
-          policy,
+          policy: guestPolicy,
           decider: hm ? hm.deciderFor(g) : { kind: "vmm" },
           hangTimeoutMs: opts.hangTimeoutMs ?? DEFAULT_HANG_TIMEOUT_MS,
           exceptionEntry: opts.exceptionEntry,
@@ -316,8 +333,9 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         life.serial.push(...vm.serial);
         life.last = { stop, integrity, vm };
         if (stop.outcome !== "restart" || stop.timedOut) return life;
+        const restartLimit = guestPolicy.restart?.limit ?? DEFAULT_RESTART_LIMIT;
         if (life.restarts >= restartLimit) {
-          const then = policy.restart?.exhausted ?? "halt";
+          const then = guestPolicy.restart?.exhausted ?? "halt";
           life.last.stop = {
             ...stop,
             outcome: "halt",

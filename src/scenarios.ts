@@ -23,6 +23,8 @@ export interface Scenario {
   events: ExpectedEvents[];
   /** Restarts of the guest VM before it completes (default 0). */
   restarts?: number;
+  /** The policy file (under the package root) this scenario runs with when none is given. */
+  policy?: string;
 }
 
 export const SCENARIOS: readonly Scenario[] = [
@@ -83,6 +85,16 @@ export const SCENARIOS: readonly Scenario[] = [
     result: { restarted: "1" },
     events: [{ kind: "hang", verdict: "restart", min: 1 }],
     restarts: 1,
+  },
+  {
+    name: "legit-patch",
+    description: "the kernel's sanctioned patch routine changes .text (allowed); another routine's write is denied",
+    result: { patched: "1", ret: "2", rogue_changed: "0" },
+    events: [
+      { kind: "protected-write", region: ".text", verdict: "allow", min: 1 },
+      { kind: "protected-write", region: ".text", verdict: "deny", min: 1 },
+    ],
+    policy: "policies/legit-patch.yaml",
   },
   {
     name: "exception-storm",

@@ -34,5 +34,6 @@ int scenario_idtr_swap(void);
 int scenario_wp_bypass(void);
 int scenario_hang(void);
 int scenario_exception_storm(void);
+int scenario_legit_patch(void);
 
 #endif /* GV_SCENARIO_H */

@@ -19,6 +19,7 @@ static const struct scenario scenarios[] = {
 	{ "wp-bypass", scenario_wp_bypass },
 	{ "hang", scenario_hang },
 	{ "exception-storm", scenario_exception_storm },
+	{ "legit-patch", scenario_legit_patch },
 };
 
 static int str_eq(const char *a, const char *b)

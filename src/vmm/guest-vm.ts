@@ -161,6 +161,8 @@ export class GuestVm {
           this.config.onSerial?.(line);
         },
         onEvent: (e) => {
+          // A write the policy allowed changed a protected region: that change is sanctioned.
+          if (e.kind === "protected-write" && (e.verdict === "allow" || e.verdict === "log")) this.relock();
           this.events.push(e);
           this.config.onEvent?.(e);
         },
@@ -242,7 +244,20 @@ export class GuestVm {
     return t;
   }
 
-  /** Compare every protected region with its hash at lock time. */
+  /**
+   * Take the lock hashes again after an allowed write. Every write to a
+   * protected region exits to the VMM, so between two allowed writes nothing
+   * else can have changed one: the new hashes hold only sanctioned changes.
+   */
+  private relock(): void {
+    this.lockHashes.splice(0, this.lockHashes.length, ...this.protection.hash(this.memory));
+    this.sanctionedWrites++;
+  }
+
+  /** Writes to protected regions the policy allowed (and the VMM performed). */
+  sanctionedWrites = 0;
+
+  /** Compare every protected region with its hash at lock time (or after the last allowed write). */
   integrity(): Integrity {
     const now = this.protection.hash(this.memory);
     const changed = this.protection.regions.filter((_, i) => now[i] !== this.lockHashes[i]).map((r) => r.name);

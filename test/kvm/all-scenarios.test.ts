@@ -73,3 +73,15 @@ describe("every scenario on KVM", { skip: skipWithoutKvm }, () => {
     });
   }
 });
+
+describe("legit-patch on KVM", { skip: skipWithoutKvm }, () => {
+  it("run --scenario legit-patch --policy policies/legit-patch.yaml --json: an allow and a deny, guest completed", () => {
+    const r = cli(["run", "--scenario", "legit-patch", "--policy", "policies/legit-patch.yaml", "--json"]);
+    assert.equal(r.status, 0, r.stderr);
+    const s = JSON.parse(r.stdout);
+    assert.equal(s.guest.outcome, "completed");
+    assert.ok(s.events.some((e: { verdict: string }) => e.verdict === "allow"));
+    assert.ok(s.events.some((e: { verdict: string }) => e.verdict === "deny"));
+    assert.equal(s.integrity.intact, true, "the allowed patch is sanctioned; nothing else changed");
+  });
+});
