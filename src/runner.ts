@@ -9,6 +9,7 @@ import { ABI_CONSTANTS as C, type EventKind, type Verdict } from "./abi/guest-ab
 import { AuditLog, auditRecord } from "./audit.js";
 import type { DeciderName } from "./decide/decider.js";
 import { DEFAULT_POLICY, type Policy } from "./decide/policy.js";
+import { policyHashOf } from "./decide/rule-table.js";
 import { configError, GuardvisorError } from "./errors.js";
 import { VmEngineBackend } from "./health/backends.js";
 import { HealthManager } from "./health/health-manager.js";
@@ -56,9 +57,17 @@ export interface RunOptions {
   hangTimeoutMs?: number;
   /** The guest's exception entry (symbol or address) for first-time exception capture. */
   exceptionEntry?: string | bigint;
+  /** Filled in by the runner while guests run: reload the policy without restarting them. */
+  control?: RunControl;
   onSerial?: (line: string, guest: number) => void;
   onHmSerial?: (line: string) => void;
   onEvent?: (e: SummaryEvent, guest: number) => void;
+}
+
+/** What a caller can do to a run in progress. */
+export interface RunControl {
+  /** Compile `policy` for every running guest and switch both deciders to it. */
+  reloadPolicy?(policy: Policy): { guests: number; hashes: number[] };
 }
 
 export type GuestOutcome = "completed" | "restarted" | "halted" | "crashed";
@@ -245,6 +254,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
       });
     }
     const events: SummaryEvent[][] = scenarios.map(() => []);
+    let reloaded: Policy | undefined;
     const repeats = new RepeatLog((g, ev, count, lastMs) =>
       audit?.append({
         time: new Date(lastMs).toISOString(),
@@ -262,7 +272,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
     /** One guest from boot to its end, restarted (a new VM, `restart=N`) when a verdict says so. */
     const runLife = async (g: number): Promise<GuestLife> => {
       const scenario = scenarios[g];
-      const guestPolicy = policyFor(scenario);
+      let guestPolicy = policyFor(scenario);
       const life: GuestLife = { restarts: 0, intact: true, changed: [], serial: [], unmatchedReports: 0 };
       for (;;) {
         const cmdline = [
@@ -274,6 +284,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
           .filter(Boolean)
           .join(" ");
         const hm = health;
+        if (reloaded) guestPolicy = reloaded; // a restart keeps the reloaded policy
         const bySeq = new Map<number, SummaryEvent>(); // this incarnation's event numbers
         const vm = await GuestVm.build(kvm, {
           vmId: g,
@@ -348,7 +359,28 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         await vm.destroy();
       }
     };
+    if (opts.control) {
+      opts.control.reloadPolicy = (p: Policy) => {
+        const hashes: number[] = [];
+        vms.forEach((vm, g) => {
+          if (!vm) return;
+          const compiled = vm.reloadPolicy(p);
+          hashes.push(policyHashOf(compiled.table));
+          audit?.append({
+            time: new Date().toISOString(),
+            vm: `guest${g}`,
+            kind: "policy-reload",
+            policy: p.name,
+            hash: `0x${policyHashOf(compiled.table).toString(16)}`,
+            rules: compiled.rules.length,
+          });
+        });
+        reloaded = p;
+        return { guests: hashes.length, hashes };
+      };
+    }
     const lives = await Promise.all(scenarios.map((_, g) => runLife(g)));
+    if (opts.control) opts.control.reloadPolicy = undefined;
     for (let g = 0; g < scenarios.length; g++) repeats.flush(g);
     await health?.settled(); // a restart still running counts
     const hmStatus = health?.status();

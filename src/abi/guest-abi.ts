@@ -69,7 +69,7 @@ export const ABI_CONSTANTS = {
 
   // Inter-domain communication (IDC) region, mapped into the health VM.
   IDC_MAGIC: 0x43495647, // "GVIC"
-  IDC_VERSION: 1,
+  IDC_VERSION: 2,
   IDC_HEADER_SIZE: 0x1000,
   IDC_SLOTS: 16, // request/response slots per guest
   IDC_MAX_GUESTS: 16,
@@ -227,7 +227,9 @@ export const IDC_GUEST_CTL = defineStruct("gv_idc_guest_ctl", "Per-guest IDC rin
   { name: "rules_offset", type: "u32", doc: "rule table, from the guest block start" },
   { name: "rules_size", type: "u32" },
   { name: "req_settled", type: "u64", doc: "VMM: every request up to here is settled (answered or failed safe)" },
-  { name: "pad", type: "u64", count: 2 },
+  { name: "rules_seq", type: "u32", doc: "VMM: odd while it rewrites the rule table (a seqlock for hot reload)" },
+  { name: "pad0", type: "u32" },
+  { name: "pad", type: "u64", count: 1 },
 ]);
 
 export const IDC_REQUEST = defineStruct("gv_idc_request", "A request slot: one event to decide.", [
@@ -241,8 +243,8 @@ export const IDC_RESPONSE = defineStruct("gv_idc_response", "A response slot: th
   { name: "seq", type: "u64", doc: "the request answered; written last" },
   { name: "verdict", type: "u32", doc: "GV_VERDICT_*" },
   { name: "rule", type: "u32", doc: "matching rule index, or GV_RULE_DEFAULT" },
-  { name: "flags", type: "u32" },
-  { name: "check", type: "u32", doc: "seq ^ verdict ^ rule ^ 0x5a5a5a5a (low 32 bits)" },
+  { name: "policy_hash", type: "u32", doc: "policy_hash of the rule table the verdict came from" },
+  { name: "check", type: "u32", doc: "seq ^ verdict ^ rule ^ policy_hash ^ 0x5a5a5a5a (low 32 bits)" },
 ]);
 
 /** The compiled rule table both deciders load. */

@@ -17,6 +17,7 @@ import {
   DEFAULT_TIMEOUT_MS,
   defaultKernelPath,
   type MultiRunReport,
+  type RunControl,
   type RunOptions,
   type RunReport,
   runGuest,
@@ -193,6 +194,24 @@ async function runAll(flags: RunFlags): Promise<number> {
   return rows.every((r) => r.pass) ? EXIT.OK : EXIT.RUN_FAILED;
 }
 
+/** SIGHUP: read the --policy file again and switch running guests to it; a bad file changes nothing. */
+function reloadOnSignal(flags: RunFlags, control: RunControl): void {
+  const say = (m: string): void => {
+    process.stderr.write(`guardvisor: ${m}\n`);
+  };
+  if (!flags.policy) {
+    say("SIGHUP: no --policy file to reload");
+    return;
+  }
+  try {
+    const p = resolvePolicy(loadPolicyFile(flags.policy), readPolicyKernel(flags.kernel ?? defaultKernelPath()));
+    const r = control.reloadPolicy?.(p);
+    say(r ? `policy ${p.name} reloaded for ${r.guests} guest(s)` : "SIGHUP: no guest is running");
+  } catch (e) {
+    say(`policy reload failed, keeping the current policy: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
 async function runCommand(flags: RunFlags): Promise<number> {
   if (!flags.scenario === !flags.kernel) {
     throw new GuardvisorError("CONFIG_INVALID", "give --scenario NAME (repeatable) or --kernel ELF");
@@ -206,13 +225,18 @@ async function runCommand(flags: RunFlags): Promise<number> {
     }
     return runAll(flags);
   }
+  const control: RunControl = {};
+  const onHup = () => reloadOnSignal(flags, control);
+  process.on("SIGHUP", onHup);
   const report = await runGuests({
     ...commonRunOptions(flags),
+    control,
     scenarios: flags.scenario,
     guests: flags.guests,
     onSerial: flags.serial ? (line, g) => process.stderr.write(`guest${g}| ${line}\n`) : undefined,
     onHmSerial: flags.serial ? (line) => process.stderr.write(`hm| ${line}\n`) : undefined,
   });
+  process.off("SIGHUP", onHup);
   const single = report.guests.length === 1 ? report.guests[0] : undefined;
   if (flags.json) process.stdout.write(`${JSON.stringify(single ? single.summary : report.summary)}\n`);
   else if (single) printReadable(single);
@@ -273,7 +297,10 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option("--timeout <seconds>", "stop the guest after this long", intOption("--timeout"), DEFAULT_TIMEOUT_MS / 1000)
     .option("--cmdline <text>", "extra kernel command-line text")
     .option("--serial", "echo the guest's serial output on stderr")
-    .option("--policy <file>", "the policy (YAML or JSON, docs/policy.md); default: the built-in default policy")
+    .option(
+      "--policy <file>",
+      "the policy (YAML or JSON, docs/policy.md; SIGHUP reloads it without restarting guests); default: the built-in one",
+    )
     .option(
       "--exception-entry <symbol|0xaddr>",
       "the guest's common exception entry, for first-time exception capture (default: the symbol gv_exception_entry)",

@@ -15,18 +15,26 @@ export interface DecisionResult extends Decision {
   decidedBy: DecidedBy;
 }
 
+/** What a hot reload hands a decider (the binary table decides; names and reasons explain). */
+export type ReloadablePolicy = Pick<CompiledPolicy, "name" | "table" | "names" | "reasons">;
+
 export interface Decider {
   readonly name: DeciderName;
   decide(ctx: ContextRecord): DecisionResult;
+  /** Hot reload: decide by this policy from the next event on. */
+  reload(p: ReloadablePolicy): void;
 }
 
 /** The in-VMM decider: evaluates the binary rule table on the vCPU's thread. */
 export class VmmDecider implements Decider {
   readonly name = "vmm" as const;
-  private readonly policy: CompiledPolicy;
-  constructor(policy: CompiledPolicy) {
+  private policy: CompiledPolicy;
+  constructor(policy: ReloadablePolicy) {
     // Evaluate what the table says, exactly as the health VM will read it.
     this.policy = { ...policy, ...decodeRuleTable(policy.table) };
+  }
+  reload(p: ReloadablePolicy): void {
+    this.policy = { ...p, ...decodeRuleTable(p.table) };
   }
   decide(ctx: ContextRecord): DecisionResult {
     return { ...evaluate(this.policy, ctx), decidedBy: "vmm" };

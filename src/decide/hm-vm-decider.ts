@@ -11,9 +11,9 @@ import type { EventKind } from "../abi/guest-abi.js";
 import { HM_DOWN, HM_FAILED, HM_UP, type HmControl } from "../health/hm-control.js";
 import type { IdcChannel } from "../idc/channel.js";
 import type { ContextRecord } from "../vmm/context.js";
-import type { Decider, DecisionResult } from "./decider.js";
-import type { CompiledPolicy } from "./policy.js";
+import type { Decider, DecisionResult, ReloadablePolicy } from "./decider.js";
 import { FAILSAFE_DEFAULTS } from "./policy.js";
+import { acceptedPolicyOf } from "./rule-table.js";
 
 export type HmFaultReason = "timeout" | "garbage" | "down" | "ring-full" | "failed";
 
@@ -33,7 +33,17 @@ export interface HmVmDeciderOptions {
   spinUs: number;
   /** While the health VM is being restarted, wait this long for it (the guest stays paused: fail-safe). */
   restartWaitMs?: number;
+  /** Called when an answer names a policy this decider does not know yet (it may be mid-reload). */
+  refresh?: () => void;
 }
+
+/** Names and reasons of the rules of one compiled policy, by policy hash. */
+interface Explained {
+  names: string[];
+  reasons: string[];
+}
+
+const KEPT_POLICIES = 4;
 
 const DEFAULT_RESTART_WAIT_MS = 10_000;
 
@@ -42,17 +52,30 @@ export class HmVmDecider implements Decider {
   private readonly timeoutNs: bigint;
   private readonly spinNs: bigint;
   private readonly restartWaitNs: bigint;
+  private readonly explained = new Map<number, Explained>();
+  private readonly refresh: () => void;
 
   constructor(
-    private readonly policy: CompiledPolicy,
+    policy: ReloadablePolicy,
     private readonly channel: IdcChannel,
     private readonly control: HmControl,
     opts: HmVmDeciderOptions,
     private readonly onFault: (f: HmFault) => void,
   ) {
+    this.refresh = opts.refresh ?? (() => {});
+    this.reload(policy);
     this.timeoutNs = BigInt(Math.round(opts.timeoutMs * 1e6));
     this.spinNs = BigInt(Math.round(opts.spinUs * 1e3));
     this.restartWaitNs = BigInt(Math.round((opts.restartWaitMs ?? DEFAULT_RESTART_WAIT_MS) * 1e6));
+  }
+
+  /** Accept answers under this policy (and, for a while, under the ones before it). */
+  reload(p: ReloadablePolicy): void {
+    const accepted = acceptedPolicyOf(p.table);
+    this.explained.delete(accepted.hash);
+    this.explained.set(accepted.hash, { names: p.names, reasons: p.reasons });
+    while (this.explained.size > KEPT_POLICIES) this.explained.delete(this.explained.keys().next().value as number);
+    this.channel.acceptPolicy(accepted);
   }
 
   decide(ctx: ContextRecord): DecisionResult {
@@ -66,16 +89,24 @@ export class HmVmDecider implements Decider {
     const first = process.hrtime.bigint();
     // The answer deadline runs while the health VM is up; a restart resets it.
     let start = first;
+    let refreshed = false;
     for (let spins = 0; ; spins++) {
       const r = this.channel.poll(seq);
       if (r.state === "answered") {
         this.channel.finalize(seq);
+        const x = this.explained.get(r.policyHash);
         return {
           verdict: r.verdict,
-          rule: this.policy.names[r.rule] ?? `default:${ctx.kind}`,
-          reason: this.policy.reasons[r.rule] ?? `no rule matched; default for ${ctx.kind}`,
+          rule: x?.names[r.rule] ?? `default:${ctx.kind}`,
+          reason: x?.reasons[r.rule] ?? `no rule matched; default for ${ctx.kind}`,
           decidedBy: "hm-vm",
         };
+      }
+      if (r.state === "invalid" && r.unknownPolicy && !refreshed) {
+        // A reload reached the health VM before this thread: take it, then look again.
+        refreshed = true;
+        this.refresh();
+        continue;
       }
       if (r.state === "invalid") {
         this.channel.withdraw(seq);

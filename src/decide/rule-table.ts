@@ -26,6 +26,21 @@ export interface RuleTableContent {
   defaults: Record<EventKind, Verdict>;
 }
 
+/** The policy_hash a compiled table carries (it names the policy in health-VM answers). */
+export function policyHashOf(table: Uint8Array): number {
+  if (table.length < RULE_TABLE_HEADER.size) return 0;
+  return new DataView(table.buffer, table.byteOffset, table.byteLength).getUint32(H("policy_hash"), true);
+}
+
+/** What an IDC channel needs to accept answers under a compiled table. */
+export function acceptedPolicyOf(table: Uint8Array): { hash: number; nrules: number } {
+  const nrules =
+    table.length < RULE_TABLE_HEADER.size
+      ? 0
+      : new DataView(table.buffer, table.byteOffset, table.byteLength).getUint32(H("nrules"), true);
+  return { hash: policyHashOf(table), nrules };
+}
+
 export function ruleTableSize(nrules: number): number {
   return RULE_TABLE_HEADER.size + nrules * RULE.size;
 }

@@ -13,6 +13,7 @@ import {
   IDC_HEADER,
   IDC_REQUEST,
   IDC_RESPONSE,
+  RULE_TABLE_HEADER,
   VERDICTS,
   type Verdict,
 } from "../abi/guest-abi.js";
@@ -28,12 +29,21 @@ const RESP = (n: string) => IDC_RESPONSE.offset(n);
 
 export type ResponseState =
   | { state: "pending" }
-  | { state: "answered"; verdict: Verdict; rule: number }
-  | { state: "invalid"; why: string };
+  | { state: "answered"; verdict: Verdict; rule: number; policyHash: number }
+  | { state: "invalid"; why: string; unknownPolicy?: boolean };
 
-export function responseCheck(seq: bigint, verdict: number, rule: number): number {
-  return (Number(seq & 0xffffffffn) ^ verdict ^ rule ^ 0x5a5a5a5a) >>> 0;
+export function responseCheck(seq: bigint, verdict: number, rule: number, policyHash: number): number {
+  return (Number(seq & 0xffffffffn) ^ verdict ^ rule ^ policyHash ^ 0x5a5a5a5a) >>> 0;
 }
+
+/** A compiled policy as the channel validates answers against it. */
+export interface AcceptedPolicy {
+  hash: number;
+  nrules: number;
+}
+
+/** Policies a channel accepts answers for: the current one and a few before it (hot reload). */
+const ACCEPTED_POLICIES = 4;
 
 export interface InjectSpec {
   mode: number;
@@ -95,13 +105,20 @@ export class IdcRegion {
     });
   }
 
-  /** Put guest g's compiled rule table where the health VM reads it (before g runs). */
+  /**
+   * Put guest g's compiled rule table where the health VM reads it, before g
+   * runs or while it runs (hot reload): `rules_seq` is odd while the table is
+   * rewritten, and the engine evaluates again if it changed under it.
+   */
   installRules(g: number, table: Uint8Array): void {
     const L = this.layout;
     if (table.length > L.rulesSize) throw new GuardvisorError("CONFIG_INVALID", "rule table larger than its IDC slot");
     const b = this.blockBase(g);
+    const seqAt = new Uint32Array(this.bytes.buffer, this.bytes.byteOffset + b + CTL("rules_seq"), 1);
+    Atomics.add(seqAt, 0, 1); // odd: being written
     this.bytes.set(table, b + L.rulesOffset);
     this.view.setUint32(b + CTL("rules_size"), table.length, true);
+    Atomics.add(seqAt, 0, 1); // even: consistent again
   }
 
   setTscKhz(khz: number): void {
@@ -177,12 +194,16 @@ export class IdcRegion {
     this.store64(HDR("hm_current_seq"), 0n);
   }
 
-  /** Guest g's channel; `nrules` is the guest's own rule count (the region is writable by the health VM). */
-  channel(g: number, nrules?: number): IdcChannel {
+  /**
+   * Guest g's channel, accepting answers under `policy` (the guest's own
+   * compiled table: the region is writable by the health VM, so its copy is
+   * not trusted); without one, the table now in the region.
+   */
+  channel(g: number, policy?: AcceptedPolicy): IdcChannel {
     if (!Number.isInteger(g) || g < 0 || g >= this.layout.nguests) {
       throw new GuardvisorError("INTERNAL", `no IDC channel for guest ${g}`);
     }
-    return new IdcChannel(this, g, nrules);
+    return new IdcChannel(this, g, policy);
   }
 }
 
@@ -190,7 +211,7 @@ export class IdcRegion {
 export class IdcChannel {
   private readonly base: number;
   private readonly nslots: number;
-  private readonly nrules: number;
+  private readonly policies = new Map<number, number>();
   /** Requests sent and not yet finalized (answered, failed safe, or abandoned). */
   private readonly outstanding = new Set<bigint>();
   private nextSeq: bigint;
@@ -198,13 +219,28 @@ export class IdcChannel {
   constructor(
     private readonly region: IdcRegion,
     readonly guest: number,
-    nrules?: number,
+    policy?: AcceptedPolicy,
   ) {
     this.base = region.blockBase(guest);
     this.nslots = region.layout.nslots;
     this.nextSeq = region.load64(this.base + CTL("req_published")) + 1n;
     const rulesAt = this.base + region.layout.rulesOffset;
-    this.nrules = nrules ?? region.view.getUint32(rulesAt + 8, true);
+    this.acceptPolicy(
+      policy ?? {
+        hash: region.view.getUint32(rulesAt + RULE_TABLE_HEADER.offset("policy_hash"), true),
+        nrules: region.view.getUint32(rulesAt + RULE_TABLE_HEADER.offset("nrules"), true),
+      },
+    );
+  }
+
+  /** Accept answers computed under this policy too (the newest few are kept). */
+  acceptPolicy(p: AcceptedPolicy): void {
+    this.policies.delete(p.hash);
+    this.policies.set(p.hash, p.nrules);
+    while (this.policies.size > ACCEPTED_POLICIES) {
+      const oldest = this.policies.keys().next().value as number;
+      this.policies.delete(oldest);
+    }
   }
 
   private slot(kind: "req" | "resp", seq: bigint): number {
@@ -261,14 +297,21 @@ export class IdcChannel {
     }
     const vnum = r.view.getUint32(at + RESP("verdict"), true);
     const rule = r.view.getUint32(at + RESP("rule"), true);
+    const policyHash = r.view.getUint32(at + RESP("policy_hash"), true);
     const check = r.view.getUint32(at + RESP("check"), true);
-    if (check !== responseCheck(seq, vnum, rule)) return { state: "invalid", why: `bad check word for request ${seq}` };
+    if (check !== responseCheck(seq, vnum, rule, policyHash)) {
+      return { state: "invalid", why: `bad check word for request ${seq}` };
+    }
     const verdict = VERDICT_BY_NUMBER.get(vnum);
     if (!verdict) return { state: "invalid", why: `verdict ${vnum} out of range` };
-    if (rule !== C.RULE_DEFAULT && rule >= this.nrules) {
-      return { state: "invalid", why: `rule ${rule} out of range (${this.nrules} rules)` };
+    const nrules = this.policies.get(policyHash);
+    if (nrules === undefined) {
+      return { state: "invalid", why: `answer under unknown policy 0x${policyHash.toString(16)}`, unknownPolicy: true };
     }
-    return { state: "answered", verdict, rule };
+    if (rule !== C.RULE_DEFAULT && rule >= nrules) {
+      return { state: "invalid", why: `rule ${rule} out of range (${nrules} rules)` };
+    }
+    return { state: "answered", verdict, rule, policyHash };
   }
 
   /**

@@ -6,6 +6,7 @@
 import { ABI_CONSTANTS } from "../abi/guest-abi.js";
 import type { HmFault } from "../decide/hm-vm-decider.js";
 import { type CompiledPolicy, compilePolicy, type Policy } from "../decide/policy.js";
+import { PolicyMailbox } from "../decide/policy-mailbox.js";
 import { type ElfImage, loadElf } from "../elf/elf.js";
 import { Symbolizer } from "../elf/symbolizer.js";
 import { configError, GuardvisorError } from "../errors.js";
@@ -76,6 +77,7 @@ export class GuestVm {
   readonly serial: string[] = [];
   private readonly lockHashes: string[];
   private stopped: VcpuStop | undefined;
+  private readonly mailbox = new PolicyMailbox();
   private released = false;
 
   private constructor(
@@ -151,6 +153,7 @@ export class GuestVm {
         regions: [...this.protection.regions],
         policy,
         decider: this.config.decider ?? { kind: "vmm" },
+        policyMailbox: this.mailbox.buffer,
         exceptionEntry: this.exceptionEntry,
         protectedMsrs: [...PROTECTED_MSRS],
         hmService: hm ? { memory: hm.memory, layout: hm.layout, control: hm.control } : undefined,
@@ -194,6 +197,19 @@ export class GuestVm {
   /** The guest's TSC rate in kHz. */
   tscKhz(): number {
     return new Vcpu(this.vcpu).tscKhz();
+  }
+
+  /**
+   * Hot reload: compile `policy` against this VM's regions and hand it to the
+   * vCPU thread (it takes it between two exits), then to onPolicy (the health
+   * VM's copy). In that order, so the vCPU thread knows every policy the
+   * health VM may answer under.
+   */
+  reloadPolicy(policy: Policy): CompiledPolicy {
+    const compiled = compilePolicy(policy, this.protection.regions);
+    this.mailbox.post(compiled);
+    this.config.onPolicy?.(compiled);
+    return compiled;
   }
 
   /** Ask the vCPU to stop (it leaves KVM_RUN at once). */

@@ -45,6 +45,8 @@ export interface VcpuWorkerInit {
   decider: DeciderInit;
   /** Guest-virtual address of the common exception entry: a hardware breakpoint goes there. */
   exceptionEntry?: bigint;
+  /** Hot reload: where the owner posts a newly compiled policy (src/decide/policy-mailbox.ts). */
+  policyMailbox?: SharedArrayBuffer;
   /** MSRs the VM's MSR filter sends to the VMM on write. */
   protectedMsrs?: number[];
   /** Set for the health VM: its vCPU serves the IDC doorbell. */

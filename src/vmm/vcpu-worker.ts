@@ -7,6 +7,8 @@ import { parentPort, workerData } from "node:worker_threads";
 import { ABI_CONSTANTS } from "../abi/guest-abi.js";
 import { type Decider, VmmDecider } from "../decide/decider.js";
 import { HmVmDecider } from "../decide/hm-vm-decider.js";
+import { PolicyMailbox } from "../decide/policy-mailbox.js";
+import { acceptedPolicyOf } from "../decide/rule-table.js";
 import { IoBus } from "../devices/bus.js";
 import { DebugExit } from "../devices/debug-exit.js";
 import { Hypercalls } from "../devices/hypercall.js";
@@ -48,17 +50,26 @@ function attachIdc(a: IdcAttach): { region: IdcRegion; control: HmControl } {
   return { region: new IdcRegion(mem.bytes.buffer as ArrayBuffer, a.layout), control: new HmControl(a.control) };
 }
 
+const mailbox = init.policyMailbox ? new PolicyMailbox(init.policyMailbox) : undefined;
+
+/** Hot reload: a policy the owner posted since the last look, handed to the decider. */
+function takeReload(decider: Decider): void {
+  const p = mailbox?.take();
+  if (p) decider.reload(p);
+}
+
 function makeDecider(): Decider {
   const d = init.decider;
   if (d.kind === "vmm") return new VmmDecider(init.policy);
   const { region, control } = attachIdc(d.idc);
-  return new HmVmDecider(
+  const decider: HmVmDecider = new HmVmDecider(
     init.policy,
-    region.channel(d.guest, init.policy.rules.length),
+    region.channel(d.guest, acceptedPolicyOf(init.policy.table)),
     control,
-    { timeoutMs: d.timeoutMs, spinUs: d.spinUs },
+    { timeoutMs: d.timeoutMs, spinUs: d.spinUs, refresh: () => takeReload(decider) },
     (fault) => post({ type: "hm-fault", fault }),
   );
+  return decider;
 }
 
 /**
@@ -125,6 +136,7 @@ function main(): void {
           singlestep: K("KVM_GUESTDBG_SINGLESTEP"),
           useHwBp: K("KVM_GUESTDBG_USE_HW_BP"),
         });
+  const decider = makeDecider();
   const dispatcher = new ExitDispatcher({
     vmId: init.vmId,
     vcpuId: init.vcpu.id,
@@ -132,7 +144,7 @@ function main(): void {
     memory,
     protection,
     bus,
-    decider: makeDecider(),
+    decider,
     sink: {
       event: (event) => post({ type: "event", event }),
       guestReport: (report) => post({ type: "guest-report", report }),
@@ -173,6 +185,7 @@ function main(): void {
     Atomics.store(ctrl, CTRL_IN_RUN, 0);
     Atomics.add(ctrl, CTRL_PROGRESS, 1);
     if (exit.kind === "interrupted") vcpu.run.immediateExit = false;
+    takeReload(decider);
     const action = dispatcher.dispatch(exit);
     if (action.kind === "stop") {
       serial.flush();

@@ -9,25 +9,39 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { Worker } from "node:worker_threads";
 import { ABI_CONSTANTS as C } from "../../src/abi/guest-abi.js";
-import { compilePolicy, DEFAULT_POLICY } from "../../src/decide/policy.js";
+import { compilePolicy, DEFAULT_POLICY, FAILSAFE_DEFAULTS } from "../../src/decide/policy.js";
+import { PolicyMailbox } from "../../src/decide/policy-mailbox.js";
 import { HealthManager } from "../../src/health/health-manager.js";
 import type { InjectSpec } from "../../src/idc/channel.js";
 import { makeRegions } from "../../src/vmm/protection.js";
 import type { DeciderWorkerData, Decision } from "../support/decider-worker.js";
 import { ENGINES, type EngineKind } from "../support/engines.js";
 
-const policy = compilePolicy(DEFAULT_POLICY, makeRegions([{ name: ".text", start: 0x100000, end: 0x101000 }], 1 << 24));
+const regions = makeRegions([{ name: ".text", start: 0x100000, end: 0x101000 }], 1 << 24);
+const policy = compilePolicy(DEFAULT_POLICY, regions);
 
 /** Run `count` decisions on a worker thread for each guest; faults go to core health management. */
-function decideOn(hm: HealthManager, guests: number, count: number): Promise<Decision[][]> {
+function decideOn(
+  hm: HealthManager,
+  guests: number,
+  count: number,
+  extra: Partial<DeciderWorkerData> = {},
+  onPaused?: () => void,
+): Promise<Decision[][]> {
   return Promise.all(
     Array.from({ length: guests }, (_, g) => {
       hm.installRules(g, policy.table);
-      const data: DeciderWorkerData = { decider: hm.deciderFor(g) as DeciderWorkerData["decider"], policy, count };
+      const data: DeciderWorkerData = {
+        decider: hm.deciderFor(g) as DeciderWorkerData["decider"],
+        policy,
+        count,
+        ...extra,
+      };
       const w = new Worker(new URL("../support/decider-worker.js", import.meta.url), { workerData: data });
       return new Promise<Decision[]>((resolve, reject) => {
         w.on("message", (m) => {
           if (m.type === "fault") hm.reportFault(m.fault);
+          else if (m.type === "paused") onPaused?.();
           else if (m.type === "done") resolve(m.decisions);
         });
         w.on("error", reject);
@@ -121,6 +135,39 @@ for (const engine of ENGINES)
         }
         // The engine answered every request but the poisoned one (re-sent ones count once more at most).
         assert.ok(hm.status().requests >= 119, `${hm.status().requests} answered`);
+      });
+    });
+
+    it("hot reload: answers switch to the new policy mid-run, none lost or failed safe", async () => {
+      const allow = compilePolicy(
+        {
+          name: "allow-text",
+          defaults: FAILSAFE_DEFAULTS,
+          rules: [{ name: "patching-window", kinds: ["protected-write"], verdict: "allow", reason: "maintenance" }],
+        },
+        regions,
+      );
+      await withHealth(engine, undefined, 1, async (hm) => {
+        const mailbox = new PolicyMailbox();
+        const gate = new SharedArrayBuffer(4);
+        const [d] = await decideOn(hm, 1, 20, { pauseAfter: 10, gate, mailbox: mailbox.buffer }, () => {
+          // As the runner does: the vCPU thread's mailbox first, then the health VM's table.
+          mailbox.post(allow);
+          hm.installRules(0, allow.table);
+          Atomics.store(new Int32Array(gate), 0, 1);
+          Atomics.notify(new Int32Array(gate), 0);
+        });
+        assert.ok(d);
+        assert.ok(
+          d.every((x) => x.decidedBy === "hm-vm"),
+          JSON.stringify(d),
+        );
+        assert.deepEqual(
+          d.map((x) => x.verdict),
+          [...Array(10).fill("deny"), ...Array(10).fill("allow")],
+        );
+        assert.equal(d[10]?.rule, "patching-window");
+        assert.equal(hm.status().restarts, 0);
       });
     });
 

@@ -10,7 +10,7 @@ import { EVENT_KINDS, type EventKind, VERDICTS, type Verdict } from "../../src/a
 import { evaluate } from "../../src/decide/evaluate.js";
 import type { CompiledPolicy, CompiledRule } from "../../src/decide/policy.js";
 import { FAILSAFE_DEFAULTS } from "../../src/decide/policy.js";
-import { decodeRuleTable, encodeRuleTable } from "../../src/decide/rule-table.js";
+import { acceptedPolicyOf, decodeRuleTable, encodeRuleTable, policyHashOf } from "../../src/decide/rule-table.js";
 import { HealthManager } from "../../src/health/health-manager.js";
 import { type ContextRecord, emptyContext } from "../../src/vmm/context.js";
 import { ENGINES } from "../support/engines.js";
@@ -112,7 +112,7 @@ for (const engine of ENGINES)
       for (let t = 0; t < 10; t++) {
         const p = randomPolicy(r, t === 0 ? 0 : 1 + Math.floor(r() * 40));
         hm.installRules(0, p.table);
-        const ch = hm.region.channel(0, p.rules.length);
+        const ch = hm.region.channel(0, acceptedPolicyOf(p.table));
         for (let i = 0; i < 200; i++) {
           const c = randomContext(r, i + 1, p);
           const seq = ch.submit(c);
@@ -149,7 +149,7 @@ for (const engine of ENGINES)
         table: encodeRuleTable({ rules: [], defaults: FAILSAFE_DEFAULTS }),
       };
       hm.installRules(0, pol.table);
-      const ch = hm.region.channel(0, 0);
+      const ch = hm.region.channel(0, acceptedPolicyOf(pol.table));
       const c = emptyContext("protected-write");
       const seq = ch.submit(c);
       assert.ok(seq !== undefined);
@@ -158,6 +158,11 @@ for (const engine of ENGINES)
       const deadline = Date.now() + 5000;
       while (got.state === "pending" && Date.now() < deadline) got = ch.poll(seq);
       ch.finalize(seq);
-      assert.deepEqual(got, { state: "answered", verdict: "deny", rule: 0xffffffff });
+      assert.deepEqual(got, {
+        state: "answered",
+        verdict: "deny",
+        rule: 0xffffffff,
+        policyHash: policyHashOf(pol.table),
+      });
     });
   });

@@ -6,6 +6,8 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { HmVmDecider } from "../../src/decide/hm-vm-decider.js";
 import type { CompiledPolicy } from "../../src/decide/policy.js";
+import { PolicyMailbox } from "../../src/decide/policy-mailbox.js";
+import { acceptedPolicyOf } from "../../src/decide/rule-table.js";
 import { HmControl } from "../../src/health/hm-control.js";
 import { IdcRegion } from "../../src/idc/channel.js";
 import { GuestMemory } from "../../src/kvm/guest-memory.js";
@@ -16,6 +18,10 @@ export interface DeciderWorkerData {
   decider: Extract<DeciderInit, { kind: "hm-vm" }>;
   policy: CompiledPolicy;
   count: number;
+  /** Hot reload: after this many decisions, post "paused" and wait until gate[0] is set. */
+  pauseAfter?: number;
+  gate?: SharedArrayBuffer;
+  mailbox?: SharedArrayBuffer;
 }
 
 export interface Decision {
@@ -32,15 +38,29 @@ const port = parentPort;
 if (port) {
   const mem = GuestMemory.attach(d.decider.idc.memory);
   const region = new IdcRegion(mem.bytes.buffer as ArrayBuffer, d.decider.idc.layout);
-  const decider = new HmVmDecider(
+  const mailbox = d.mailbox ? new PolicyMailbox(d.mailbox) : undefined;
+  // Reloads are taken only when an answer names an unknown policy: the race a vCPU thread can meet.
+  const decider: HmVmDecider = new HmVmDecider(
     d.policy,
-    region.channel(d.decider.guest, d.policy.rules.length),
+    region.channel(d.decider.guest, acceptedPolicyOf(d.policy.table)),
     new HmControl(d.decider.idc.control),
-    { timeoutMs: d.decider.timeoutMs, spinUs: d.decider.spinUs },
+    {
+      timeoutMs: d.decider.timeoutMs,
+      spinUs: d.decider.spinUs,
+      refresh: () => {
+        const p = mailbox?.take();
+        if (p) decider.reload(p);
+      },
+    },
     (fault) => port.postMessage({ type: "fault", fault }),
   );
   const out: Decision[] = [];
   for (let n = 1; n <= d.count; n++) {
+    if (n - 1 === d.pauseAfter && d.gate) {
+      const gate = new Int32Array(d.gate);
+      port.postMessage({ type: "paused" });
+      while (Atomics.load(gate, 0) === 0) Atomics.wait(gate, 0, 0, 1000);
+    }
     const c = emptyContext("protected-write");
     c.seq = n;
     c.regionId = 1;

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ABI_CONSTANTS as C, IDC_GUEST_CTL, IDC_REQUEST, IDC_RESPONSE, VERDICTS } from "../../src/abi/guest-abi.js";
 import { compilePolicy, DEFAULT_POLICY } from "../../src/decide/policy.js";
+import { policyHashOf } from "../../src/decide/rule-table.js";
 import { GuardvisorError } from "../../src/errors.js";
 import { IdcRegion, responseCheck } from "../../src/idc/channel.js";
 import { idcLayout } from "../../src/idc/layout.js";
@@ -10,6 +11,7 @@ import { makeRegions } from "../../src/vmm/protection.js";
 
 const regions = makeRegions([{ name: ".text", start: 0x100000, end: 0x101000 }], 1 << 24);
 const table = compilePolicy(DEFAULT_POLICY, regions).table;
+const HASH = policyHashOf(table);
 
 function region(nguests = 2, nslots = 4) {
   const layout = idcLayout(nguests, nslots);
@@ -22,7 +24,7 @@ function region(nguests = 2, nslots = 4) {
 function serve(
   r: IdcRegion,
   g: number,
-  answer?: (seq: bigint) => { verdict: number; rule: number; check?: number; seq?: bigint },
+  answer?: (seq: bigint) => { verdict: number; rule: number; check?: number; seq?: bigint; hash?: number },
 ) {
   const b = r.blockBase(g);
   const ctl = (n: string) => b + IDC_GUEST_CTL.offset(n);
@@ -35,7 +37,8 @@ function serve(
   const resp = b + r.layout.respOffset + Number(next % BigInt(r.layout.nslots)) * IDC_RESPONSE.size;
   r.view.setUint32(resp + IDC_RESPONSE.offset("verdict"), a.verdict, true);
   r.view.setUint32(resp + IDC_RESPONSE.offset("rule"), a.rule, true);
-  r.view.setUint32(resp + IDC_RESPONSE.offset("check"), a.check ?? responseCheck(next, a.verdict, a.rule), true);
+  r.view.setUint32(resp + IDC_RESPONSE.offset("policy_hash"), a.hash ?? HASH, true);
+  r.view.setUint32(resp + IDC_RESPONSE.offset("check"), a.check ?? responseCheck(next, a.verdict, a.rule, HASH), true);
   r.store64(resp, a.seq ?? next);
   r.store64(ctl("resp_published"), a.seq ?? next);
   return { seq: next, ctx };
@@ -73,7 +76,7 @@ describe("IDC channel", () => {
     const got = serve(r, 1);
     assert.equal(got?.ctx.gpa, 0x100007);
     assert.equal(got?.ctx.regionId, 1);
-    assert.deepEqual(ch.poll(1n), { state: "answered", verdict: "deny", rule: 0 });
+    assert.deepEqual(ch.poll(1n), { state: "answered", verdict: "deny", rule: 0, policyHash: HASH });
     assert.equal(serve(r, 0), undefined, "guest 0's ring is separate and empty");
   });
 
@@ -129,10 +132,19 @@ describe("IDC channel", () => {
     > = [
       [
         "verdict out of range",
-        (q) => ({ verdict: 0x77, rule: 0, check: responseCheck(q, 0x77, 0) }),
+        (q) => ({ verdict: 0x77, rule: 0, check: responseCheck(q, 0x77, 0, HASH) }),
         /verdict 119 out of range/,
       ],
-      ["rule out of range", (q) => ({ verdict: 2, rule: 9, check: responseCheck(q, 2, 9) }), /rule 9 out of range/],
+      [
+        "rule out of range",
+        (q) => ({ verdict: 2, rule: 9, check: responseCheck(q, 2, 9, HASH) }),
+        /rule 9 out of range/,
+      ],
+      [
+        "an answer under a policy never accepted",
+        (q) => ({ verdict: 2, rule: 0, hash: 0x1234, check: responseCheck(q, 2, 0, 0x1234) }),
+        /unknown policy 0x1234/,
+      ],
       ["bad check word", () => ({ verdict: 2, rule: 0, check: 1 }), /check word/],
       ["answer for another request", () => ({ verdict: 2, rule: 0, seq: 3n }), /unknown request 3|holds seq 3/],
     ];

@@ -173,13 +173,28 @@ static int serve(volatile struct gv_idc_header *h, uint32_t g)
 	st64(&h->hm_current_seq, seq);
 	h->hm_busy = 1;
 	uint64_t n = h->hm_requests + 1;
-	uint32_t verdict, rule;
+	uint32_t verdict, rule, policy_hash;
 	uint32_t rules_off = ctl->rules_offset % hm_args.block_size;
-	uint32_t rules_size = ctl->rules_size;
-	if (rules_size > hm_args.block_size - rules_off)
-		return -1;
-	if (evaluate((const struct gv_rule_table *)(block + rules_off), rules_size, &ctx, &verdict, &rule) < 0)
-		return -1;
+	const struct gv_rule_table *table = (const struct gv_rule_table *)(block + rules_off);
+	/* The VMM may swap the table (hot reload): rules_seq is odd while it writes; evaluate again if it moved. */
+	for (;;) {
+		uint32_t s1 = __atomic_load_n(&ctl->rules_seq, __ATOMIC_ACQUIRE);
+		if (s1 & 1) {
+			cpu_relax();
+			continue;
+		}
+		uint32_t rules_size = ctl->rules_size;
+		if (rules_size > hm_args.block_size - rules_off)
+			return -1;
+		int bad = evaluate(table, rules_size, &ctx, &verdict, &rule);
+		policy_hash = table->policy_hash;
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (__atomic_load_n(&ctl->rules_seq, __ATOMIC_RELAXED) != s1)
+			continue;
+		if (bad < 0)
+			return -1;
+		break;
+	}
 	uint32_t forced = inject(h, n);
 	if (forced)
 		verdict = forced;
@@ -188,8 +203,8 @@ static int serve(volatile struct gv_idc_header *h, uint32_t g)
 		(volatile struct gv_idc_response *)(block + resp_off) + (seq & mask);
 	resp->verdict = verdict;
 	resp->rule = rule;
-	resp->flags = 0;
-	resp->check = (uint32_t)seq ^ verdict ^ rule ^ 0x5a5a5a5au;
+	resp->policy_hash = policy_hash;
+	resp->check = (uint32_t)seq ^ verdict ^ rule ^ policy_hash ^ 0x5a5a5a5au;
 	st64(&resp->seq, seq);
 	st64(&ctl->resp_published, seq);
 	h->hm_requests = n;
