@@ -200,6 +200,25 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
       reason: spec.objects?.msrs[i]?.reason ?? `write to MSR ${m.name}`,
     });
   });
+  // Sealed vCPU state is checked on exits; an integrity event names the object in its vector field.
+  if (objects.idt) {
+    rules.push({
+      name: "object:idt",
+      kinds: ["integrity"],
+      vectors: [ABI_CONSTANTS.INTEGRITY_IDTR],
+      verdict: objects.idt.action,
+      reason: "the IDTR no longer points at the sealed IDT",
+    });
+  }
+  if (objects.pinnedCr) {
+    rules.push({
+      name: "object:pinned-cr",
+      kinds: ["integrity"],
+      vectors: [ABI_CONSTANTS.INTEGRITY_CR0, ABI_CONSTANTS.INTEGRITY_CR4],
+      verdict: objects.pinnedCr.action,
+      reason: "a pinned control-register bit was cleared",
+    });
+  }
 
   // Drop absent optional fields so equal policies compare equal.
   for (const rule of rules) {

@@ -180,12 +180,19 @@ describe("policy files: resolving regions, objects and modes", () => {
         [0xc0000081, "deny", "syscall segment selectors"],
       ],
     );
-    // Order: exceptions, then rules, then MSR objects.
+    // Order: exceptions, then rules, then MSR objects, then the IDT and pinned CR bits (integrity objects 16; 0, 4).
     assert.deepEqual(
       [...new Set(policy.rules.map((r) => r.name))],
-      ["live-patch", "msr-setup", "protect-code", "table-hook", "user-faults", "kernel-faults", "crashes"].concat(
-        msrRules.map((r) => r.name),
-      ),
+      ["live-patch", "msr-setup", "protect-code", "table-hook", "user-faults", "kernel-faults", "crashes"]
+        .concat(msrRules.map((r) => r.name))
+        .concat(["object:idt", "object:pinned-cr"]),
+    );
+    assert.deepEqual(
+      policy.rules.filter((r) => r.name.startsWith("object:")).map((r) => [r.kinds, r.vectors, r.verdict]),
+      [
+        [["integrity"], [16], "deny-fault"],
+        [["integrity"], [0, 4], "restart"],
+      ],
     );
     // msr-setup: two originators x two MSRs.
     assert.equal(policy.rules.filter((r) => r.name === "msr-setup").length, 4);
