@@ -68,7 +68,7 @@ export class Metrics {
     });
     this.hmRestarts = new Counter({
       name: "guardvisor_health_vm_restarts_total",
-      help: "Health-VM restarts, by reason (crash, hang, timeout, garbage).",
+      help: "Health-VM restarts, by reason (crash, hang, timeout, garbage, ring-full).",
       labelNames: ["reason"],
       registers,
     });
