@@ -6,8 +6,9 @@
  *   12:01:02.345 guest0 #3 protected-write .text gv_check_credentials+0x4 → deny (hm-vm, 58 µs)
  *
  * Identical events of one guest arriving back to back (same kind, vector,
- * MSR, region, symbol, verdict and decider) fold into one line with a count,
- * `#3–#2433 … ×2,431`, so an exception storm cannot flood the output. On a
+ * MSR, region, symbol, verdict, decider and note: the runner's own rule for
+ * folding repeats into one summary event) fold into one line with a count,
+ * `#3 … ×2,431`, so an exception storm cannot flood the output. On a
  * terminal the folded line is updated in place; elsewhere the first event is
  * printed at once and the folded line when the run of repeats ends (or every
  * few seconds while it goes on).
@@ -17,11 +18,15 @@
  */
 import { stripVTControlCharacters } from "node:util";
 import pc from "picocolors";
+import { ABI_CONSTANTS as C } from "../abi/guest-abi.js";
 import { msrName, VECTOR_NAMES } from "../policy/names.js";
 import type { SummaryEvent } from "../runner.js";
 
-/** An event as the runner reports it; vector and MSR when it carries them. */
-export type LiveEvent = SummaryEvent & { vector?: number; msrIndex?: number };
+/**
+ * An event as the runner reports it. Each call is one occurrence; `count`
+ * (the summary's fold of repeats) is not used here.
+ */
+export type LiveEvent = SummaryEvent;
 
 /** A health-VM restart, as HealthManager reports it (HmRestart fits). */
 export interface LiveHealthRestart {
@@ -68,6 +73,11 @@ export const FOLD_FLUSH_MS = 5000;
 const MIN_REFRESH_MS = 200;
 
 const VECTOR_BY_NUMBER = new Map(Object.entries(VECTOR_NAMES).map(([name, n]) => [n, name]));
+const INTEGRITY_OBJECTS = new Map<number, string>([
+  [C.INTEGRITY_CR0, "CR0"],
+  [C.INTEGRITY_CR4, "CR4"],
+  [C.INTEGRITY_IDTR, "IDTR"],
+]);
 
 interface Run {
   guest: number;
@@ -101,18 +111,23 @@ const count = (n: number) => n.toLocaleString("en-US");
 
 function what(e: LiveEvent): string[] {
   const parts: string[] = [e.kind];
-  if (e.kind === "cpu-exception" && e.vector !== undefined) {
-    const name = VECTOR_BY_NUMBER.get(e.vector);
-    parts.push(name ? `#${name}` : `vector ${e.vector}`);
+  if (e.vector !== undefined) {
+    if (e.kind === "cpu-exception") {
+      const name = VECTOR_BY_NUMBER.get(e.vector);
+      parts.push(name ? `#${name}` : `vector ${e.vector}`);
+    } else if (e.kind === "integrity") parts.push(INTEGRITY_OBJECTS.get(e.vector) ?? `object ${e.vector}`);
   }
-  if (e.kind === "msr-write" && e.msrIndex !== undefined) parts.push(`MSR ${msrName(e.msrIndex)}`);
+  if (e.msr !== undefined) {
+    const index = /^0x[0-9a-f]{1,8}$/i.test(e.msr) ? Number.parseInt(e.msr, 16) : undefined;
+    parts.push(`MSR ${index === undefined ? e.msr : msrName(index)}`);
+  }
   if (e.region) parts.push(e.region);
   if (e.symbol) parts.push(e.symbol);
   return parts;
 }
 
 function foldKey(guest: number, e: LiveEvent): string {
-  return JSON.stringify([guest, e.kind, e.vector, e.msrIndex, e.region, e.symbol, e.verdict, e.decidedBy]);
+  return JSON.stringify([guest, e.kind, e.vector, e.msr, e.region, e.symbol, e.verdict, e.decidedBy, e.note]);
 }
 
 function visibleWidth(s: string): number {
@@ -161,12 +176,12 @@ export function createLiveView(opts: LiveViewOptions): LiveView {
 
   const runLine = (r: Run): string => {
     const e = r.last;
-    const seq = r.count === 1 ? `#${e.seq}` : `#${r.first.seq}–#${e.seq}`;
     const at = r.count === 1 ? r.firstAt : r.lastAt;
     const verdict = paintVerdict(e, `→ ${e.verdict}`);
     const by = paintVerdict(e, `(${e.decidedBy}, ${formatLatency(e.latencyUs)})`);
+    const note = e.note ? ` — ${e.note}` : "";
     const times = r.count === 1 ? "" : ` ${c.bold(`×${count(r.count)}`)}`;
-    return `${c.dim(formatClock(at))} ${c.bold(`guest${r.guest}`)} ${seq} ${what(e).join(" ")} ${verdict} ${by}${times}`;
+    return `${c.dim(formatClock(at))} ${c.bold(`guest${r.guest}`)} #${r.first.seq} ${what(e).join(" ")} ${verdict} ${by}${note}${times}`;
   };
 
   const rowsOf = (line: string): number => {

@@ -30,7 +30,7 @@ describe("live view on a pipe", () => {
       1,
       ev(1, { kind: "cpu-exception", region: null, symbol: "user_task+0x12", vector: 13, verdict: "kill-task" }),
     );
-    v.event(0, ev(5, { kind: "msr-write", region: null, symbol: "evil+0x3", msrIndex: 0xc0000082, decidedBy: "vmm" }));
+    v.event(0, ev(5, { kind: "msr-write", region: null, symbol: "evil+0x3", msr: "0xc0000082", decidedBy: "vmm" }));
     v.event(0, ev(6, { decidedBy: "failsafe", latencyUs: 100_400 }));
     v.close();
     assert.doesNotMatch(out.text, ANY_ESCAPE);
@@ -46,6 +46,27 @@ describe("live view on a pipe", () => {
       assert.match(l, new RegExp(`^${TIME} `));
       assert.equal(l.slice(13), want[i]);
     });
+  });
+
+  it("names integrity objects, unknown vectors and MSRs, and shows the VMM's note", () => {
+    const out = new FakeStream(false);
+    const v = createLiveView({ stream: out });
+    v.event(0, ev(1, { kind: "integrity", region: null, symbol: "evil+0x1", vector: 16, verdict: "halt" }));
+    v.event(0, ev(2, { kind: "integrity", region: null, symbol: "evil+0x2", vector: 4, verdict: "halt" }));
+    v.event(0, ev(3, { kind: "cpu-exception", region: null, symbol: "task+0x1", vector: 9 }));
+    v.event(0, ev(4, { kind: "msr-write", region: null, symbol: null, msr: "0x10" }));
+    v.event(0, ev(5, { kind: "cpu-exception", region: null, symbol: "task+0x1", vector: 14, note: "hostile frame" }));
+    v.close();
+    assert.deepEqual(
+      out.lines.map((l) => l.slice(13).replace(/ \(hm-vm, 58 µs\)/, "")),
+      [
+        "guest0 #1 integrity IDTR evil+0x1 → halt",
+        "guest0 #2 integrity CR4 evil+0x2 → halt",
+        "guest0 #3 cpu-exception vector 9 task+0x1 → deny",
+        "guest0 #4 msr-write MSR 0x10 → deny",
+        "guest0 #5 cpu-exception #PF task+0x1 → deny — hostile frame",
+      ],
+    );
   });
 
   it("prints health-VM restarts", () => {
@@ -74,13 +95,13 @@ describe("live view on a pipe", () => {
     assert.match(
       out.lines[1] as string,
       new RegExp(
-        `^${TIME} guest0 #1–#2431 protected-write \\.text gv_check_credentials\\+0x4 → deny \\(hm-vm, 58 µs\\) ×2,431$`,
+        `^${TIME} guest0 #1 protected-write \\.text gv_check_credentials\\+0x4 → deny \\(hm-vm, 58 µs\\) ×2,431$`,
       ),
     );
     assert.match(out.lines[2] as string, /guest0 #2432 .* → allow /);
   });
 
-  it("folds only what is identical: vector, region, symbol, verdict and decider all count", () => {
+  it("folds only what is identical: vector, MSR, region, symbol, verdict, decider and note all count", () => {
     const out = new FakeStream(false);
     const v = createLiveView({ stream: out });
     const variants: Partial<LiveEvent>[] = [
@@ -91,6 +112,9 @@ describe("live view on a pipe", () => {
       { decidedBy: "failsafe" },
       { kind: "cpu-exception", vector: 13 },
       { kind: "cpu-exception", vector: 14 },
+      { kind: "cpu-exception", vector: 14, note: "hostile frame" },
+      { kind: "msr-write", msr: "0xc0000082" },
+      { kind: "msr-write", msr: "0xc0000081" },
     ];
     let seq = 0;
     for (const over of variants) {
@@ -112,10 +136,10 @@ describe("live view on a pipe", () => {
     }
     v.guestState(0, "completed");
     assert.equal(out.lines.length, 3);
-    assert.match(out.lines[2] as string, /guest0 #1–#1000 .* ×1,000$/);
+    assert.match(out.lines[2] as string, /guest0 #1 .* ×1,000$/);
     v.close();
     assert.equal(out.lines.length, 4);
-    assert.match(out.lines[3] as string, /guest1 #1–#1000 protected-write \.rodata syscall_table\+0x10 .* ×1,000$/);
+    assert.match(out.lines[3] as string, /guest1 #1 protected-write \.rodata syscall_table\+0x10 .* ×1,000$/);
   });
 
   it("shows a long run of repeats now and then, and what came before a health-VM restart before it", () => {
@@ -129,7 +153,7 @@ describe("live view on a pipe", () => {
     t += 1;
     v.event(0, ev(3));
     assert.equal(out.lines.length, 2);
-    assert.match(out.lines[1] as string, /#1–#3 .* ×3$/);
+    assert.match(out.lines[1] as string, /#1 .* ×3$/);
     v.event(0, ev(4));
     v.healthVm({ reason: "hang", detail: "busy", downMs: 5 });
     v.event(0, ev(5));
@@ -137,7 +161,7 @@ describe("live view on a pipe", () => {
     assert.deepEqual(
       out.lines.slice(2).map((l) => l.slice(13).replace(/ protected-write.*→/, " →")),
       [
-        "guest0 #1–#4 → deny (hm-vm, 58 µs) ×4",
+        "guest0 #1 → deny (hm-vm, 58 µs) ×4",
         "health VM restarted after hang: busy (down 5 ms)",
         "guest0 #5 → deny (hm-vm, 58 µs)",
       ],
@@ -209,7 +233,7 @@ describe("live view on a terminal", () => {
   });
 
   it("updates a folded line in place and leaves exactly the lines on screen", async () => {
-    const out = new FakeStream(true, 100);
+    const out = new FakeStream(true, 92);
     const v = createLiveView({ stream: out, env: {}, progressAfterMs: 60_000 });
     v.event(0, ev(1, { symbol: "gv_check_credentials" }));
     for (let s = 2; s <= 5000; s++) v.event(0, ev(s));
@@ -217,14 +241,14 @@ describe("live view on a terminal", () => {
     // The folded line is wider than the terminal: it wraps over two rows, and is still replaced whole.
     const during = screen(out.text, out.columns);
     assert.equal(during.length, 3, during.join("\n"));
-    assert.match(`${during[1]}${during[2]}`, /^.{12} guest0 #2–#5000 protected-write .* ×4,999$/);
+    assert.match(`${during[1]}${during[2]}`, /^.{12} guest0 #2 protected-write .*×4,999$/);
     for (let s = 5001; s <= 6000; s++) v.event(0, ev(s));
-    v.event(0, ev(6001, { verdict: "allow" }));
+    v.event(0, ev(6001, { verdict: "allow", symbol: "gv_check_credentials" }));
     v.close();
     const final = screen(out.text, out.columns);
     assert.equal(final.length, 4, final.join("\n"));
     assert.match(final[0] as string, /guest0 #1 protected-write \.text gv_check_credentials → deny/);
-    assert.match(`${final[1]}${final[2]}`, /^.{12} guest0 #2–#6000 protected-write .* ×5,999$/);
+    assert.match(`${final[1]}${final[2]}`, /^.{12} guest0 #2 protected-write .*×5,999$/);
     assert.match(final[3] as string, /guest0 #6001 .* → allow/);
     assert.ok(out.chunks.length < 60, `${out.chunks.length} writes for 6,001 events`);
   });
