@@ -21,8 +21,14 @@ export interface ObserveOptions {
 export interface RunObservers {
   readonly metrics: Metrics | undefined;
   readonly metricsUrl: string | undefined;
-  /** RunOptions.onEvent */
+  /** A decided event the summary stores (RunOptions.onEvent). */
   onEvent(e: LiveEvent, guest: number): void;
+  /**
+   * One more occurrence of the guest's previous event, which the summary
+   * folds into that event's count: `e` is this occurrence (its latency) with
+   * the seq of the event it repeats. Counted and shown like any event.
+   */
+  onRepeat(e: LiveEvent, guest: number): void;
   /** A health-VM restart (HealthManager's onRestart record). */
   onHmRestart(r: LiveHealthRestart): void;
   /** A guest started (`running`) or ended (its outcome). */
@@ -45,19 +51,16 @@ export async function startRunObservers(opts: ObserveOptions): Promise<RunObserv
   }
   const view: LiveView | undefined = opts.live ? createLiveView({ stream: opts.live, env: opts.env }) : undefined;
   let closing: Promise<void> | undefined;
+  function occurrence(e: LiveEvent, guest: number): void {
+    const { kind, verdict, decidedBy, latencyUs } = e;
+    metrics?.event({ vm: guestName(guest), kind, verdict, decidedBy, latencyUs });
+    view?.event(guest, e);
+  }
   return {
     metrics,
     metricsUrl: server?.url,
-    onEvent(e, guest) {
-      metrics?.event({
-        vm: guestName(guest),
-        kind: e.kind,
-        verdict: e.verdict,
-        decidedBy: e.decidedBy,
-        latencyUs: e.latencyUs,
-      });
-      view?.event(guest, e);
-    },
+    onEvent: occurrence,
+    onRepeat: occurrence,
     onHmRestart(r) {
       metrics?.healthVmRestart(r.reason);
       view?.healthVm(r);

@@ -29,7 +29,8 @@ describe("run observers", () => {
       obs.onGuestState(0, "running");
       obs.onGuestState(1, "running");
       obs.onEvent(ev(1), 0);
-      obs.onEvent(ev(2), 0);
+      obs.onRepeat(ev(1, { latencyUs: 70 }), 0);
+      obs.onRepeat(ev(1, { latencyUs: 900 }), 0);
       obs.onEvent(ev(1, { decidedBy: "failsafe" }), 1);
       obs.onHmRestart({ reason: "garbage", detail: "request 1 of guest 1: verdict 153 out of range", downMs: 30 });
       obs.onExits(0, 1234);
@@ -37,7 +38,9 @@ describe("run observers", () => {
       const text = await (await fetch(obs.metricsUrl as string)).text();
       const events = (vm: string, decided_by: string) =>
         sample(text, "guardvisor_events_total", { vm, kind: "protected-write", verdict: "deny", decided_by });
-      assert.equal(events("guest0", "hm-vm"), 2);
+      assert.equal(events("guest0", "hm-vm"), 3);
+      assert.equal(sample(text, "guardvisor_verdict_latency_seconds_count", { decider: "hm-vm" }), 3);
+      assert.equal(sample(text, "guardvisor_verdict_latency_seconds_bucket", { decider: "hm-vm", le: "0.0001" }), 2);
       assert.equal(events("guest1", "failsafe"), 1);
       assert.equal(sample(text, "guardvisor_health_vm_restarts_total", { reason: "garbage" }), 1);
       assert.equal(sample(text, "guardvisor_vm_exits_total", { vm: "guest0" }), 1234);
@@ -50,7 +53,7 @@ describe("run observers", () => {
     assert.deepEqual(lines, [
       "guest0 #1 protected-write .text gv_check_credentials → deny (hm-vm, 50 µs)",
       "guest1 #1 protected-write .text gv_check_credentials → deny (failsafe, 50 µs)",
-      "guest0 #1–#2 protected-write .text gv_check_credentials → deny (hm-vm, 50 µs) ×2",
+      "guest0 #1 protected-write .text gv_check_credentials → deny (hm-vm, 900 µs) ×3",
       "health VM restarted after garbage: request 1 of guest 1: verdict 153 out of range (down 30 ms)",
     ]);
     await assert.rejects(fetch(obs.metricsUrl as string));
