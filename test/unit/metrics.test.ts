@@ -144,7 +144,9 @@ describe("metrics: health VM, exits, guests", () => {
       n += 1000;
       return [["guest0", n] as const];
     }, 20);
-    await new Promise((r) => setTimeout(r, 110));
+    assert.equal(n, 1000, "the first sample at once");
+    // Wait for two timer samples (generous: a loaded machine delays timers).
+    for (const until = Date.now() + 5000; n < 3000 && Date.now() < until; ) await new Promise((r) => setTimeout(r, 5));
     stop();
     const seen = n;
     const total = sample(await m.text(), "guardvisor_vm_exits_total", { vm: "guest0" });
