@@ -18,6 +18,7 @@ import { GuardvisorError } from "../errors.js";
 import { IdcRegion, type InjectSpec } from "../idc/channel.js";
 import { type IdcLayout, idcLayout } from "../idc/layout.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
+import { logFor } from "../log.js";
 import type { DeciderInit } from "../vmm/vcpu-protocol.js";
 import type { EngineBackend, EngineInstance } from "./backends.js";
 import { HM_FAILED, HM_UP, HmControl } from "./hm-control.js";
@@ -68,6 +69,7 @@ export interface HealthVmStatus {
 }
 
 const WATCHDOG_MS = 10;
+const log = logFor("health");
 
 export class HealthManager {
   readonly control = new HmControl();
@@ -228,6 +230,7 @@ export class HealthManager {
       // Recorded at once: a summary taken while the restart runs already counts it.
       const record: HmRestart = { reason, detail, generation, poison, resent: 0, timeMs: t0, downMs: 0 };
       this.restartsLog.push(record);
+      log.info({ reason, detail, generation }, "health VM down");
       this.control.markDown(poison);
       const old = this.engine;
       this.engine = undefined;
@@ -240,6 +243,7 @@ export class HealthManager {
       if (this.restartsLog.length > this.restartLimit) {
         this.control.markFailed();
         record.detail += `; restart limit ${this.restartLimit} reached: every decision is fail-safe now`;
+        log.info({ reason, generation, restarts: this.restartsLog.length }, "health VM restart limit reached");
         this.opts.onRestart?.(record);
         return;
       }
@@ -247,12 +251,20 @@ export class HealthManager {
       try {
         await this.boot();
         record.downMs = Date.now() - t0;
+        log.info(
+          { reason, generation: this.control.generation, resent: record.resent, downMs: record.downMs },
+          "health VM restarted",
+        );
         this.opts.onRestart?.(record);
         return;
       } catch (e) {
         // It died again before serving: that is the next restart.
         record.downMs = Date.now() - t0;
         record.detail += `; the new health VM failed: ${(e as Error).message}`;
+        log.info(
+          { reason, generation, downMs: record.downMs, error: (e as Error).message },
+          "health VM failed to boot",
+        );
         this.opts.onRestart?.(record);
         if (this.stopping) return;
         reason = "crash";
