@@ -12,7 +12,7 @@ import { DEFAULT_POLICY, type Policy } from "./decide/policy.js";
 import { policyHashOf } from "./decide/rule-table.js";
 import { configError, GuardvisorError } from "./errors.js";
 import { VmEngineBackend } from "./health/backends.js";
-import { HealthManager } from "./health/health-manager.js";
+import { HealthManager, type HmRestart } from "./health/health-manager.js";
 import type { InjectSpec } from "./idc/channel.js";
 import { Kvm } from "./kvm/kvm.js";
 import { packageRoot } from "./kvm/native.js";
@@ -62,6 +62,14 @@ export interface RunOptions {
   onSerial?: (line: string, guest: number) => void;
   onHmSerial?: (line: string) => void;
   onEvent?: (e: SummaryEvent, guest: number) => void;
+  /** One more occurrence of the guest's previous event (folded into its count): this occurrence, with that event's seq. */
+  onRepeat?: (e: SummaryEvent, guest: number) => void;
+  /** A health-VM restart, when it is back up (or given up). */
+  onHmRestart?: (r: HmRestart) => void;
+  /** A guest (re)started running, is restarting, or ended with this outcome. */
+  onGuestState?: (guest: number, state: "running" | "restarting" | GuestOutcome) => void;
+  /** A guest's cumulative VM-exit count over all its incarnations (at least at the end of each). */
+  onExits?: (guest: number, totalExits: number) => void;
 }
 
 /** What a caller can do to a run in progress. */
@@ -239,7 +247,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         nguests: scenarios.length,
         inject: opts.injectHmFault,
         timeoutMs: opts.hmTimeoutMs,
-        onRestart: (r) =>
+        onRestart: (r) => {
           audit?.append({
             time: new Date(r.timeMs).toISOString(),
             vm: "health-vm",
@@ -250,7 +258,9 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
             poison: r.poison ? { guest: r.poison.guest, seq: Number(r.poison.seq) } : null,
             resent: r.resent,
             downMs: r.downMs,
-          }),
+          });
+          opts.onHmRestart?.(r);
+        },
       });
     }
     const events: SummaryEvent[][] = scenarios.map(() => []);
@@ -274,6 +284,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
       const scenario = scenarios[g];
       let guestPolicy = policyFor(scenario);
       const life: GuestLife = { restarts: 0, intact: true, changed: [], serial: [], unmatchedReports: 0 };
+      let exitsBefore = 0; // earlier incarnations' exits
       for (;;) {
         const cmdline = [
           scenario ? `scenario=${scenario.name}` : "",
@@ -327,6 +338,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
               prev.count = (prev.count ?? 1) + 1;
               bySeq.set(e.seq, prev);
               repeats.note(g, prev, e.timeMs);
+              opts.onRepeat?.({ ...s, seq: prev.seq }, g);
               return;
             }
             repeats.flush(g);
@@ -337,7 +349,14 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
           },
         });
         vms[g] = vm;
-        const stop = await vm.runToEnd(Math.max(1, deadline - Date.now()));
+        opts.onGuestState?.(g, "running");
+        // Exits so far, live (the vCPU thread counts them in shared memory), for exits/s.
+        const before = exitsBefore;
+        const sampler = opts.onExits ? setInterval(() => opts.onExits?.(g, before + vm.exitCount()), 1000) : undefined;
+        sampler?.unref();
+        const stop = await vm.runToEnd(Math.max(1, deadline - Date.now())).finally(() => clearInterval(sampler));
+        exitsBefore += stop.stats?.exits ?? vm.exitCount();
+        opts.onExits?.(g, exitsBefore);
         const integrity = vm.integrity();
         life.intact &&= integrity.intact;
         life.changed.push(...integrity.changed);
@@ -355,6 +374,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
           return life;
         }
         life.restarts++;
+        opts.onGuestState?.(g, "restarting");
         life.serial.push(`--- guardvisor: guest${g} restarted (${life.restarts}): ${stop.detail} ---`);
         await vm.destroy();
       }
@@ -379,7 +399,14 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         return { guests: hashes.length, hashes };
       };
     }
-    const lives = await Promise.all(scenarios.map((_, g) => runLife(g)));
+    const lives = await Promise.all(
+      scenarios.map((_, g) =>
+        runLife(g).then((life) => {
+          if (life.last) opts.onGuestState?.(g, outcomeOf(life.last.stop));
+          return life;
+        }),
+      ),
+    );
     if (opts.control) opts.control.reloadPolicy = undefined;
     for (let g = 0; g < scenarios.length; g++) repeats.flush(g);
     await health?.settled(); // a restart still running counts

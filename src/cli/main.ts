@@ -26,6 +26,7 @@ import {
 } from "../runner.js";
 import { SCENARIOS } from "../scenarios.js";
 import { registerAuditCommands } from "./audit-cmd.js";
+import { startRunObservers } from "./observe.js";
 import { registerPolicyCommands } from "./policy-cmd.js";
 
 /** Process exit codes (also in --help and the README). */
@@ -95,6 +96,7 @@ interface RunFlags {
   policy?: string;
   exceptionEntry?: string | bigint;
   hangTimeout: number;
+  metricsPort?: number;
 }
 
 function formatEvent(e: SummaryEvent): string {
@@ -223,20 +225,37 @@ async function runCommand(flags: RunFlags): Promise<number> {
     if (flags.scenario.length > 1 || flags.guests !== undefined) {
       throw new GuardvisorError("CONFIG_INVALID", "--scenario all: give it alone, without --guests");
     }
+    if (flags.metricsPort !== undefined) {
+      throw new GuardvisorError("CONFIG_INVALID", "--metrics-port: serves one run; not with --scenario all");
+    }
     return runAll(flags);
   }
   const control: RunControl = {};
   const onHup = () => reloadOnSignal(flags, control);
   process.on("SIGHUP", onHup);
-  const report = await runGuests({
-    ...commonRunOptions(flags),
-    control,
-    scenarios: flags.scenario,
-    guests: flags.guests,
-    onSerial: flags.serial ? (line, g) => process.stderr.write(`guest${g}| ${line}\n`) : undefined,
-    onHmSerial: flags.serial ? (line) => process.stderr.write(`hm| ${line}\n`) : undefined,
+  const observers = await startRunObservers({
+    live: !flags.json && process.stdout.isTTY ? process.stdout : undefined,
+    metricsPort: flags.metricsPort,
   });
-  process.off("SIGHUP", onHup);
+  let report: MultiRunReport;
+  try {
+    report = await runGuests({
+      ...commonRunOptions(flags),
+      control,
+      scenarios: flags.scenario,
+      guests: flags.guests,
+      onSerial: flags.serial ? (line, g) => observers.print(`guest${g}| ${line}`, process.stderr) : undefined,
+      onHmSerial: flags.serial ? (line) => observers.print(`hm| ${line}`, process.stderr) : undefined,
+      onEvent: observers.onEvent,
+      onRepeat: observers.onRepeat,
+      onHmRestart: observers.onHmRestart,
+      onGuestState: observers.onGuestState,
+      onExits: observers.onExits,
+    });
+  } finally {
+    process.off("SIGHUP", onHup);
+    await observers.close();
+  }
   const single = report.guests.length === 1 ? report.guests[0] : undefined;
   if (flags.json) process.stdout.write(`${JSON.stringify(single ? single.summary : report.summary)}\n`);
   else if (single) printReadable(single);
@@ -297,6 +316,11 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option("--timeout <seconds>", "stop the guest after this long", intOption("--timeout"), DEFAULT_TIMEOUT_MS / 1000)
     .option("--cmdline <text>", "extra kernel command-line text")
     .option("--serial", "echo the guest's serial output on stderr")
+    .option(
+      "--metrics-port <port>",
+      "serve Prometheus metrics on http://127.0.0.1:PORT/metrics during the run (0: any free port)",
+      intOption("--metrics-port"),
+    )
     .option(
       "--policy <file>",
       "the policy (YAML or JSON, docs/policy.md; SIGHUP reloads it without restarting guests); default: the built-in one",

@@ -194,6 +194,11 @@ export class GuestVm {
     });
   }
 
+  /** VM exits so far (counted by the vCPU thread in shared memory; wraps at 2^31). */
+  exitCount(): number {
+    return this.thread ? this.thread.progress().exits >>> 0 : 0;
+  }
+
   /** The guest's TSC rate in kHz. */
   tscKhz(): number {
     return new Vcpu(this.vcpu).tscKhz();
