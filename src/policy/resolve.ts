@@ -210,6 +210,15 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
       reason: "the IDTR no longer points at the sealed IDT",
     });
   }
+  if (objects.gdt) {
+    rules.push({
+      name: "object:gdt",
+      kinds: ["integrity"],
+      vectors: [ABI_CONSTANTS.INTEGRITY_GDTR],
+      verdict: objects.gdt.action,
+      reason: "the GDTR no longer points at the sealed GDT",
+    });
+  }
   if (objects.pinnedCr) {
     rules.push({
       name: "object:pinned-cr",

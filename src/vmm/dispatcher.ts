@@ -131,6 +131,7 @@ export class ExitDispatcher {
   private sealed = 0;
   /** What was sealed: the IDTR, and the CR0/CR4 bits that must stay set. */
   private sealedIdt: { base: bigint; limit: number } | undefined;
+  private sealedGdt: { base: bigint; limit: number } | undefined;
   private pinnedCr0 = 0n;
   private pinnedCr4 = 0n;
   /** The guest's exception module reported a panic (its next debug exit is a crash). */
@@ -308,10 +309,11 @@ export class ExitDispatcher {
   /** HC_SEAL: protect more from now on (bits only ever get set). Returns the sealed set. */
   seal(what: number): number {
     const C = ABI_CONSTANTS;
-    const add = what & (C.SEAL_MSRS | C.SEAL_IDT | C.SEAL_CR) & ~this.sealed;
-    if (add & (C.SEAL_IDT | C.SEAL_CR)) {
+    const add = what & (C.SEAL_MSRS | C.SEAL_IDT | C.SEAL_CR | C.SEAL_GDT) & ~this.sealed;
+    if (add & (C.SEAL_IDT | C.SEAL_CR | C.SEAL_GDT)) {
       const s = this.d.cpu.getSregs();
       if (add & C.SEAL_IDT) this.sealedIdt = { base: s.idt.base, limit: s.idt.limit };
+      if (add & C.SEAL_GDT) this.sealedGdt = { base: s.gdt.base, limit: s.gdt.limit };
       if (add & C.SEAL_CR) {
         this.pinnedCr0 = s.cr0 & CR0_PINNABLE;
         this.pinnedCr4 = s.cr4 & CR4_PINNABLE;
@@ -328,7 +330,8 @@ export class ExitDispatcher {
    * event; "deny" puts the sealed value back, "restart"/"halt" end the VM.
    */
   private checkSealed(t0: bigint): ExitAction | undefined {
-    if ((this.sealed & (ABI_CONSTANTS.SEAL_IDT | ABI_CONSTANTS.SEAL_CR)) === 0) return undefined;
+    if ((this.sealed & (ABI_CONSTANTS.SEAL_IDT | ABI_CONSTANTS.SEAL_CR | ABI_CONSTANTS.SEAL_GDT)) === 0)
+      return undefined;
     const s = this.d.cpu.getSregs();
     const C = ABI_CONSTANTS;
     const broken: { object: number; what: string; restore: (x: Sregs) => void }[] = [];
@@ -339,6 +342,16 @@ export class ExitDispatcher {
         what: `IDTR changed from 0x${idt.base.toString(16)}/${idt.limit} to 0x${s.idt.base.toString(16)}/${s.idt.limit}`,
         restore: (x) => {
           x.idt = { base: idt.base, limit: idt.limit };
+        },
+      });
+    }
+    const gdt = this.sealedGdt;
+    if (gdt && (s.gdt.base !== gdt.base || s.gdt.limit !== gdt.limit)) {
+      broken.push({
+        object: C.INTEGRITY_GDTR,
+        what: `GDTR changed from 0x${gdt.base.toString(16)}/${gdt.limit} to 0x${s.gdt.base.toString(16)}/${s.gdt.limit}`,
+        restore: (x) => {
+          x.gdt = { base: gdt.base, limit: gdt.limit };
         },
       });
     }

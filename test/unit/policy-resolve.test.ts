@@ -185,12 +185,13 @@ describe("policy files: resolving regions, objects and modes", () => {
       [...new Set(policy.rules.map((r) => r.name))],
       ["live-patch", "msr-setup", "protect-code", "table-hook", "user-faults", "kernel-faults", "crashes"]
         .concat(msrRules.map((r) => r.name))
-        .concat(["object:idt", "object:pinned-cr"]),
+        .concat(["object:idt", "object:gdt", "object:pinned-cr"]),
     );
     assert.deepEqual(
       policy.rules.filter((r) => r.name.startsWith("object:")).map((r) => [r.kinds, r.vectors, r.verdict]),
       [
         [["integrity"], [16], "deny-fault"],
+        [["integrity"], [17], "deny"],
         [["integrity"], [0, 4], "restart"],
       ],
     );

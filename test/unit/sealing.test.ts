@@ -29,7 +29,7 @@ function sealed() {
   const cpu = new FakeCpu();
   cpu.sregsOverride = { ...sregs(0), idt: { base: 0x102000n, limit: 0xfff } };
   const t = setup(undefined, {}, cpu);
-  t.d.seal(C.SEAL_IDT | C.SEAL_CR | C.SEAL_MSRS);
+  t.d.seal(C.SEAL_IDT | C.SEAL_CR | C.SEAL_MSRS | C.SEAL_GDT);
   return t;
 }
 
@@ -50,6 +50,14 @@ describe("sealed state", () => {
       { kind: "integrity", vector: C.INTEGRITY_IDTR, verdict: "restart" },
     );
     assert.match(events[0]?.note ?? "", /IDTR changed from 0x102000\/4095 to 0x180000\/4095/);
+  });
+
+  it("records a GDTR swap on object 17", () => {
+    const { d, cpu, events } = sealed();
+    cpu.sregsOverride = { ...(cpu.sregsOverride ?? sregs(0)), gdt: { base: 0x77000n, limit: 0x37 } };
+    assert.equal(d.dispatch(hypercallExit()).kind, "stop");
+    assert.equal(events[0]?.vector, C.INTEGRITY_GDTR);
+    assert.match(events[0]?.note ?? "", /GDTR changed from 0x0\/0 to 0x77000\/55/);
   });
 
   it("sets a cleared CR0.WP back (deny) and lets the guest go on", () => {
