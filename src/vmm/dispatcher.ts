@@ -153,7 +153,13 @@ export class ExitDispatcher {
     const t0 = this.now();
     this.stats.exits++;
     const console = (exit.kind === "io-out" || exit.kind === "io-in") && exit.port >= 0x3f8 && exit.port <= 0x3ff;
-    if (!console || (this.stats.exits & 63) === 0) {
+    // A dead vCPU (triple fault, failed entry) is a crash, whatever its registers say now.
+    const dead =
+      exit.kind === "shutdown" ||
+      exit.kind === "internal-error" ||
+      exit.kind === "fail-entry" ||
+      exit.kind === "system-event";
+    if (!dead && (!console || (this.stats.exits & 63) === 0)) {
       const broken = this.checkSealed(t0);
       if (broken) return broken;
     }

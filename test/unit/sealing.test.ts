@@ -86,6 +86,17 @@ describe("sealed state", () => {
     assert.equal(events.length, 1);
   });
 
+  it("reports a triple fault as a crash even though the IDTR changed first (the empty IDT caused it)", () => {
+    const { d, cpu, events } = sealed();
+    cpu.sregsOverride = { ...(cpu.sregsOverride ?? sregs(0)), idt: { base: 0n, limit: 0 } };
+    const a = d.dispatch({ kind: "shutdown" });
+    assert.equal(a.kind === "stop" && a.outcome, "restart");
+    assert.deepEqual(
+      events.map((e) => e.kind),
+      ["crash"],
+    );
+  });
+
   it("does nothing before the guest seals", () => {
     const cpu = new FakeCpu();
     const { d, events } = setup(undefined, {}, cpu);
