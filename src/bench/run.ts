@@ -21,6 +21,7 @@ import { MIB } from "../vmm/boot.js";
 import { type BaselineRun, runBaseline } from "./baseline.js";
 import { type BenchScenario, benchCmdline, benignResult, type TimedResult, timedResult } from "./guest-result.js";
 import { TrackedVmBackend } from "./health.js";
+import { machineFacts } from "./machine.js";
 import { rssMiB, threadCpuPercent } from "./proc.js";
 import { type BenchMeasurements, GUEST_COUNTS, type VerdictPath, type Vmm } from "./report.js";
 import { runGuardvisor } from "./session.js";
@@ -398,6 +399,7 @@ class Bench {
       guests,
       rss: { baseMiB, perGuestMiB: Math.max(0, peakMiB - baseMiB) / 8 },
       idleHmCpuPct,
+      machine: machineFacts(),
     };
   }
 }

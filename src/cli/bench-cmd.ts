@@ -8,9 +8,9 @@
  * build; 3 KVM is unavailable; 70 internal error. Errors are one line.
  */
 import type { Command } from "commander";
-import { buildBenchJson, formatBenchReport } from "../bench/report.js";
+import { buildBenchJson, formatBenchMarkdown, formatBenchReport } from "../bench/report.js";
 import { runBench } from "../bench/run.js";
-import { isGuardvisorError } from "../errors.js";
+import { GuardvisorError, isGuardvisorError } from "../errors.js";
 import { DEFAULT_KVM_PATH } from "../kvm/kvm.js";
 
 const BENCH_EXIT_HELP = `
@@ -23,16 +23,23 @@ Exit codes:
 
 interface BenchFlags {
   json?: boolean;
+  markdown?: boolean;
   quick?: boolean;
   kvm: string;
 }
 
 async function benchCommand(flags: BenchFlags): Promise<number> {
+  if (flags.json && flags.markdown) throw new GuardvisorError("CONFIG_INVALID", "give --json or --markdown, not both");
   const progress = flags.json ? undefined : (line: string) => process.stderr.write(`bench: ${line}\n`);
   try {
     const m = await runBench({ quick: flags.quick, kvmPath: flags.kvm, onProgress: progress });
     const json = buildBenchJson(m);
-    process.stdout.write(flags.json ? `${JSON.stringify(json)}\n` : formatBenchReport(json));
+    const out = flags.json
+      ? `${JSON.stringify(json)}\n`
+      : flags.markdown
+        ? formatBenchMarkdown(json)
+        : formatBenchReport(json);
+    process.stdout.write(out);
     return 0;
   } catch (e) {
     // A measurement that could not be taken is a failed run (1); everything else keeps its usual exit code.
@@ -49,6 +56,7 @@ export function registerBenchCommands(program: Command, setExit: (code: number) 
     .command("bench")
     .description("measure every verdict path against a bare KVM exit, in one run (docs/performance.md)")
     .option("--json", "print one JSON object with every measurement on stdout")
+    .option("--markdown", "print the results tables of docs/performance.md, filled in")
     .option("--quick", "shorter runs: the whole bench in under a minute")
     .option("--kvm <path>", "the KVM device", DEFAULT_KVM_PATH)
     .addHelpText("after", BENCH_EXIT_HELP)

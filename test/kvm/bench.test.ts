@@ -104,6 +104,7 @@ describe("benchmarks on KVM", { skip: skipWithoutKvm }, () => {
     assert.ok(j.rssMiB.base > 0 && j.rssMiB.perGuest >= 0);
     assert.ok(j.idleHmCpuPct >= 0);
     assert.equal(j.quick, true);
+    assert.ok(j.machine.cpus > 0 && j.machine.kvmModule.length > 0);
     assert.ok(!r.stdout.includes("null"));
     assert.ok(seconds < 60, `bench --quick took ${seconds} s`);
   });

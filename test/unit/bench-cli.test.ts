@@ -35,12 +35,15 @@ describe("guardvisor bench without KVM", () => {
     const r = cli(["bench", "--frobnicate"]);
     assert.equal(r.status, 2);
     assert.match(oneLine(r.stderr), /unknown option '--frobnicate'/);
+    const both = cli(["bench", "--json", "--markdown", "--kvm", "/nonexistent/kvm"]);
+    assert.equal(both.status, 2);
+    assert.equal(oneLine(both.stderr), "guardvisor: error: give --json or --markdown, not both");
   });
 
   it("--help describes the options and exit codes", () => {
     const r = cli(["bench", "--help"]);
     assert.equal(r.status, 0);
-    for (const s of ["--json", "--quick", "--kvm", "Exit codes:", "KVM is unavailable"])
+    for (const s of ["--json", "--markdown", "--quick", "--kvm", "Exit codes:", "KVM is unavailable"])
       assert.ok(r.stdout.includes(s), s);
   });
 });

@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type BenchMeasurements, buildBenchJson, checkTargets, formatBenchReport } from "../../src/bench/report.js";
+import {
+  type BenchMeasurements,
+  buildBenchJson,
+  checkTargets,
+  formatBenchMarkdown,
+  formatBenchReport,
+} from "../../src/bench/report.js";
 import { GuardvisorError } from "../../src/errors.js";
 
 function measurements(): BenchMeasurements {
@@ -23,6 +29,14 @@ function measurements(): BenchMeasurements {
     ],
     rss: { baseMiB: 81.234, perGuestMiB: 2.345 },
     idleHmCpuPct: 0.4321,
+    machine: {
+      cpu: "Test CPU @ 3.0GHz",
+      cpus: 8,
+      memGiB: 32,
+      kernel: "6.1.0-test",
+      kvmModule: "kvm_intel",
+      node: "v20.0.0",
+    },
   };
 }
 
@@ -41,6 +55,7 @@ const KEYS = [
   "idleHmCpuPct",
   "tscKhz",
   "quick",
+  "machine",
 ];
 
 describe("bench JSON", () => {
@@ -96,6 +111,7 @@ describe("bench JSON", () => {
       ["guests[n=2] has 1 guests", (m) => m.guests[1]!.perGuest.pop()],
       ["exceptionUs.bare", (m) => (m.exception.bare = undefined as unknown as { p50: number; p99: number })],
       ["decideUs.vmm.p99", (m) => (m.decide.vmm.p99 = Number.NaN)],
+      ["machine", (m) => (m.machine = undefined as unknown as BenchMeasurements["machine"])],
     ];
     for (const [what, breakIt] of broken) {
       const m = measurements();
@@ -145,5 +161,32 @@ describe("bench JSON", () => {
     assert.match(text, /8 \(worst guest\)\s+47\.00\s+87\.00\s+2\.90/);
     assert.match(text, / {2}met +idle health VM < 2% of a core: 0\.43%/);
     assert.ok(text.endsWith("\n"));
+  });
+
+  it("prints the results tables of docs/performance.md, filled in", () => {
+    const m = measurements();
+    m.storm["hm-vm"] = 39_000; // a missed target shows as **no**
+    const md = formatBenchMarkdown(buildBenchJson(m), new Date("2026-01-02T03:04:05Z"));
+    const lines = md.trimEnd().split("\n");
+    assert.match(
+      lines[0]!,
+      /^Measured on Test CPU @ 3\.0GHz, 8 CPUs, 32 GiB, Linux 6\.1\.0-test, kvm_intel, Node v20\.0\.0, 2026-01-02, with `guardvisor bench --quick`/,
+    );
+    assert.ok(lines.includes("| bare KVM exit (baseline VMM) | 20.00 | 30.00 | 1.00 | 1.00 | the floor | – |"));
+    assert.ok(lines.includes("| verdict, `vmm` decider | 21.00 | 33.00 | 1.05 | 1.10 | p50 ≤ 1.1× | yes |"));
+    assert.ok(lines.includes("| verdict, `hm-vm`, busy | 25.00 | 55.00 | 1.25 | 1.83 | p50 ≤ 1.3×, p99 ≤ 2× | yes |"));
+    assert.ok(
+      lines.includes("| 8 guests on one health VM (worst guest) | 47.00 | 87.00 | 2.35 | 2.90 | p99 ≤ 3× | yes |"),
+    );
+    assert.ok(lines.includes("| #UD from ring 3, `hm-vm` decider | 330.00 | 450.00 | 1.10 | 1.13 | – | – |"));
+    assert.ok(lines.includes("| storm, `hm-vm`, writes/s | 39,000 (78% of bare) | ≥ 80% of bare | **no** |"));
+    assert.ok(lines.includes("| benign workload under Guardvisor vs bare | 0.5% (804.00 vs 800.00 ms) | ≤ 1% | yes |"));
+    // Every table row has the same number of cells as its header.
+    let cells = 0;
+    for (const l of lines.filter((x) => x.startsWith("|"))) {
+      const n = l.split(" | ").length;
+      if (l.startsWith("| latency") || l.startsWith("| throughput")) cells = n;
+      else assert.equal(n, cells, l);
+    }
   });
 });
