@@ -110,9 +110,16 @@ export function runBaseline(o: BaselineOptions): Promise<BaselineRun> {
           // The message already says "KVM is unavailable: ...".
           reject(new GuardvisorError("KVM_UNAVAILABLE", why));
           return;
-        case 1:
-          reject(new GuardvisorError("GUEST_FAULT", `the baseline run failed: ${why}`));
+        case 1: {
+          const last = serial.at(-1);
+          reject(
+            new GuardvisorError(
+              "GUEST_FAULT",
+              `the baseline run failed: ${why}${last ? ` (last output: ${last})` : ""}`,
+            ),
+          );
           return;
+        }
         default:
           reject(new GuardvisorError("INTERNAL", `the baseline failed: ${why}`));
       }
