@@ -18,13 +18,13 @@ import { HealthManager } from "../health/health-manager.js";
 import { Kvm } from "../kvm/kvm.js";
 import { defaultKernelPath, HM_MEM_MIB } from "../runner.js";
 import { MIB } from "../vmm/boot.js";
-import { type BaselineRun, runBaseline } from "./baseline.js";
+import { type BaselineOptions, type BaselineRun, runBaseline } from "./baseline.js";
 import { type BenchScenario, benchCmdline, benignResult, type TimedResult, timedResult } from "./guest-result.js";
 import { TrackedVmBackend } from "./health.js";
 import { machineFacts } from "./machine.js";
 import { rssMiB, threadCpuPercent } from "./proc.js";
 import { type BenchMeasurements, GUEST_COUNTS, type VerdictPath, type Vmm } from "./report.js";
-import { runGuardvisor } from "./session.js";
+import { type BenchHealth, type GuestRunResult, type GuestRunSpec, runGuardvisor } from "./session.js";
 import { cyclesToUs, median, type Pcts, pcts, perSecond } from "./stats.js";
 
 /** How much each measurement runs. */
@@ -83,6 +83,48 @@ export const QUICK_PLAN: BenchPlan = {
   memMiB: 32,
 };
 
+/** A started health VM, and its vCPU thread when it could be told apart. */
+export interface StartedHealthVm {
+  hm: BenchHealth;
+  vcpuTid: number | undefined;
+  /** Why vcpuTid is undefined. */
+  tidProblem: string;
+}
+
+/**
+ * Everything the bench does to the outside world. `kvmDriver` is the real
+ * one; the unit tests drive the whole sequence with a simulated guest.
+ */
+export interface BenchDriver {
+  openKvm(path?: string): Kvm;
+  baseline(o: BaselineOptions): Promise<BaselineRun>;
+  guardvisor(spec: GuestRunSpec): Promise<GuestRunResult[]>;
+  startHealthVm(kvm: Kvm, kernel: Uint8Array, kernelName: string, nguests: number): Promise<StartedHealthVm>;
+  threadCpuPercent(tid: number, ms: number): Promise<number>;
+  rssMiB(): number;
+}
+
+export const kvmDriver: BenchDriver = {
+  openKvm,
+  baseline: runBaseline,
+  guardvisor: runGuardvisor,
+  async startHealthVm(kvm, kernel, kernelName, nguests) {
+    const backend = new TrackedVmBackend(kvm, kernel, kernelName, HM_MEM_MIB);
+    const hm = await HealthManager.start({ backend, nguests });
+    return {
+      hm,
+      get vcpuTid() {
+        return backend.vcpuTid;
+      },
+      get tidProblem() {
+        return backend.tidProblem;
+      },
+    };
+  },
+  threadCpuPercent,
+  rssMiB,
+};
+
 export interface BenchOptions {
   quick?: boolean;
   plan?: BenchPlan;
@@ -91,6 +133,8 @@ export interface BenchOptions {
   baselinePath?: string;
   /** One line per step, for people watching. */
   onProgress?: (line: string) => void;
+  /** Default: kvmDriver. */
+  driver?: BenchDriver;
 }
 
 /** Per-run time limit: generous, so only a stuck guest hits it. */
@@ -149,6 +193,7 @@ class Bench {
   constructor(
     private readonly kvm: Kvm,
     private readonly o: BenchOptions,
+    private readonly driver: BenchDriver,
   ) {
     this.plan = o.plan ?? (o.quick ? QUICK_PLAN : FULL_PLAN);
     this.say = o.onProgress ?? (() => {});
@@ -182,7 +227,7 @@ class Bench {
   // ---- the baseline ----
 
   private async bare(scenario: BenchScenario, args: Record<string, number>, breakAt?: bigint): Promise<BaselineRun> {
-    return runBaseline({
+    return this.driver.baseline({
       kernelPath: this.kernelPath,
       cmdline: benchCmdline(scenario, args),
       memMiB: this.plan.memMiB,
@@ -218,7 +263,7 @@ class Bench {
     scenario: BenchScenario,
     args: Record<string, number>,
     decider: DeciderName,
-    health: HealthManager | undefined,
+    health: BenchHealth | undefined,
     guests = 1,
     hooks: { onBuilt?: () => void; onSample?: () => void } = {},
   ) {
@@ -229,7 +274,7 @@ class Bench {
           ? { kind: "cpu-exception" as const }
           : undefined;
     const what = `${scenario} under Guardvisor (${decider}${guests > 1 ? `, ${guests} guests` : ""})`;
-    const runs = await runGuardvisor({
+    const runs = await this.driver.guardvisor({
       kvm: this.kvm,
       kernel: this.kernel,
       kernelName: this.kernelPath,
@@ -263,7 +308,7 @@ class Bench {
     scenario: "bench-write" | "bench-ud",
     args: Record<string, number>,
     decider: DeciderName,
-    health?: HealthManager,
+    health?: BenchHealth,
     guests = 1,
     hooks: { onBuilt?: () => void; onSample?: () => void } = {},
   ) {
@@ -281,10 +326,8 @@ class Bench {
     });
   }
 
-  private async startHealthVm(nguests: number): Promise<{ hm: HealthManager; backend: TrackedVmBackend }> {
-    const backend = new TrackedVmBackend(this.kvm, this.kernel, this.kernelPath, HM_MEM_MIB);
-    const hm = await HealthManager.start({ backend, nguests });
-    return { hm, backend };
+  private startHealthVm(nguests: number): Promise<StartedHealthVm> {
+    return this.driver.startHealthVm(this.kvm, this.kernel, this.kernelPath, nguests);
   }
 
   async run(): Promise<BenchMeasurements> {
@@ -348,14 +391,11 @@ class Bench {
         benignGv.push(benignResult(run.serial, run.what).cycles / this.tscKhz);
       }
       say(`idle health VM: watching its vCPU thread for ${p.idleMs} ms`);
-      const tid = one.backend.vcpuTid;
+      const tid = one.vcpuTid;
       if (tid === undefined) {
-        throw new GuardvisorError(
-          "GUEST_FAULT",
-          `bench: idle health-VM CPU cannot be measured: ${one.backend.tidProblem}`,
-        );
+        throw new GuardvisorError("GUEST_FAULT", `bench: idle health-VM CPU cannot be measured: ${one.tidProblem}`);
       }
-      idleHmCpuPct = await threadCpuPercent(tid, p.idleMs);
+      idleHmCpuPct = await this.driver.threadCpuPercent(tid, p.idleMs);
     } finally {
       await one.hm.stop();
     }
@@ -369,9 +409,9 @@ class Bench {
       for (const n of GUEST_COUNTS) {
         say(`${n} guest${n > 1 ? "s" : ""} on one health VM: ${fmt(p.guestWrites)} protected writes each`);
         const track = (): void => {
-          peakMiB = Math.max(peakMiB, rssMiB());
+          peakMiB = Math.max(peakMiB, this.driver.rssMiB());
         };
-        if (n === 8) baseMiB = rssMiB();
+        if (n === 8) baseMiB = this.driver.rssMiB();
         const runs = await this.gvTimed(
           "bench-write",
           { n: p.guestWrites, warm: p.guestWarm },
@@ -406,9 +446,10 @@ class Bench {
 
 /** Take every measurement; throws (KVM_UNAVAILABLE, GUEST_FAULT, …) when one cannot be taken. */
 export async function runBench(o: BenchOptions = {}): Promise<BenchMeasurements> {
-  const kvm = openKvm(o.kvmPath);
+  const driver = o.driver ?? kvmDriver;
+  const kvm = driver.openKvm(o.kvmPath);
   try {
-    return await new Bench(kvm, o).run();
+    return await new Bench(kvm, o, driver).run();
   } finally {
     kvm.close();
   }

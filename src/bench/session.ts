@@ -18,6 +18,12 @@ import type { CapturedEvent } from "../vmm/dispatcher.js";
 import { GuestVm } from "../vmm/guest-vm.js";
 import { Samples } from "./stats.js";
 
+/** What the benchmarks use of a health VM (HealthManager). */
+export type BenchHealth = Pick<
+  HealthManager,
+  "deciderFor" | "installRules" | "reportFault" | "settled" | "status" | "stop"
+>;
+
 export interface GuestRunSpec {
   kvm: Kvm;
   kernel: Uint8Array;
@@ -27,7 +33,7 @@ export interface GuestRunSpec {
   guests: number;
   decider: DeciderName;
   /** The health VM serving guests 0..guests-1 (the hm-vm decider). */
-  health?: HealthManager;
+  health?: BenchHealth;
   timeoutMs: number;
   /** The one event kind the run must produce, in this region; undefined: no events at all. */
   expect?: { kind: EventKind; region?: string };
