@@ -1,7 +1,7 @@
 /**
  * Guardvisor runs of the benchmark guest: one or more guests built like the
- * runner builds them (src/runner.ts: GuestVm with the default policy, the
- * vmm decider or a shared health VM), run to their end, with every event's
+ * runner builds them (src/runner.ts: GuestVm with the default policy and hang
+ * watchdog, the vmm decider or a shared health VM), run to their end, with every event's
  * latency kept as a number instead of a summary object (a storm makes
  * hundreds of thousands of events). A run whose events are not what the
  * scenario must produce, or that were decided fail-safe, is not a
@@ -13,6 +13,7 @@ import { DEFAULT_POLICY } from "../decide/policy.js";
 import { GuardvisorError } from "../errors.js";
 import type { HealthManager } from "../health/health-manager.js";
 import type { Kvm } from "../kvm/kvm.js";
+import { DEFAULT_HANG_TIMEOUT_MS } from "../runner.js";
 import { MIB } from "../vmm/boot.js";
 import type { CapturedEvent } from "../vmm/dispatcher.js";
 import { GuestVm } from "../vmm/guest-vm.js";
@@ -99,6 +100,8 @@ export async function runGuardvisor(spec: GuestRunSpec): Promise<GuestRunResult[
         cmdline: spec.cmdline,
         policy: DEFAULT_POLICY,
         decider: hm ? hm.deciderFor(g) : { kind: "vmm" },
+        // As `guardvisor run` has it (a stuck guest becomes a hang event, which fails the run).
+        hangTimeoutMs: DEFAULT_HANG_TIMEOUT_MS,
         onPolicy: (p) => hm?.installRules(g, p.table),
         onHmFault: (f) => hm?.reportFault(f),
         onEvent: (e) => {
