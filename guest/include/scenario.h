@@ -35,5 +35,8 @@ int scenario_wp_bypass(void);
 int scenario_hang(void);
 int scenario_exception_storm(void);
 int scenario_legit_patch(void);
+int scenario_bench_write(void);
+int scenario_bench_ud(void);
+int scenario_bench_benign(void);
 
 #endif /* GV_SCENARIO_H */

@@ -20,6 +20,9 @@ static const struct scenario scenarios[] = {
 	{ "hang", scenario_hang },
 	{ "exception-storm", scenario_exception_storm },
 	{ "legit-patch", scenario_legit_patch },
+	{ "bench-write", scenario_bench_write },
+	{ "bench-ud", scenario_bench_ud },
+	{ "bench-benign", scenario_bench_benign },
 };
 
 static int str_eq(const char *a, const char *b)

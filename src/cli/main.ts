@@ -26,6 +26,7 @@ import {
 } from "../runner.js";
 import { SCENARIOS } from "../scenarios.js";
 import { registerAuditCommands } from "./audit-cmd.js";
+import { registerBenchCommands } from "./bench-cmd.js";
 import { startRunObservers } from "./observe.js";
 import { registerPolicyCommands } from "./policy-cmd.js";
 
@@ -365,6 +366,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
 
   registerAuditCommands(program, setExit);
   registerPolicyCommands(program);
+  registerBenchCommands(program, setExit);
   return program;
 }
 

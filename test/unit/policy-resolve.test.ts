@@ -278,7 +278,7 @@ describe("policy files: compile and load round trip", () => {
     assert.deepEqual(r.compiled.table, compilePolicy(DEFAULT_POLICY, r.regions).table);
     assert.deepEqual(
       r.regions.map((g) => g.name),
-      [".text", ".rodata", ".utext"],
+      [".text", ".rodata", ".utext", ".benchpage"],
     );
   });
 });

@@ -1,0 +1,28 @@
+/** The machine a benchmark ran on, for the report (docs/performance.md, "Machine"). */
+import { existsSync } from "node:fs";
+import { cpus, release, totalmem } from "node:os";
+
+export interface MachineFacts {
+  cpu: string;
+  /** Logical CPUs the host kernel offers this process's machine. */
+  cpus: number;
+  memGiB: number;
+  kernel: string;
+  /** The KVM vendor module: kvm_intel (VMX), kvm_amd (SVM), kvm_pvm (no hardware virtualization), or none found. */
+  kvmModule: string;
+  node: string;
+}
+
+const KVM_MODULES = ["kvm_intel", "kvm_amd", "kvm_pvm"] as const;
+
+export function machineFacts(): MachineFacts {
+  const list = cpus();
+  return {
+    cpu: list[0]?.model.trim() || "unknown",
+    cpus: list.length,
+    memGiB: Math.round(totalmem() / 2 ** 30),
+    kernel: release(),
+    kvmModule: KVM_MODULES.find((m) => existsSync(`/sys/module/${m}`)) ?? "none found",
+    node: process.version,
+  };
+}
