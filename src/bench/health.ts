@@ -3,19 +3,14 @@
  * gv-kernel role=hm), plus the thread id of its vCPU, so its idle CPU cost
  * can be read from /proc/self/task/TID.
  *
- * The vCPU worker posts its thread id to its owner ("ready" in
- * src/vmm/vcpu-thread.ts), but neither GuestVm nor the engine backend hands
- * it out. Until they do, the thread is found as the one thread that appears
- * in /proc/self/task while the health VM is launched (the vCPU worker is
- * the only thread a launch starts); if that is not exactly one thread, the
- * tid is left unknown and the idle measurement fails instead of guessing.
+ * The engine instance names its vCPU thread (GuestVm.vcpuTid); when it does
+ * not, the idle measurement fails instead of guessing.
  */
 
 import { type EngineBackend, type EngineInstance, type LaunchContext, VmEngineBackend } from "../health/backends.js";
 import type { IdcLayout } from "../idc/layout.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
 import type { Kvm } from "../kvm/kvm.js";
-import { newThreads, threadIds } from "./proc.js";
 
 export class TrackedVmBackend implements EngineBackend {
   readonly kind = "vm" as const;
@@ -39,11 +34,9 @@ export class TrackedVmBackend implements EngineBackend {
 
   async launch(ctx: LaunchContext): Promise<EngineInstance> {
     this.vcpuTid = undefined;
-    const before = threadIds();
     const engine = await this.inner.launch(ctx);
-    const started = newThreads(before, threadIds());
-    if (started.length === 1) this.vcpuTid = started[0];
-    else this.tidProblem = `${started.length} threads started with the health VM, expected its one vCPU thread`;
+    if (engine.vcpuTid) this.vcpuTid = engine.vcpuTid;
+    else this.tidProblem = "the health VM did not name its vCPU thread";
     return engine;
   }
 }

@@ -25,6 +25,8 @@ import type { HmControl } from "./hm-control.js";
 /** One running engine. `stopped` resolves, with what happened, when it stops by itself or is stopped. */
 export interface EngineInstance {
   readonly stopped: Promise<string>;
+  /** The thread that runs the engine, when it is a thread of this process (the health VM's vCPU). */
+  readonly vcpuTid?: number;
   stop(): Promise<void>;
 }
 
@@ -83,6 +85,7 @@ export class VmEngineBackend implements EngineBackend {
     const stopped = vm.run().then(describeVmStop);
     return {
       stopped,
+      vcpuTid: vm.vcpuTid,
       stop: async () => {
         vm.stop();
         ctx.control.ring(); // wake its vCPU thread if it is parked in the doorbell

@@ -41,6 +41,8 @@ export interface GuestVmConfig {
    * Default: the symbol `gv_exception_entry` when the kernel has it.
    */
   exceptionEntry?: string | bigint;
+  /** Events kept in `events` (default 10,000; later ones still reach onEvent). */
+  keepEvents?: number;
   /**
    * Watchdog: a vCPU inside KVM_RUN with no exit for this long is hung (a
    * "hang" event, decided by policy). 0 or absent: no watchdog.
@@ -166,7 +168,7 @@ export class GuestVm {
         onEvent: (e) => {
           // A write the policy allowed changed a protected region: that change is sanctioned.
           if (e.kind === "protected-write" && (e.verdict === "allow" || e.verdict === "log")) this.relock();
-          this.events.push(e);
+          if (this.events.length < (this.config.keepEvents ?? 10_000)) this.events.push(e);
           this.config.onEvent?.(e);
         },
         onHmFault: (f) => this.config.onHmFault?.(f),
@@ -192,6 +194,11 @@ export class GuestVm {
       this.stopped = s;
       return s;
     });
+  }
+
+  /** The vCPU thread's Linux thread id (for its CPU time in /proc/self/task). */
+  get vcpuTid(): number {
+    return this.thread?.threadId ?? 0;
   }
 
   /** VM exits so far (counted by the vCPU thread in shared memory; wraps at 2^31). */

@@ -117,6 +117,11 @@ export class VcpuThread {
     this.kick();
   }
 
+  /** The vCPU worker's Linux thread id (0 before it is ready): /proc/self/task/TID. */
+  get threadId(): number {
+    return this.tid;
+  }
+
   /** The watchdog: make the vCPU leave KVM_RUN and report a hang. */
   hang(): void {
     if (Atomics.compareExchange(this.ctrl, CTRL_CMD, CMD_RUN, CMD_HANG) === CMD_RUN) {
