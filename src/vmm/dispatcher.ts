@@ -149,9 +149,17 @@ export class ExitDispatcher {
     return this.seq;
   }
 
+  /** The special registers, read at most once per exit (the sealed-state check and a capture share them). */
+  private cachedSregs: Sregs | undefined;
+  private sregs(): Sregs {
+    this.cachedSregs ??= this.d.cpu.getSregs();
+    return this.cachedSregs;
+  }
+
   dispatch(exit: VcpuExit): ExitAction {
     const t0 = this.now();
     this.stats.exits++;
+    this.cachedSregs = undefined;
     const console = (exit.kind === "io-out" || exit.kind === "io-in") && exit.port >= 0x3f8 && exit.port <= 0x3ff;
     // A dead vCPU (triple fault, failed entry) is a crash, whatever its registers say now.
     const dead =
@@ -277,7 +285,7 @@ export class ExitDispatcher {
   private onException(t0: bigint): ExitAction {
     this.stats.exceptions++;
     const regs = this.d.cpu.getRegs();
-    const sregs = this.d.cpu.getSregs();
+    const sregs = this.sregs();
     const ctx = this.capture("cpu-exception", regs, sregs);
     const f = decodeExceptionFrame(this.d.memory, sregs.cr3, regs.rsp);
     let note: string | undefined;
@@ -338,7 +346,7 @@ export class ExitDispatcher {
   private checkSealed(t0: bigint): ExitAction | undefined {
     if ((this.sealed & (ABI_CONSTANTS.SEAL_IDT | ABI_CONSTANTS.SEAL_CR | ABI_CONSTANTS.SEAL_GDT)) === 0)
       return undefined;
-    const s = this.d.cpu.getSregs();
+    const s = this.sregs();
     const C = ABI_CONSTANTS;
     const broken: { object: number; what: string; restore: (x: Sregs) => void }[] = [];
     const idt = this.sealedIdt;
@@ -388,9 +396,10 @@ export class ExitDispatcher {
       const stop = this.endsVm(decision.verdict);
       if (stop) end ??= { ...stop, detail: `${b.what}; ${stop.detail}` };
       else if (decision.verdict === "deny" || decision.verdict === "deny-fault") {
-        const fixed = this.d.cpu.getSregs();
+        const fixed = { ...this.sregs() };
         b.restore(fixed);
         this.d.cpu.setSregs(fixed);
+        this.cachedSregs = fixed;
       }
     }
     return end;
@@ -429,6 +438,7 @@ export class ExitDispatcher {
   /** The watchdog saw no progress: the vCPU was kicked out of a hang. */
   onHang(detail: string): ExitAction {
     const t0 = this.now();
+    this.cachedSregs = undefined; // not inside an exit: read them now
     const ctx = this.capture("hang");
     const decision = this.d.decider.decide(ctx);
     this.report(ctx, decision, t0, detail);
@@ -458,7 +468,7 @@ export class ExitDispatcher {
   }
 
   /** First-time capture: registers, control registers and instruction bytes. */
-  capture(kind: EventKind, regs: Regs = this.d.cpu.getRegs(), sregs: Sregs = this.d.cpu.getSregs()): ContextRecord {
+  capture(kind: EventKind, regs: Regs = this.d.cpu.getRegs(), sregs: Sregs = this.sregs()): ContextRecord {
     const ctx = emptyContext(kind);
     ctx.seq = ++this.seq;
     ctx.vmId = this.d.vmId;
