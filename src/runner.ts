@@ -11,6 +11,7 @@ import type { DeciderName } from "./decide/decider.js";
 import { DEFAULT_POLICY, type Policy } from "./decide/policy.js";
 import { policyHashOf } from "./decide/rule-table.js";
 import { configError, GuardvisorError } from "./errors.js";
+import { RepeatLog, sameEvent } from "./event-fold.js";
 import { VmEngineBackend } from "./health/backends.js";
 import { HealthManager, type HmRestart } from "./health/health-manager.js";
 import type { InjectSpec } from "./idc/channel.js";
@@ -458,44 +459,6 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
     await health?.stop();
     audit?.close();
     kvm.close();
-  }
-}
-
-/** The same event again: kind, place, verdict and decider all equal. */
-function sameEvent(a: SummaryEvent, b: SummaryEvent): boolean {
-  return (
-    a.kind === b.kind &&
-    a.vector === b.vector &&
-    a.msr === b.msr &&
-    a.region === b.region &&
-    a.symbol === b.symbol &&
-    a.verdict === b.verdict &&
-    a.decidedBy === b.decidedBy &&
-    a.note === b.note
-  );
-}
-
-/** Repeats of one event folded into the audit log: one "repeat" record with the count when the run ends. */
-class RepeatLog {
-  private readonly pending = new Map<number, { ev: SummaryEvent; count: number; lastMs: number }>();
-  constructor(private readonly write: (g: number, ev: SummaryEvent, count: number, lastMs: number) => void) {}
-
-  note(g: number, ev: SummaryEvent, timeMs: number): void {
-    const p = this.pending.get(g);
-    if (p && p.ev === ev) {
-      p.count++;
-      p.lastMs = timeMs;
-    } else {
-      this.flush(g);
-      this.pending.set(g, { ev, count: 1, lastMs: timeMs });
-    }
-  }
-
-  flush(g: number): void {
-    const p = this.pending.get(g);
-    if (!p) return;
-    this.pending.delete(g);
-    this.write(g, p.ev, p.count, p.lastMs);
   }
 }
 

@@ -1,0 +1,44 @@
+/**
+ * Folding repeats: the same event again and again (an exception storm) is one
+ * summary event with a count, and one audit "repeat" record when the run of
+ * repeats ends, so memory and the audit log stay bounded.
+ */
+import type { SummaryEvent } from "./runner.js";
+
+/** The same event again: kind, place, verdict and decider all equal. */
+export function sameEvent(a: SummaryEvent, b: SummaryEvent): boolean {
+  return (
+    a.kind === b.kind &&
+    a.vector === b.vector &&
+    a.msr === b.msr &&
+    a.region === b.region &&
+    a.symbol === b.symbol &&
+    a.verdict === b.verdict &&
+    a.decidedBy === b.decidedBy &&
+    a.note === b.note
+  );
+}
+
+/** Repeats of one event folded into the audit log: one "repeat" record with the count when the run ends. */
+export class RepeatLog {
+  private readonly pending = new Map<number, { ev: SummaryEvent; count: number; lastMs: number }>();
+  constructor(private readonly write: (g: number, ev: SummaryEvent, count: number, lastMs: number) => void) {}
+
+  note(g: number, ev: SummaryEvent, timeMs: number): void {
+    const p = this.pending.get(g);
+    if (p && p.ev === ev) {
+      p.count++;
+      p.lastMs = timeMs;
+    } else {
+      this.flush(g);
+      this.pending.set(g, { ev, count: 1, lastMs: timeMs });
+    }
+  }
+
+  flush(g: number): void {
+    const p = this.pending.get(g);
+    if (!p) return;
+    this.pending.delete(g);
+    this.write(g, p.ev, p.count, p.lastMs);
+  }
+}
