@@ -142,6 +142,8 @@ export interface RunReport {
 
 interface GuestLife {
   restarts: number;
+  /** When each restart happened (ms since the epoch), for a windowed restart limit. */
+  restartTimes: number[];
   /** Exceptions the guest reported that the VMM never captured. */
   unmatchedReports: number;
   /** Every incarnation's protected regions intact at its end. */
@@ -284,7 +286,14 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
     const runLife = async (g: number): Promise<GuestLife> => {
       const scenario = scenarios[g];
       let guestPolicy = policyFor(scenario);
-      const life: GuestLife = { restarts: 0, intact: true, changed: [], serial: [], unmatchedReports: 0 };
+      const life: GuestLife = {
+        restarts: 0,
+        restartTimes: [],
+        intact: true,
+        changed: [],
+        serial: [],
+        unmatchedReports: 0,
+      };
       let exitsBefore = 0; // earlier incarnations' exits
       for (;;) {
         const cmdline = [
@@ -364,17 +373,25 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         life.serial.push(...vm.serial);
         life.last = { stop, integrity, vm };
         if (stop.outcome !== "restart" || stop.timedOut) return life;
-        const restartLimit = guestPolicy.restart?.limit ?? DEFAULT_RESTART_LIMIT;
-        if (life.restarts >= restartLimit) {
-          const then = guestPolicy.restart?.exhausted ?? "halt";
+        const rp = guestPolicy.restart;
+        const restartLimit = rp?.limit ?? DEFAULT_RESTART_LIMIT;
+        // With a window, only the restarts within the last windowSeconds count against the limit.
+        const now = Date.now();
+        const counted = rp?.windowSeconds
+          ? life.restartTimes.filter((t) => now - t < (rp.windowSeconds ?? 0) * 1000).length
+          : life.restarts;
+        if (counted >= restartLimit) {
+          const then = rp?.exhausted ?? "halt";
+          const within = rp?.windowSeconds ? ` within ${rp.windowSeconds} s` : "";
           life.last.stop = {
             ...stop,
             outcome: "halt",
-            detail: `${stop.detail}; restart limit ${restartLimit} reached: ${then}`,
+            detail: `${stop.detail}; restart limit ${restartLimit}${within} reached: ${then}`,
           };
           return life;
         }
         life.restarts++;
+        life.restartTimes.push(now);
         opts.onGuestState?.(g, "restarting");
         life.serial.push(`--- guardvisor: guest${g} restarted (${life.restarts}): ${stop.detail} ---`);
         await vm.destroy();
