@@ -12,7 +12,7 @@ import { Symbolizer } from "../elf/symbolizer.js";
 import { configError, GuardvisorError } from "../errors.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { type Kvm, releaseVcpu, Vcpu, type VcpuHandle, type Vm } from "../kvm/kvm.js";
-import { K } from "../kvm/native.js";
+import { K, type MsrFilterRange } from "../kvm/native.js";
 import { bootRegs, bootSregs, writeBootArea } from "./boot.js";
 import type { CapturedEvent, GuestReport } from "./dispatcher.js";
 import { makeRegions, ProtectionMap, planMemorySlots } from "./protection.js";
@@ -74,6 +74,8 @@ export class GuestVm {
   readonly protection: ProtectionMap;
   readonly events: CapturedEvent[] = [];
   readonly guestReports: GuestReport[] = [];
+  /** MSRs whose writes the MSR filter sends to the VMM. */
+  protectedMsrs: number[] = [];
   /** Where exceptions are captured (undefined: no known entry, capture off). */
   exceptionEntry: bigint | undefined;
   readonly serial: string[] = [];
@@ -128,10 +130,12 @@ export class GuestVm {
         idcGpa: idc?.gpa,
         idcSize: idc?.memory.size,
       });
-      protectMsrs(vm);
+      const msrs = filteredMsrs(config.policy);
+      protectMsrs(vm, msrs);
       vcpu = vm.createVcpu(0);
       configureVcpu(kvm, vcpu, image.entry);
       const guest = new GuestVm(config, image, protection, vm, memory, vcpu, undefined);
+      guest.protectedMsrs = msrs;
       guest.exceptionEntry = resolveEntry(image, config.exceptionEntry);
       const compiled = compilePolicy(config.policy, regions);
       config.onPolicy?.(compiled);
@@ -157,7 +161,7 @@ export class GuestVm {
         decider: this.config.decider ?? { kind: "vmm" },
         policyMailbox: this.mailbox.buffer,
         exceptionEntry: this.exceptionEntry,
-        protectedMsrs: [...PROTECTED_MSRS],
+        protectedMsrs: this.protectedMsrs,
         hmService: hm ? { memory: hm.memory, layout: hm.layout, control: hm.control } : undefined,
       },
       {
@@ -330,15 +334,34 @@ export const PROTECTED_MSRS: ReadonlySet<number> = new Set([
   0x176, // SYSENTER_EIP
 ]);
 
-/** MSR filter: writes to PROTECTED_MSRS exit to the VMM (a clear bit denies, so it exits). */
-function protectMsrs(vm: Vm): void {
+/** The MSRs to filter: PROTECTED_MSRS and every MSR the policy names as an object. */
+export function filteredMsrs(policy: Policy): number[] {
+  const all = new Set(PROTECTED_MSRS);
+  for (const m of policy.objects?.msrs ?? []) all.add(m.index);
+  return [...all].sort((a, b) => a - b);
+}
+
+/** Runs of consecutive MSR indexes, as filter ranges (a clear bit denies the write, so it exits to the VMM). */
+export function msrFilterRanges(msrs: readonly number[], flags: number): MsrFilterRange[] {
+  const ranges: MsrFilterRange[] = [];
+  for (const m of msrs) {
+    const last = ranges.at(-1);
+    if (last && last.base + last.nmsrs === m && last.nmsrs < 64) last.nmsrs++;
+    else ranges.push({ flags, base: m, nmsrs: 1, bitmap: new Uint8Array(8) });
+  }
+  return ranges;
+}
+
+/** MSR filter: writes to `msrs` exit to the VMM. */
+function protectMsrs(vm: Vm, msrs: readonly number[]): void {
+  const ranges = msrFilterRanges(msrs, K("KVM_MSR_FILTER_WRITE"));
+  const max = K("KVM_MSR_FILTER_MAX_RANGES");
+  if (ranges.length > max) {
+    throw configError("objects.msrs", `${ranges.length} separate MSR ranges to filter; KVM takes at most ${max}`);
+  }
   try {
     vm.enableCap("KVM_CAP_X86_USER_SPACE_MSR", [BigInt(K("KVM_MSR_EXIT_REASON_FILTER"))]);
-    const write = K("KVM_MSR_FILTER_WRITE");
-    vm.setMsrFilter(false, [
-      { flags: write, base: 0xc0000080, nmsrs: 5, bitmap: new Uint8Array(1) },
-      { flags: write, base: 0x174, nmsrs: 3, bitmap: new Uint8Array(1) },
-    ]);
+    vm.setMsrFilter(false, ranges);
   } catch (e) {
     throw new GuardvisorError("KVM_UNAVAILABLE", `MSR protection needs the KVM MSR filter: ${(e as Error).message}`, {
       cause: e,
