@@ -417,14 +417,25 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         return { guests: hashes.length, hashes };
       };
     }
-    const lives = await Promise.all(
+    // If one guest fails to build or run, stop the others and wait for them all
+    // before anything is torn down (their threads use memory the teardown frees).
+    const results = await Promise.allSettled(
       scenarios.map((_, g) =>
-        runLife(g).then((life) => {
-          if (life.last) opts.onGuestState?.(g, outcomeOf(life.last.stop));
-          return life;
-        }),
+        runLife(g).then(
+          (life) => {
+            if (life.last) opts.onGuestState?.(g, outcomeOf(life.last.stop));
+            return life;
+          },
+          (e: unknown) => {
+            for (const vm of vms) vm?.stop();
+            throw e;
+          },
+        ),
       ),
     );
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed) throw failed.reason;
+    const lives = results.map((r) => (r as PromiseFulfilledResult<GuestLife>).value);
     if (opts.control) opts.control.reloadPolicy = undefined;
     for (let g = 0; g < scenarios.length; g++) repeats.flush(g);
     await health?.settled(); // a restart still running counts

@@ -282,6 +282,7 @@ export class GuestVm {
    * else can have changed one: the new hashes hold only sanctioned changes.
    */
   private relock(): void {
+    if (this.released) return; // a late message: the memory is gone
     this.lockHashes.splice(0, this.lockHashes.length, ...this.protection.hash(this.memory));
     this.sanctionedWrites++;
   }
@@ -291,6 +292,7 @@ export class GuestVm {
 
   /** Compare every protected region with its hash at lock time (or after the last allowed write). */
   integrity(): Integrity {
+    if (this.released) throw new GuardvisorError("INTERNAL", "integrity of a VM that was destroyed");
     const now = this.protection.hash(this.memory);
     const changed = this.protection.regions.filter((_, i) => now[i] !== this.lockHashes[i]).map((r) => r.name);
     return { protectedBytes: this.protection.protectedBytes, intact: changed.length === 0, changed };
