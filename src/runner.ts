@@ -268,6 +268,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
     }
     const events: SummaryEvent[][] = scenarios.map(() => []);
     let reloaded: Policy | undefined;
+    let aborted = false;
     const repeats = new RepeatLog((g, ev, count, lastMs) =>
       audit?.append({
         time: new Date(lastMs).toISOString(),
@@ -296,6 +297,8 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
       };
       let exitsBefore = 0; // earlier incarnations' exits
       for (;;) {
+        if (aborted) return life;
+        let foldPrev: SummaryEvent | undefined; // repeats fold within one incarnation only
         const cmdline = [
           scenario ? `scenario=${scenario.name}` : "",
           "role=guest",
@@ -342,7 +345,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
             const list = events[g] as SummaryEvent[];
             const n = { ...e, seq: list.length + 1 }; // numbered per guest across restarts
             const s = toSummary(n, self);
-            const prev = list.at(-1);
+            const prev = foldPrev;
             if (prev && sameEvent(prev, s)) {
               // A storm of one event: counted, not stored again (memory stays bounded).
               prev.count = (prev.count ?? 1) + 1;
@@ -353,6 +356,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
             }
             repeats.flush(g);
             list.push(s);
+            foldPrev = s;
             bySeq.set(e.seq, s);
             audit?.append(auditRecord(n, self, `guest${g}`));
             opts.onEvent?.(s, g);
@@ -372,7 +376,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         life.changed.push(...integrity.changed);
         life.serial.push(...vm.serial);
         life.last = { stop, integrity, vm };
-        if (stop.outcome !== "restart" || stop.timedOut) return life;
+        if (stop.outcome !== "restart" || stop.timedOut || aborted) return life;
         const rp = guestPolicy.restart;
         const restartLimit = rp?.limit ?? DEFAULT_RESTART_LIMIT;
         // With a window, only the restarts within the last windowSeconds count against the limit.
@@ -399,6 +403,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
     };
     if (opts.control) {
       opts.control.reloadPolicy = (p: Policy) => {
+        for (const vm of vms) vm?.checkReload(p); // all or none
         const hashes: number[] = [];
         vms.forEach((vm, g) => {
           if (!vm) return;
@@ -427,6 +432,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
             return life;
           },
           (e: unknown) => {
+            aborted = true; // no guest starts or restarts from now on
             for (const vm of vms) vm?.stop();
             throw e;
           },

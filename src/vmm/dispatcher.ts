@@ -109,6 +109,7 @@ export interface DispatchStats {
 }
 
 export const GP_VECTOR = 13;
+export const DB_VECTOR = 1;
 /** CR0.WP; CR4.SMEP and SMAP: the bits sealing pins when they are set. */
 const CR0_PINNABLE = 1n << 16n;
 const CR4_PINNABLE = (1n << 20n) | (1n << 21n);
@@ -224,7 +225,7 @@ export class ExitDispatcher {
         this.d.cpu.setMsrResult(1);
         return CONTINUE;
       case "debug":
-        return this.onDebug(exit.pc, t0);
+        return this.onDebug(exit.pc, exit.dr6, t0);
       case "interrupted":
         return CONTINUE;
       case "unknown":
@@ -260,14 +261,16 @@ export class ExitDispatcher {
   }
 
   /** A debug exit: the exception-entry breakpoint, the step over it, or not ours. */
-  private onDebug(pc: bigint, t0: bigint): ExitAction {
+  private onDebug(pc: bigint, dr6: bigint, t0: bigint): ExitAction {
     const xc = this.d.exceptions;
     if (!xc) return CONTINUE;
-    switch (xc.classify(pc)) {
+    switch (xc.classify(pc, dr6)) {
       case "stepped":
         xc.stepped();
         return CONTINUE;
       case "other":
+        // The guest's own #DB (a task's TF, int1, its debug registers): it is the guest's to handle.
+        this.d.cpu.injectException(DB_VECTOR);
         return CONTINUE;
       case "exception-entry": {
         const action = this.onException(t0);
@@ -396,10 +399,10 @@ export class ExitDispatcher {
       const stop = this.endsVm(decision.verdict);
       if (stop) end ??= { ...stop, detail: `${b.what}; ${stop.detail}` };
       else if (decision.verdict === "deny" || decision.verdict === "deny-fault") {
+        // The cache keeps the registers as the exit found them: a capture on this exit records the attack.
         const fixed = { ...this.sregs() };
         b.restore(fixed);
         this.d.cpu.setSregs(fixed);
-        this.cachedSregs = fixed;
       }
     }
     return end;

@@ -22,6 +22,9 @@ export interface GuestDebugFlags {
 /** DR7: local enable of DR0, execute breakpoint, length 1 (bits 19:16 = 0), bit 10 reads as 1. */
 export const DR7_EXEC_DR0 = 0x401n;
 
+/** DR6 bit 0: breakpoint 0 (our DR0) was hit. */
+export const DR6_B0 = 1n;
+
 export type DebugExitKind = "exception-entry" | "stepped" | "other";
 
 export class ExceptionCapture {
@@ -46,10 +49,14 @@ export class ExceptionCapture {
     this.state = "armed";
   }
 
-  /** What a KVM_EXIT_DEBUG at `pc` means. */
-  classify(pc: bigint): DebugExitKind {
+  /**
+   * What a KVM_EXIT_DEBUG at `pc` means. While stepping, any debug exit ends
+   * the step (so the breakpoint is always re-armed). While armed, DR6.B0 or
+   * the entry's address marks our breakpoint.
+   */
+  classify(pc: bigint, dr6 = 0n): DebugExitKind {
     if (this.state === "stepping") return "stepped";
-    if (this.state === "armed" && pc === this.entry) return "exception-entry";
+    if (this.state === "armed" && (pc === this.entry || (dr6 & DR6_B0) !== 0n)) return "exception-entry";
     return "other";
   }
 

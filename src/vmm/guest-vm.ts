@@ -222,10 +222,24 @@ export class GuestVm {
    * health VM may answer under.
    */
   reloadPolicy(policy: Policy): CompiledPolicy {
+    this.checkReload(policy);
     const compiled = compilePolicy(policy, this.protection.regions);
     this.mailbox.post(compiled);
     this.config.onPolicy?.(compiled);
     return compiled;
+  }
+
+  /** Throws CONFIG_INVALID if `policy` cannot replace this VM's policy while it runs. */
+  checkReload(policy: Policy): void {
+    compilePolicy(policy, this.protection.regions); // regions it names must exist here
+    const missing = filteredMsrs(policy).filter((m) => !this.protectedMsrs.includes(m));
+    if (missing.length > 0) {
+      const list = missing.map((m) => `0x${m.toString(16)}`).join(", ");
+      throw configError(
+        "objects.msrs",
+        `a reload cannot filter MSRs the running VM does not (${list}); start a new run`,
+      );
+    }
   }
 
   /** Ask the vCPU to stop (it leaves KVM_RUN at once). */

@@ -99,6 +99,8 @@ const GUEST_ACTIONS: Record<number, GuestAction> = {
 function guestKernelHypercalls(hypercalls: Hypercalls, dispatcher: ExitDispatcher): void {
   const EPERM = BigInt(ABI_CONSTANTS.HC_EPERM);
   hypercalls.on(ABI_CONSTANTS.HC_SEAL, (a) => (a.cpl === 0 ? BigInt(dispatcher.seal(Number(a.a0 & 0xffn))) : EPERM));
+  // A sign of life, and an exit: the sealed-state check runs on it.
+  hypercalls.on(ABI_CONSTANTS.HC_HEARTBEAT, () => BigInt(ABI_CONSTANTS.HC_OK));
   hypercalls.on(ABI_CONSTANTS.HC_REPORT_EXCEPTION, (a) => {
     if (a.cpl !== 0) return EPERM;
     dispatcher.onGuestReport(Number(a.a0 & 0xffn), a.a1, GUEST_ACTIONS[Number(a.a2 & 0xffn)] ?? "unknown");

@@ -133,9 +133,23 @@ describe("exception capture through the dispatcher", () => {
     assert.equal(cpu.debug.at(-1)?.control, 1 | 0x20000);
     assert.equal(xc.armed, true);
     assert.equal(events.length, 1, "the step is not an event");
-    // A debug exit elsewhere (the guest's own debugging) is ignored.
-    d.dispatch({ kind: "debug", exception: 1, pc: 0x100000n, dr6: 0n, dr7: 0n });
+    // A debug exit elsewhere (the guest's own debugging) is not ours: the guest gets its #DB.
+    d.dispatch({ kind: "debug", exception: 1, pc: 0x100000n, dr6: 0x4000n, dr7: 0n });
     assert.equal(events.length, 1);
+    assert.deepEqual(cpu.injected.at(-1), [1, undefined]);
+    assert.equal(xc.armed, true);
+  });
+
+  it("takes DR6.B0 as our breakpoint even when the reported pc differs, and any exit while stepping as the step", () => {
+    const { d, cpu, events, xc } = withCapture();
+    writeFrame(STACK, userPf);
+    cpu.regs = { ...cpu.regs, rsp: STACK };
+    d.dispatch({ kind: "debug", exception: 1, pc: 0n, dr6: 1n, dr7: DR7_EXEC_DR0 });
+    assert.equal(events.length, 1);
+    assert.equal(xc.armed, false);
+    d.dispatch({ kind: "debug", exception: 1, pc: 0x123456n, dr6: 0n, dr7: 0n });
+    assert.equal(xc.armed, true, "re-armed whatever the step reported");
+    assert.equal(cpu.injected.length, 0);
   });
 
   it("ends the VM at the entry when the policy says restart (no step over)", () => {

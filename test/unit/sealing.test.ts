@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { ABI_CONSTANTS as C } from "../../src/abi/guest-abi.js";
 import { FAILSAFE_DEFAULTS } from "../../src/decide/policy.js";
+import { decodeContext } from "../../src/vmm/context.js";
 import { dispatchFixture, FakeCpu, sregs } from "../support/dispatch.js";
 
 const { mem, setup } = dispatchFixture();
@@ -72,6 +73,22 @@ describe("sealed state", () => {
     assert.equal(cpu.getSregs().cr0 & (1n << 16n), 1n << 16n, "WP is set again");
     d.dispatch(hypercallExit());
     assert.equal(events.length, 1, "nothing more to report once restored");
+  });
+
+  it("records the attack's CR0 (WP clear) in a write captured on the exit that restored it", () => {
+    const { d, cpu, events } = sealed();
+    const s = cpu.getSregs();
+    cpu.sregsOverride = { ...s, cr0: s.cr0 & ~(1n << 16n) };
+    d.dispatch({ kind: "mmio-write", gpa: 0x100000, len: 1, data: Uint8Array.of(0xcc) });
+    assert.deepEqual(
+      events.map((e) => [e.kind, e.verdict]),
+      [
+        ["integrity", "deny"],
+        ["protected-write", "deny"],
+      ],
+    );
+    assert.equal(decodeContext(events[1]?.record ?? new Uint8Array()).cr0 & (1n << 16n), 0n);
+    assert.equal(cpu.getSregs().cr0 & (1n << 16n), 1n << 16n, "and WP is set again");
   });
 
   it("checks console output only now and then (every 64th exit)", () => {
