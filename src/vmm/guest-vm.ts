@@ -281,7 +281,7 @@ export class GuestVm {
           since = now;
         } else if (now - since > limit) {
           since = now;
-          thread.hang();
+          thread.hang(p.exits);
         }
       },
       Math.min(100, Math.max(10, limit / 10)),

@@ -21,6 +21,8 @@ export const CTRL_CMD = 0;
 export const CTRL_PROGRESS = 1;
 /** 1 while the worker is inside KVM_RUN (a decider waiting is not a hang). */
 export const CTRL_IN_RUN = 2;
+/** The exit count the watchdog saw when it asked for CMD_HANG (progress since then: not a hang). */
+export const CTRL_HANG_AT = 3;
 export const CTRL_SLOTS = 4;
 
 /** The IDC region as a worker attaches to it. */

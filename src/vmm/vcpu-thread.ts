@@ -15,6 +15,7 @@ import {
   CMD_RUN,
   CMD_STOP,
   CTRL_CMD,
+  CTRL_HANG_AT,
   CTRL_IN_RUN,
   CTRL_PROGRESS,
   CTRL_SLOTS,
@@ -123,7 +124,8 @@ export class VcpuThread {
   }
 
   /** The watchdog: make the vCPU leave KVM_RUN and report a hang. */
-  hang(): void {
+  hang(seenExits: number): void {
+    Atomics.store(this.ctrl, CTRL_HANG_AT, seenExits);
     if (Atomics.compareExchange(this.ctrl, CTRL_CMD, CMD_RUN, CMD_HANG) === CMD_RUN) {
       Atomics.notify(this.ctrl, CTRL_CMD);
       this.kick();

@@ -29,6 +29,7 @@ import {
   CMD_RUN,
   CMD_STOP,
   CTRL_CMD,
+  CTRL_HANG_AT,
   CTRL_IN_RUN,
   CTRL_PROGRESS,
   type IdcAttach,
@@ -158,6 +159,7 @@ function main(): void {
   exceptions?.arm();
 
   post({ type: "ready", tid });
+  let lastInterrupted = false;
   // Built paused: wait for the owner to resume us.
   while (Atomics.load(ctrl, CTRL_CMD) === CMD_PAUSE) Atomics.wait(ctrl, CTRL_CMD, CMD_PAUSE);
 
@@ -174,6 +176,10 @@ function main(): void {
     }
     if (cmd === CMD_HANG) {
       Atomics.compareExchange(ctrl, CTRL_CMD, CMD_HANG, CMD_RUN);
+      // A hang only if the kick itself ended the run it saw stuck; any other exit since was progress.
+      const kickedOutOfHang =
+        lastInterrupted && Atomics.load(ctrl, CTRL_PROGRESS) - 1 === Atomics.load(ctrl, CTRL_HANG_AT);
+      if (!kickedOutOfHang) continue;
       const hang = dispatcher.onHang("no progress: the watchdog stopped the vCPU");
       if (hang.kind === "stop") {
         serial.flush();
@@ -186,7 +192,8 @@ function main(): void {
     const exit = vcpu.runOnce();
     Atomics.store(ctrl, CTRL_IN_RUN, 0);
     Atomics.add(ctrl, CTRL_PROGRESS, 1);
-    if (exit.kind === "interrupted") vcpu.run.immediateExit = false;
+    lastInterrupted = exit.kind === "interrupted";
+    if (lastInterrupted) vcpu.run.immediateExit = false;
     takeReload(decider);
     const action = dispatcher.dispatch(exit);
     if (action.kind === "stop") {
