@@ -157,6 +157,11 @@ export class ExitDispatcher {
     return this.cachedSregs;
   }
 
+  /** The guest's privilege level at the current exit. */
+  currentCpl(): number {
+    return cplOf(this.sregs());
+  }
+
   dispatch(exit: VcpuExit): ExitAction {
     const t0 = this.now();
     this.stats.exits++;

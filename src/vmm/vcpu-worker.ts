@@ -19,7 +19,6 @@ import { IdcRegion } from "../idc/channel.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { Vcpu } from "../kvm/kvm.js";
 import { K, native } from "../kvm/native.js";
-import { cplOf } from "../kvm/structs.js";
 import { ExitDispatcher, type GuestAction } from "./dispatcher.js";
 import { ExceptionCapture } from "./exception-capture.js";
 import { ProtectionMap } from "./protection.js";
@@ -128,7 +127,8 @@ function main(): void {
   const bus = new IoBus();
   bus.register(serial);
   bus.register(new DebugExit());
-  const hypercalls = new Hypercalls({ ...cpu, cpl: () => cplOf(vcpu.getSregs()) });
+  // The CPL comes from the special registers the dispatcher already read for this exit.
+  const hypercalls = new Hypercalls({ ...cpu, cpl: () => dispatcher.currentCpl() });
   bus.register(hypercalls);
   if (init.hmService) serveDoorbell(hypercalls, init.hmService, ctrl);
   const exceptions =
