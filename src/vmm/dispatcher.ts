@@ -111,6 +111,8 @@ export interface DispatchStats {
 export const GP_VECTOR = 13;
 export const DB_VECTOR = 1;
 /** CR0.WP; CR4.SMEP and SMAP: the bits sealing pins when they are set. */
+type DescriptorTable = { base: bigint; limit: number };
+
 const CR0_PINNABLE = 1n << 16n;
 const CR4_PINNABLE = (1n << 20n) | (1n << 21n);
 
@@ -131,8 +133,8 @@ export class ExitDispatcher {
   /** HC_SEAL bits the guest has set (one-way). */
   private sealed = 0;
   /** What was sealed: the IDTR, and the CR0/CR4 bits that must stay set. */
-  private sealedIdt: { base: bigint; limit: number } | undefined;
-  private sealedGdt: { base: bigint; limit: number } | undefined;
+  private sealedIdt: DescriptorTable | undefined;
+  private sealedGdt: DescriptorTable | undefined;
   private pinnedCr0 = 0n;
   private pinnedCr4 = 0n;
   /** The guest's exception module reported a panic (its next debug exit is a crash). */
@@ -357,59 +359,52 @@ export class ExitDispatcher {
     const s = this.sregs();
     const C = ABI_CONSTANTS;
     const broken: { object: number; what: string; restore: (x: Sregs) => void }[] = [];
-    const idt = this.sealedIdt;
-    if (idt && (s.idt.base !== idt.base || s.idt.limit !== idt.limit)) {
+    const table = (object: number, name: string, key: "idt" | "gdt", sealed: DescriptorTable | undefined) => {
+      const now = s[key];
+      if (!sealed || (now.base === sealed.base && now.limit === sealed.limit)) return;
       broken.push({
-        object: C.INTEGRITY_IDTR,
-        what: `IDTR changed from 0x${idt.base.toString(16)}/${idt.limit} to 0x${s.idt.base.toString(16)}/${s.idt.limit}`,
+        object,
+        what: `${name} changed from 0x${sealed.base.toString(16)}/${sealed.limit} to 0x${now.base.toString(16)}/${now.limit}`,
         restore: (x) => {
-          x.idt = { base: idt.base, limit: idt.limit };
+          x[key] = { base: sealed.base, limit: sealed.limit };
         },
       });
-    }
-    const gdt = this.sealedGdt;
-    if (gdt && (s.gdt.base !== gdt.base || s.gdt.limit !== gdt.limit)) {
+    };
+    const pinned = (object: number, name: string, key: "cr0" | "cr4", bits: bigint) => {
+      if ((s[key] & bits) === bits) return;
       broken.push({
-        object: C.INTEGRITY_GDTR,
-        what: `GDTR changed from 0x${gdt.base.toString(16)}/${gdt.limit} to 0x${s.gdt.base.toString(16)}/${s.gdt.limit}`,
+        object,
+        what: `pinned ${name} bits cleared: 0x${(bits & ~s[key]).toString(16)}`,
         restore: (x) => {
-          x.gdt = { base: gdt.base, limit: gdt.limit };
+          x[key] |= bits;
         },
       });
-    }
-    if ((s.cr0 & this.pinnedCr0) !== this.pinnedCr0) {
-      broken.push({
-        object: C.INTEGRITY_CR0,
-        what: `pinned CR0 bits cleared: 0x${(this.pinnedCr0 & ~s.cr0).toString(16)}`,
-        restore: (x) => {
-          x.cr0 |= this.pinnedCr0;
-        },
-      });
-    }
-    if ((s.cr4 & this.pinnedCr4) !== this.pinnedCr4) {
-      broken.push({
-        object: C.INTEGRITY_CR4,
-        what: `pinned CR4 bits cleared: 0x${(this.pinnedCr4 & ~s.cr4).toString(16)}`,
-        restore: (x) => {
-          x.cr4 |= this.pinnedCr4;
-        },
-      });
-    }
+    };
+    table(C.INTEGRITY_IDTR, "IDTR", "idt", this.sealedIdt);
+    table(C.INTEGRITY_GDTR, "GDTR", "gdt", this.sealedGdt);
+    pinned(C.INTEGRITY_CR0, "CR0", "cr0", this.pinnedCr0);
+    pinned(C.INTEGRITY_CR4, "CR4", "cr4", this.pinnedCr4);
+    if (broken.length === 0) return undefined;
+
     let end: ExitAction | undefined;
+    const regs = this.d.cpu.getRegs();
+    // The cache keeps the registers as the exit found them: a capture on this exit records the attack.
+    const fixed = { ...s };
+    let restored = false;
     for (const b of broken) {
-      const ctx = this.capture("integrity", this.d.cpu.getRegs(), s);
+      const ctx = this.capture("integrity", regs, s);
       ctx.vector = b.object;
       const decision = this.d.decider.decide(ctx);
       this.report(ctx, decision, t0, b.what);
       const stop = this.endsVm(decision.verdict);
       if (stop) end ??= { ...stop, detail: `${b.what}; ${stop.detail}` };
       else if (decision.verdict === "deny" || decision.verdict === "deny-fault") {
-        // The cache keeps the registers as the exit found them: a capture on this exit records the attack.
-        const fixed = { ...this.sregs() };
         b.restore(fixed);
-        this.d.cpu.setSregs(fixed);
+        restored = true;
       }
     }
+    // One write for every object set back, so no restore undoes another.
+    if (restored) this.d.cpu.setSregs(fixed);
     return end;
   }
 

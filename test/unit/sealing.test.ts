@@ -75,6 +75,34 @@ describe("sealed state", () => {
     assert.equal(events.length, 1, "nothing more to report once restored");
   });
 
+  it("sets several broken objects back in one go (no restore undoes another)", () => {
+    const cpu = new FakeCpu();
+    cpu.sregsOverride = { ...sregs(0), idt: { base: 0x102000n, limit: 0xfff } };
+    const { d, events } = setup(
+      {
+        name: "p",
+        defaults: FAILSAFE_DEFAULTS,
+        rules: [{ name: "fix", kinds: ["integrity"], verdict: "deny", reason: "r" }],
+      },
+      {},
+      cpu,
+    );
+    d.seal(C.SEAL_IDT | C.SEAL_CR);
+    const s = cpu.getSregs();
+    cpu.sregsOverride = { ...s, cr0: s.cr0 & ~(1n << 16n), idt: { base: 0x180000n, limit: 0xfff } };
+    assert.deepEqual(d.dispatch(hypercallExit()), { kind: "continue" });
+    assert.deepEqual(
+      events.map((e) => [e.vector, e.verdict]),
+      [
+        [C.INTEGRITY_IDTR, "deny"],
+        [C.INTEGRITY_CR0, "deny"],
+      ],
+    );
+    const now = cpu.getSregs();
+    assert.deepEqual(now.idt, { base: 0x102000n, limit: 0xfff });
+    assert.equal(now.cr0 & (1n << 16n), 1n << 16n);
+  });
+
   it("records the attack's CR0 (WP clear) in a write captured on the exit that restored it", () => {
     const { d, cpu, events } = sealed();
     const s = cpu.getSregs();
