@@ -201,32 +201,14 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
     });
   });
   // Sealed vCPU state is checked on exits; an integrity event names the object in its vector field.
-  if (objects.idt) {
-    rules.push({
-      name: "object:idt",
-      kinds: ["integrity"],
-      vectors: [ABI_CONSTANTS.INTEGRITY_IDTR],
-      verdict: objects.idt.action,
-      reason: "the IDTR no longer points at the sealed IDT",
-    });
-  }
-  if (objects.gdt) {
-    rules.push({
-      name: "object:gdt",
-      kinds: ["integrity"],
-      vectors: [ABI_CONSTANTS.INTEGRITY_GDTR],
-      verdict: objects.gdt.action,
-      reason: "the GDTR no longer points at the sealed GDT",
-    });
-  }
-  if (objects.pinnedCr) {
-    rules.push({
-      name: "object:pinned-cr",
-      kinds: ["integrity"],
-      vectors: [ABI_CONSTANTS.INTEGRITY_CR0, ABI_CONSTANTS.INTEGRITY_CR4],
-      verdict: objects.pinnedCr.action,
-      reason: "a pinned control-register bit was cleared",
-    });
+  const C = ABI_CONSTANTS;
+  const sealedObjects: [string, { action: Verdict } | undefined, number[], string][] = [
+    ["idt", objects.idt, [C.INTEGRITY_IDTR], "the IDTR no longer points at the sealed IDT"],
+    ["gdt", objects.gdt, [C.INTEGRITY_GDTR], "the GDTR no longer points at the sealed GDT"],
+    ["pinned-cr", objects.pinnedCr, [C.INTEGRITY_CR0, C.INTEGRITY_CR4], "a pinned control-register bit was cleared"],
+  ];
+  for (const [name, object, vectors, reason] of sealedObjects) {
+    if (object) rules.push({ name: `object:${name}`, kinds: ["integrity"], vectors, verdict: object.action, reason });
   }
 
   // Drop absent optional fields so equal policies compare equal.
