@@ -73,4 +73,13 @@ export function testKernelBytes(opts: { withLegitPatch?: boolean } = {}): Uint8A
 
 export const FIXTURES = join(packageRoot(), "test", "fixtures", "policies");
 export const SHIPPED = join(packageRoot(), "policies");
+
+/** Every valid policy file the tests start from: the shipped ones and the fixtures. */
+export const GOOD_POLICY_FILES = [
+  join(SHIPPED, "default.yaml"),
+  join(SHIPPED, "legit-patch.yaml"),
+  join(SHIPPED, "audit-mode.yaml"),
+  join(FIXTURES, "good", "everything.yaml"),
+  join(FIXTURES, "good", "everything.json"),
+];
 export const GV_KERNEL = join(packageRoot(), "guest", "out", "gv-kernel.elf");

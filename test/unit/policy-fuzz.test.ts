@@ -5,7 +5,6 @@
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { describe, it } from "node:test";
 import { stringify } from "yaml";
 import { compilePolicy } from "../../src/decide/policy.js";
@@ -14,18 +13,15 @@ import { parsePolicyText } from "../../src/policy/load.js";
 import { resolvePolicy } from "../../src/policy/resolve.js";
 import { makeRegions } from "../../src/vmm/protection.js";
 import { prng } from "./elf-fixtures.js";
-import { FIXTURES, SHIPPED, testKernel } from "./policy-fixtures.js";
+import { GOOD_POLICY_FILES, testKernel } from "./policy-fixtures.js";
 
 const kernel = testKernel();
 const regions = makeRegions(kernel.regions, 1 << 24);
 
-const SEEDS = [
-  join(SHIPPED, "default.yaml"),
-  join(SHIPPED, "legit-patch.yaml"),
-  join(SHIPPED, "audit-mode.yaml"),
-  join(FIXTURES, "good", "everything.yaml"),
-  join(FIXTURES, "good", "everything.json"),
-].map((p) => ({ name: p.endsWith(".json") ? "fuzz.json" : "fuzz.yaml", text: readFileSync(p, "utf8") }));
+const SEEDS = GOOD_POLICY_FILES.map((p) => ({
+  name: p.endsWith(".json") ? "fuzz.json" : "fuzz.yaml",
+  text: readFileSync(p, "utf8"),
+}));
 
 const WORDS = [
   "version",

@@ -12,7 +12,7 @@ import { loadPolicyFile, parsePolicyText } from "../../src/policy/load.js";
 import { resolvePolicy } from "../../src/policy/resolve.js";
 import { type ContextRecord, emptyContext } from "../../src/vmm/context.js";
 import { makeRegions } from "../../src/vmm/protection.js";
-import { DELTA, FIXTURES, GV_KERNEL, SHIPPED, SYMBOLS, testKernel } from "./policy-fixtures.js";
+import { DELTA, FIXTURES, GOOD_POLICY_FILES, GV_KERNEL, SHIPPED, SYMBOLS, testKernel } from "./policy-fixtures.js";
 
 const kernel = testKernel();
 const regions = makeRegions(kernel.regions, 1 << 24);
@@ -234,14 +234,7 @@ describe("policy files: resolving regions, objects and modes", () => {
 });
 
 describe("policy files: compile and load round trip", () => {
-  const sources = [
-    join(SHIPPED, "default.yaml"),
-    join(SHIPPED, "legit-patch.yaml"),
-    join(SHIPPED, "audit-mode.yaml"),
-    join(FIXTURES, "good", "everything.yaml"),
-    join(FIXTURES, "good", "everything.json"),
-  ];
-  for (const src of sources) {
+  for (const src of GOOD_POLICY_FILES) {
     it(`${src.split("/").slice(-2).join("/")}: the decoded table equals the compiled rules`, () => {
       const r = compilePolicyForKernel(loadPolicyFile(src), kernel);
       const back = decodeRuleTable(r.compiled.table);
