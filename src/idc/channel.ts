@@ -162,13 +162,13 @@ export class IdcRegion {
   }
 
   /**
-   * Make the (new) engine take guest g's requests again from `fromSeq`
-   * (default: the first one not settled), clearing stale answers. Returns how
-   * many published requests it will take again.
+   * Make the (new) engine take guest g's requests again from the first one
+   * not settled, clearing stale answers. Returns how many published requests
+   * it will take again.
    */
-  rewindRing(g: number, fromSeq?: bigint): number {
+  rewindRing(g: number): number {
     const b = this.blockBase(g);
-    const from = fromSeq ?? this.load64(b + CTL("req_settled")) + 1n;
+    const from = this.load64(b + CTL("req_settled")) + 1n;
     const published = this.load64(b + CTL("req_published"));
     for (let s = from; s <= published; s++) this.store64(this.slotAt(g, "resp", s) + RESP("seq"), 0n);
     this.store64(b + CTL("req_consumed"), from - 1n);
@@ -336,19 +336,6 @@ export class IdcChannel {
   /** Every request up to here is settled. */
   get settled(): bigint {
     return this.region.load64(this.base + CTL("req_settled"));
-  }
-
-  /** Requests sent and not finalized, oldest first. */
-  inFlight(): bigint[] {
-    return [...this.outstanding].sort((a, b) => (a < b ? -1 : 1));
-  }
-
-  /**
-   * Before a restarted health VM starts: make it take every request from
-   * `fromSeq` on again (the ones that were in flight), and clear stale answers.
-   */
-  rewindTo(fromSeq: bigint): void {
-    this.region.rewindRing(this.guest, fromSeq);
   }
 
   /**

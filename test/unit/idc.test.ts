@@ -186,15 +186,18 @@ describe("IDC channel", () => {
     ch.finalize(1n);
     serve(r, 0, () => ({ verdict: 2, rule: 0, seq: 0n })); // took 2, wrote nothing useful
     ch.withdraw(2n);
-    ch.rewindTo(2n);
-    assert.deepEqual(ch.inFlight(), [3n]);
-    // The new engine sees 2 withdrawn, then 3.
+    assert.equal(ch.settled, 2n, "1 answered, 2 settled fail-safe");
+    // As core health management does: the new engine starts at the first unsettled request.
+    assert.equal(r.rewindRing(0), 1, "request 3 is taken again");
+    assert.equal(ch.poll(2n).state, "invalid", "2 is no longer outstanding");
+    assert.equal(ch.poll(3n).state, "pending");
+    // Were 2 re-sent anyway (a rewind from an older point), the engine would see it withdrawn.
     const b = r.blockBase(0);
     const slot2 = b + r.layout.reqOffset + 2 * IDC_REQUEST.size;
     assert.equal(
       r.view.getUint32(slot2 + IDC_REQUEST.offset("flags"), true) & C.IDC_REQ_WITHDRAWN,
       C.IDC_REQ_WITHDRAWN,
     );
-    assert.equal(ch.consumed, 1n);
+    assert.equal(ch.consumed, 2n);
   });
 });
