@@ -102,14 +102,16 @@ interface RunFlags {
 
 function formatEvent(e: SummaryEvent): string {
   const where = [e.region, e.symbol].filter(Boolean).join(" ");
-  return `  #${e.seq} ${e.kind} ${where} -> ${e.verdict} (by ${e.decidedBy}, ${e.latencyUs.toFixed(1)} us)`;
+  const times = (e.count ?? 1) > 1 ? ` x${e.count}` : "";
+  return `  #${e.seq} ${e.kind} ${where}${times} -> ${e.verdict} (by ${e.decidedBy}, ${e.latencyUs.toFixed(1)} us)`;
 }
 
 function printReadable(r: RunReport, withHealthVm = true): void {
   const s = r.summary;
   const out = process.stdout;
   out.write(`scenario ${s.scenario}, decider ${s.decider}\n`);
-  out.write(`events: ${s.events.length}\n`);
+  const total = s.events.reduce((n, e) => n + (e.count ?? 1), 0);
+  out.write(`events: ${total}${total !== s.events.length ? ` (${s.events.length} distinct)` : ""}\n`);
   for (const e of s.events) out.write(`${formatEvent(e)}\n`);
   const code = s.guest.exitCode === null ? "" : ` (exit code ${s.guest.exitCode})`;
   out.write(`guest: ${s.guest.outcome}${code}: ${r.detail}\n`);
