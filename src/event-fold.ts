@@ -4,15 +4,21 @@
  * repeats ends, so memory and the audit log stay bounded.
  */
 import type { SummaryEvent } from "./runner.js";
+import type { CapturedEvent } from "./vmm/dispatcher.js";
 
-/** The same event again: kind, place, verdict and decider all equal. */
-export function sameEvent(a: SummaryEvent, b: SummaryEvent): boolean {
+/**
+ * The same event again: the same instruction doing the same thing to the same
+ * place, with the same verdict from the same decider. Only the sequence number,
+ * the time and the latency may differ; anything else is new evidence, kept.
+ */
+export function sameEvent(a: CapturedEvent, b: CapturedEvent): boolean {
   return (
     a.kind === b.kind &&
+    a.rip === b.rip &&
+    a.gpa === b.gpa &&
+    a.regionId === b.regionId &&
     a.vector === b.vector &&
-    a.msr === b.msr &&
-    a.region === b.region &&
-    a.symbol === b.symbol &&
+    a.msrIndex === b.msrIndex &&
     a.verdict === b.verdict &&
     a.decidedBy === b.decidedBy &&
     a.note === b.note

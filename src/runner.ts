@@ -298,7 +298,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
       let exitsBefore = 0; // earlier incarnations' exits
       for (;;) {
         if (aborted) return life;
-        let foldPrev: SummaryEvent | undefined; // repeats fold within one incarnation only
+        let foldPrev: { raw: CapturedEvent; summary: SummaryEvent } | undefined; // repeats fold within one incarnation only
         const cmdline = [
           scenario ? `scenario=${scenario.name}` : "",
           "role=guest",
@@ -346,17 +346,18 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
             const n = { ...e, seq: list.length + 1 }; // numbered per guest across restarts
             const s = toSummary(n, self);
             const prev = foldPrev;
-            if (prev && sameEvent(prev, s)) {
+            if (prev && sameEvent(prev.raw, e)) {
               // A storm of one event: counted, not stored again (memory stays bounded).
-              prev.count = (prev.count ?? 1) + 1;
-              bySeq.set(e.seq, prev);
-              repeats.note(g, prev, e.timeMs);
-              opts.onRepeat?.({ ...s, seq: prev.seq }, g);
+              const folded = prev.summary;
+              folded.count = (folded.count ?? 1) + 1;
+              bySeq.set(e.seq, folded);
+              repeats.note(g, folded, e.timeMs);
+              opts.onRepeat?.({ ...s, seq: folded.seq }, g);
               return;
             }
             repeats.flush(g);
             list.push(s);
-            foldPrev = s;
+            foldPrev = { raw: e, summary: s };
             bySeq.set(e.seq, s);
             audit?.append(auditRecord(n, self, `guest${g}`));
             opts.onEvent?.(s, g);

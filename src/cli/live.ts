@@ -5,9 +5,8 @@
  *
  *   12:01:02.345 guest0 #3 protected-write .text gv_check_credentials+0x4 → deny (hm-vm, 58 µs)
  *
- * Identical events of one guest arriving back to back (same kind, vector,
- * MSR, region, symbol, verdict, decider and note: the runner's own rule for
- * folding repeats into one summary event) fold into one line with a count,
+ * The repeats of one event that the runner folds into one summary event
+ * (reported with that event's seq) fold into one line with a count,
  * `#3 … ×2,431`, so an exception storm cannot flood the output. On a
  * terminal the folded line is updated in place; elsewhere the first event is
  * printed at once and the folded line when the run of repeats ends (or every
@@ -126,8 +125,9 @@ function what(e: LiveEvent): string[] {
   return parts;
 }
 
+/** A repeat is reported with the seq of the event it repeats (the runner's fold). */
 function foldKey(guest: number, e: LiveEvent): string {
-  return JSON.stringify([guest, e.kind, e.vector, e.msr, e.region, e.symbol, e.verdict, e.decidedBy, e.note]);
+  return `${guest}:${e.seq}`;
 }
 
 function visibleWidth(s: string): number {

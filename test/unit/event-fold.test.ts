@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { RepeatLog, sameEvent } from "../../src/event-fold.js";
 import type { SummaryEvent } from "../../src/runner.js";
+import { syntheticEvent } from "../support/audit.js";
 
 const ud: SummaryEvent = {
   seq: 1,
@@ -15,11 +16,25 @@ const ud: SummaryEvent = {
 };
 
 describe("folding repeated events", () => {
-  it("is the same event when only the number and timing differ", () => {
-    assert.ok(sameEvent(ud, { ...ud, seq: 2, latencyUs: 12 }));
-    for (const d of [{ vector: 13 }, { symbol: "x" }, { verdict: "deny" as const }, { decidedBy: "failsafe" }]) {
-      assert.ok(!sameEvent(ud, { ...ud, ...d }), JSON.stringify(d));
-    }
+  it("is the same event only when the same instruction does the same thing to the same place", () => {
+    const w = syntheticEvent(1);
+    assert.ok(sameEvent(w, { ...w, seq: 2, latencyUs: 3, timeMs: w.timeMs + 5 }));
+    const changes = [
+      { rip: w.rip + 4n }, // another instruction writing the same place (text-patch's 1- then 8-byte write)
+      { gpa: w.gpa + 4 },
+      { regionId: 2 },
+      { kind: "cpu-exception" as const },
+      { vector: 13 },
+      { msrIndex: 0xc0000082 },
+      { verdict: "allow" as const },
+      { decidedBy: "failsafe" as const },
+      { note: "frame rejected" },
+    ];
+    for (const d of changes)
+      assert.ok(
+        !sameEvent(w, { ...w, ...d }),
+        JSON.stringify(d, (_k, v) => (typeof v === "bigint" ? `${v}` : v)),
+      );
   });
 
   it("writes one repeat record per run of repeats, per guest, with the count", () => {
