@@ -219,7 +219,7 @@ function reloadOnSignal(flags: RunFlags, control: RunControl): void {
 
 async function runCommand(flags: RunFlags): Promise<number> {
   if (!flags.scenario === !flags.kernel) {
-    throw new GuardvisorError("CONFIG_INVALID", "give --scenario NAME (repeatable) or --kernel ELF");
+    throw new GuardvisorError("CONFIG_INVALID", "give exactly one of --scenario NAME (repeatable) or --kernel ELF");
   }
   if (flags.injectHmFault && flags.decider !== "hm-vm") {
     throw new GuardvisorError("CONFIG_INVALID", "--inject-hm-fault: needs --decider hm-vm");
