@@ -8,9 +8,7 @@
  * WebAssembly module is loaded on first use, so commands that never
  * disassemble do not pay for it.
  */
-import { createRequire } from "node:module";
-
-type Iced = typeof import("iced-x86");
+import { type Iced, icedLoadError, loadIced } from "../x86/iced.js";
 
 /** The most bytes the decoder is given (the context record holds 16). */
 export const MAX_INSN_BYTES = 16;
@@ -24,24 +22,9 @@ export interface DecodedInsn {
   text: string;
 }
 
-let iced: Iced | null | undefined;
-let loadError = "";
-
-function loadIced(): Iced | null {
-  if (iced === undefined) {
-    try {
-      iced = createRequire(import.meta.url)("iced-x86") as Iced;
-    } catch (e) {
-      iced = null;
-      loadError = e instanceof Error ? e.message.split("\n")[0]! : String(e);
-    }
-  }
-  return iced;
-}
-
 /** Why the decoder is unavailable, or "" when it loaded (or was not tried yet). */
 export function decoderLoadError(): string {
-  return loadError;
+  return icedLoadError();
 }
 
 /**

@@ -17,6 +17,7 @@ import type { ExceptionCapture } from "./exception-capture.js";
 import { decodeExceptionFrame } from "./frame.js";
 import { readVirtual } from "./paging.js";
 import type { ProtectionMap } from "./protection.js";
+import { locateWrite } from "./write-site.js";
 
 /** The vCPU as the dispatcher sees it. */
 export interface CpuAccess {
@@ -254,14 +255,23 @@ export class ExitDispatcher {
         this.stats.unbackedWrites++;
         return CONTINUE;
       case "protected": {
-        const ctx = this.capture("protected-write");
+        const regs = this.d.cpu.getRegs();
+        const sregs = this.sregs();
+        const ctx = this.capture("protected-write", regs, sregs);
+        let note: string | undefined;
+        const site = locateWrite(this.d.memory, { regs, sregs, gpa, data });
+        if (site) {
+          // The exit comes after the write retired: record the instruction that made it.
+          ctx.regs = { ...regs, rip: site.rip };
+          this.setInsn(ctx, sregs, site.rip);
+        } else note = "the writing instruction was not found: rip is where the guest resumes";
         ctx.gpa = gpa;
         ctx.regionId = target.region.id;
         ctx.regionOffset = target.offset;
         ctx.data = data.slice(0, 8);
         const decision = this.d.decider.decide(ctx);
         const action = this.apply(decision.verdict, () => this.d.memory.write(gpa, data));
-        this.report(ctx, decision, t0);
+        this.report(ctx, decision, t0, note);
         return action;
       }
     }
@@ -305,8 +315,7 @@ export class ExitDispatcher {
       ctx.errorCode = fr.errorCode;
       ctx.cpl = fr.cpl;
       ctx.regs = { ...regs, rip: fr.rip, rsp: fr.rsp, rflags: fr.rflags };
-      ctx.insn = readVirtual(this.d.memory, sregs.cr3, fr.rip, 16);
-      ctx.flags = ctx.insn.length > 0 ? ctx.flags | CONTEXT_FLAGS.INSN_VALID : ctx.flags & ~CONTEXT_FLAGS.INSN_VALID;
+      this.setInsn(ctx, sregs, fr.rip);
       this.unreported.push({ seq: ctx.seq, vector: fr.vector, rip: fr.rip });
       if (this.unreported.length > 16) this.unreported.shift();
     } else {
@@ -483,9 +492,14 @@ export class ExitDispatcher {
     ctx.cr3 = sregs.cr3;
     ctx.cr4 = sregs.cr4;
     ctx.efer = sregs.efer;
-    ctx.insn = readVirtual(this.d.memory, sregs.cr3, regs.rip, 16);
-    if (ctx.insn.length > 0) ctx.flags |= CONTEXT_FLAGS.INSN_VALID;
+    this.setInsn(ctx, sregs, regs.rip);
     return ctx;
+  }
+
+  /** The instruction bytes at `rip` (through the guest's page tables), flagged valid when any could be read. */
+  private setInsn(ctx: ContextRecord, sregs: Sregs, rip: bigint): void {
+    ctx.insn = readVirtual(this.d.memory, sregs.cr3, rip, 16);
+    ctx.flags = ctx.insn.length > 0 ? ctx.flags | CONTEXT_FLAGS.INSN_VALID : ctx.flags & ~CONTEXT_FLAGS.INSN_VALID;
   }
 
   /** Carry out a verdict. `perform` does what the guest attempted. */

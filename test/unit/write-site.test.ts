@@ -1,0 +1,98 @@
+import assert from "node:assert/strict";
+import { after, beforeEach, describe, it } from "node:test";
+import { type Regs, zeroRegs } from "../../src/kvm/structs.js";
+import { writePageTables } from "../../src/vmm/boot.js";
+import { decodeContext } from "../../src/vmm/context.js";
+import { locateWrite } from "../../src/vmm/write-site.js";
+import { dispatchFixture, MEM, sregs } from "../support/dispatch.js";
+
+const { mem, setup } = dispatchFixture();
+after(() => mem.release());
+
+const TARGET = 0x100000; // protected .text in the fixture
+const CODE = 0x100400;
+const RAX = 0x1122334455667788n;
+const le = (v: bigint, n: number) => Uint8Array.from({ length: n }, (_, i) => Number((v >> BigInt(8 * i)) & 0xffn));
+const rel32 = (from: number, to: number) => [...le(BigInt.asUintN(32, BigInt(to - from)), 4)];
+
+// text-patch's three writes, back to back, all to TARGET:
+//   mov byte ptr [TARGET],0xb8         (8 bytes)
+//   mov qword ptr [rip+d],rax          (7 bytes)
+//   mov dword ptr [rip+d],0x9090c301   (10 bytes, writes TARGET+4)
+const W1 = [0xc6, 0x04, 0x25, ...le(BigInt(TARGET), 4), 0xb8];
+const W2 = [0x48, 0x89, 0x05, ...rel32(CODE + 8 + 7, TARGET)];
+const W3 = [0xc7, 0x05, ...rel32(CODE + 15 + 10, TARGET + 4), 0x01, 0xc3, 0x90, 0x90];
+const CODE_BYTES = Uint8Array.from([...W1, ...W2, ...W3, 0xc3]);
+
+function exitAt(rip: number, gpa: number, data: Uint8Array, over: Partial<Regs> = {}) {
+  return { regs: { ...zeroRegs(), rax: RAX, ...over, rip: BigInt(rip) }, sregs: sregs(0), gpa, data };
+}
+
+describe("locating the instruction behind a protected write", () => {
+  beforeEach(() => {
+    mem.fill(0, MEM, 0);
+    writePageTables(mem, MEM);
+    mem.write(CODE, CODE_BYTES);
+  });
+
+  it("finds each of three writes to one place from the RIP after it (KVM exits after the write retires)", () => {
+    assert.deepEqual(locateWrite(mem, exitAt(CODE + 8, TARGET, Uint8Array.of(0xb8))), { rip: BigInt(CODE), length: 8 });
+    assert.deepEqual(locateWrite(mem, exitAt(CODE + 15, TARGET, le(RAX, 8))), { rip: BigInt(CODE + 8), length: 7 });
+    assert.deepEqual(locateWrite(mem, exitAt(CODE + 25, TARGET + 4, Uint8Array.of(1, 0xc3, 0x90, 0x90))), {
+      rip: BigInt(CODE + 15),
+      length: 10,
+    });
+  });
+
+  it("tells the writes apart by the value written, not only by the address", () => {
+    // The 8-byte write's exit, but with the 1-byte value: the mov-byte before it does not explain 8 bytes,
+    // and the mov-rax's source is not 0xb8: nothing explains it.
+    assert.equal(locateWrite(mem, exitAt(CODE + 15, TARGET, le(0xb8n, 8))), undefined);
+    assert.equal(locateWrite(mem, exitAt(CODE + 8, TARGET, Uint8Array.of(0xb9))), undefined);
+  });
+
+  it("falls back to RIP itself, for a host that exits before the write retires", () => {
+    assert.deepEqual(locateWrite(mem, exitAt(CODE, TARGET, Uint8Array.of(0xb8))), { rip: BigInt(CODE), length: 8 });
+  });
+
+  it("computes register-based addresses, read-modify-write included", () => {
+    mem.write(0x100600, Uint8Array.of(0x48, 0x89, 0x17, 0x48, 0x83, 0x0f, 0x01, 0xc3)); // mov [rdi],rdx; or qword [rdi],1
+    const regs = { rdi: BigInt(TARGET + 0x10), rdx: 0xcafen };
+    assert.deepEqual(locateWrite(mem, exitAt(0x100603, TARGET + 0x10, le(0xcafen, 8), regs)), {
+      rip: 0x100600n,
+      length: 3,
+    });
+    assert.deepEqual(locateWrite(mem, exitAt(0x100607, TARGET + 0x10, le(0xcafen | 1n, 8), regs)), {
+      rip: 0x100603n,
+      length: 4,
+    });
+    // The same bytes with RDI elsewhere: the address does not cover the write.
+    assert.equal(
+      locateWrite(mem, exitAt(0x100603, TARGET + 0x10, le(0xcafen, 8), { ...regs, rdi: 0x200000n })),
+      undefined,
+    );
+  });
+
+  it("survives hostile places: RIP at page 0, unmapped, non-canonical, at the end of RAM", () => {
+    for (const rip of [0, 3, 0x7fff_ffff_f000, MEM - 1, MEM + 0x1000]) {
+      assert.equal(locateWrite(mem, exitAt(rip, TARGET, Uint8Array.of(0xb8))), undefined, `rip ${rip}`);
+    }
+    const exit = exitAt(0, TARGET, Uint8Array.of(0xb8));
+    exit.regs.rip = 0xffff_8000_0000_0000n;
+    assert.equal(locateWrite(mem, exit), undefined);
+  });
+
+  it("the dispatcher records the writing instruction, or says it could not find it", () => {
+    const { d, cpu, events } = setup();
+    cpu.regs = { ...zeroRegs(), rax: RAX, rip: BigInt(CODE + 15) };
+    d.dispatch({ kind: "mmio-write", gpa: TARGET, len: 8, data: le(RAX, 8) });
+    cpu.regs = { ...zeroRegs(), rip: BigInt(CODE + 15) };
+    d.dispatch({ kind: "mmio-write", gpa: TARGET, len: 8, data: le(RAX, 8) }); // RAX no longer holds the value
+    const [found, lost] = events.map((e) => ({ e, c: decodeContext(e.record) }));
+    assert.equal(found?.c.regs.rip, BigInt(CODE + 8));
+    assert.deepEqual([...(found?.c.insn.subarray(0, 7) ?? [])], W2);
+    assert.equal(found?.e.note, undefined);
+    assert.equal(lost?.c.regs.rip, BigInt(CODE + 15));
+    assert.match(lost?.e.note ?? "", /writing instruction was not found/);
+  });
+});
