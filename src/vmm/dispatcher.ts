@@ -17,7 +17,7 @@ import type { ExceptionCapture } from "./exception-capture.js";
 import { decodeExceptionFrame } from "./frame.js";
 import { readVirtual } from "./paging.js";
 import type { ProtectionMap } from "./protection.js";
-import { locateWrite } from "./write-site.js";
+import { locateWrite, preloadWriteLocator } from "./write-site.js";
 
 /** The vCPU as the dispatcher sees it. */
 export interface CpuAccess {
@@ -145,6 +145,7 @@ export class ExitDispatcher {
   private readonly now: () => bigint;
 
   constructor(private readonly d: DispatcherDeps) {
+    preloadWriteLocator();
     this.now = d.now ?? process.hrtime.bigint;
   }
 

@@ -71,8 +71,14 @@ function segmentBase(lib: Iced, sregs: Sregs, seg: number): bigint {
   return 0n; // flat in 64-bit mode
 }
 
+let writeAccess: Set<number> | undefined;
 const WRITES = (lib: Iced) =>
-  new Set<number>([lib.OpAccess.Write, lib.OpAccess.ReadWrite, lib.OpAccess.CondWrite, lib.OpAccess.ReadCondWrite]);
+  (writeAccess ??= new Set<number>([
+    lib.OpAccess.Write,
+    lib.OpAccess.ReadWrite,
+    lib.OpAccess.CondWrite,
+    lib.OpAccess.ReadCondWrite,
+  ]));
 
 /** For a plain MOV to memory: is its source (immediate or register) the value written? Other instructions: yes. */
 function sourceMatches(lib: Iced, insn: InstanceType<Iced["Instruction"]>, x: WriteExit): boolean {
@@ -88,19 +94,18 @@ function sourceMatches(lib: Iced, insn: InstanceType<Iced["Instruction"]>, x: Wr
   return BigInt.asUintN(8 * x.data.length, value) === written;
 }
 
-/** Does the instruction at `ip` (already decoded from `bytes`) write the exit's GPA? */
-function writesTarget(lib: Iced, bytes: Uint8Array, ip: bigint, want: number, mem: GuestMemory, x: WriteExit): number {
-  const decoder = new lib.Decoder(64, bytes, lib.DecoderOptions.None);
-  const factory = new lib.InstructionInfoFactory();
-  let insn: InstanceType<Iced["Instruction"]> | undefined;
-  let info: InstanceType<Iced["InstructionInfo"]> | undefined;
+/** Does this decoded instruction write memory covering the exit's GPA, with the exit's value? */
+function writesTarget(
+  lib: Iced,
+  info: InstanceType<Iced["InstructionInfo"]>,
+  insn: InstanceType<Iced["Instruction"]>,
+  mem: GuestMemory,
+  x: WriteExit,
+): boolean {
+  const writes = WRITES(lib);
+  const used = info.usedMemory() as InstanceType<Iced["UsedMemory"]>[];
   try {
-    decoder.ip = ip;
-    insn = decoder.decode();
-    if (insn.isInvalid || (want > 0 && insn.length !== want)) return 0;
-    info = factory.info(insn);
-    const writes = WRITES(lib);
-    for (const m of info.usedMemory()) {
+    for (const m of used) {
       if (!writes.has(m.access)) continue;
       const size = lib.MemorySizeExt.size(m.memorySize);
       if (size < x.data.length || !sourceMatches(lib, insn, x)) continue;
@@ -116,32 +121,72 @@ function writesTarget(lib: Iced, bytes: Uint8Array, ip: bigint, want: number, me
         [va + BigInt(size - 1), size - 1],
       ] as const) {
         const pa = translate(mem, x.sregs.cr3, BigInt.asUintN(64, from));
-        if (pa !== undefined && x.gpa >= pa - at && x.gpa < pa - at + size) return insn.length;
+        if (pa !== undefined && x.gpa >= pa - at && x.gpa < pa - at + size) return true;
       }
     }
-    return 0;
-  } catch {
-    return 0;
+    return false;
   } finally {
-    info?.free();
-    insn?.free();
-    factory.free();
-    decoder.free();
+    for (const m of used) m.free(); // WebAssembly memory: not collected
   }
 }
 
-/** The instruction that made the write the exit reports, or undefined when none explains it. */
+// Reused across calls (one per thread): allocating them per candidate costs more than decoding.
+let factory: InstanceType<Iced["InstructionInfoFactory"]> | undefined;
+let reused: InstanceType<Iced["Instruction"]> | undefined;
+
+/**
+ * The code around RIP: up to 15 bytes before it (fewer when the page before
+ * is not mapped) and 16 from it. `before` says how many precede RIP.
+ */
+function codeAround(mem: GuestMemory, cr3: bigint, rip: bigint): { bytes: Uint8Array; before: number } {
+  const from = BigInt.asUintN(64, rip - BigInt(MAX_INSN));
+  let bytes = readVirtual(mem, cr3, from, 2 * MAX_INSN + 1);
+  if (bytes.length >= MAX_INSN) return { bytes, before: MAX_INSN };
+  const page = rip & ~0xfffn;
+  const before = Number(rip - page) < MAX_INSN ? Number(rip - page) : 0;
+  bytes = readVirtual(mem, cr3, BigInt.asUintN(64, rip - BigInt(before)), before + MAX_INSN + 1);
+  return bytes.length >= before ? { bytes, before } : { bytes: new Uint8Array(0), before: 0 };
+}
+
+/**
+ * The instruction that made the write the exit reports, or undefined when
+ * none explains it. One decoder over the code around RIP: the candidates
+ * ending exactly at RIP (1 to 15 bytes back), then RIP itself.
+ */
 export function locateWrite(mem: GuestMemory, x: WriteExit): WriteSite | undefined {
   const lib = loadIced();
   if (!lib) return undefined;
   const rip = x.regs.rip;
-  for (let i = 1; i <= MAX_INSN + 1; i++) {
-    const back = i % (MAX_INSN + 1); // 1..15, then 0
-    const at = BigInt.asUintN(64, rip - BigInt(back));
-    const bytes = readVirtual(mem, x.sregs.cr3, at, back === 0 ? MAX_INSN + 1 : back);
-    if (bytes.length === 0 || (back > 0 && bytes.length !== back)) continue;
-    const length = writesTarget(lib, bytes, at, back, mem, x);
-    if (length > 0) return { rip: at, length };
+  const { bytes, before } = codeAround(mem, x.sregs.cr3, rip);
+  if (bytes.length === 0) return undefined;
+  factory ??= new lib.InstructionInfoFactory();
+  const insn = (reused ??= new lib.Instruction());
+  const decoder = new lib.Decoder(64, bytes, lib.DecoderOptions.None);
+  try {
+    for (let i = 1; i <= before + 1; i++) {
+      const back = i % (before + 1); // 1..before, then 0
+      if (back === 0 && bytes.length <= before) break;
+      decoder.position = before - back;
+      decoder.ip = BigInt.asUintN(64, rip - BigInt(back));
+      decoder.decodeOut(insn);
+      if (insn.isInvalid || (back > 0 && insn.length !== back)) continue;
+      const info = factory.info(insn);
+      try {
+        if (writesTarget(lib, info, insn, mem, x))
+          return { rip: BigInt.asUintN(64, rip - BigInt(back)), length: insn.length };
+      } finally {
+        info.free();
+      }
+    }
+    return undefined;
+  } catch {
+    return undefined;
+  } finally {
+    decoder.free();
   }
-  return undefined;
+}
+
+/** Load the decoder now (a VM about to run), so the first protected write does not wait for it. */
+export function preloadWriteLocator(): void {
+  loadIced();
 }
