@@ -72,13 +72,16 @@ function segmentBase(lib: Iced, sregs: Sregs, seg: number): bigint {
 }
 
 let writeAccess: Set<number> | undefined;
-const WRITES = (lib: Iced) =>
-  (writeAccess ??= new Set<number>([
+/** The operand accesses that write memory. */
+function WRITES(lib: Iced): Set<number> {
+  writeAccess ??= new Set<number>([
     lib.OpAccess.Write,
     lib.OpAccess.ReadWrite,
     lib.OpAccess.CondWrite,
     lib.OpAccess.ReadCondWrite,
-  ]));
+  ]);
+  return writeAccess;
+}
 
 /** For a plain MOV to memory: is its source (immediate or register) the value written? Other instructions: yes. */
 function sourceMatches(lib: Iced, insn: InstanceType<Iced["Instruction"]>, x: WriteExit): boolean {
@@ -160,7 +163,8 @@ export function locateWrite(mem: GuestMemory, x: WriteExit): WriteSite | undefin
   const { bytes, before } = codeAround(mem, x.sregs.cr3, rip);
   if (bytes.length === 0) return undefined;
   factory ??= new lib.InstructionInfoFactory();
-  const insn = (reused ??= new lib.Instruction());
+  reused ??= new lib.Instruction();
+  const insn = reused;
   const decoder = new lib.Decoder(64, bytes, lib.DecoderOptions.None);
   try {
     for (let i = 1; i <= before + 1; i++) {
