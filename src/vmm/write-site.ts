@@ -190,7 +190,26 @@ export function locateWrite(mem: GuestMemory, x: WriteExit): WriteSite | undefin
   }
 }
 
-/** Load the decoder now (a VM about to run), so the first protected write does not wait for it. */
+/**
+ * Load the decoder now, while a VM is being made, and run it once on a
+ * typical store: WebAssembly functions are compiled on first use, which would
+ * otherwise land on the first protected write's verdict (tens of ms).
+ */
 export function preloadWriteLocator(): void {
-  loadIced();
+  const lib = loadIced();
+  if (!lib) return;
+  factory ??= new lib.InstructionInfoFactory();
+  reused ??= new lib.Instruction();
+  const decoder = new lib.Decoder(64, Uint8Array.of(0x48, 0x89, 0x05, 0, 0, 0, 0), lib.DecoderOptions.None);
+  try {
+    decoder.decodeOut(reused);
+    const info = factory.info(reused);
+    for (const m of info.usedMemory() as InstanceType<Iced["UsedMemory"]>[]) {
+      lib.MemorySizeExt.size(m.memorySize);
+      m.free();
+    }
+    info.free();
+  } finally {
+    decoder.free();
+  }
 }
