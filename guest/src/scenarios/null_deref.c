@@ -15,9 +15,9 @@ struct module_state {
 	uint64_t flags;
 };
 
-__attribute__((noinline, used)) void buggy_module_init(struct module_state *st)
+__attribute__((noinline, used)) void buggy_module_init(volatile struct module_state *st)
 {
-	st->flags |= 1; /* st is NULL: #PF in ring 0 */
+	st->flags |= 1; /* st is NULL: the load faults (#PF in ring 0, a read of page 0) */
 }
 
 int scenario_null_deref(void)
