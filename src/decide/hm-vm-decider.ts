@@ -55,6 +55,9 @@ export class HmVmDecider implements Decider {
   private readonly explained = new Map<number, Explained>();
   private readonly refresh: () => void;
 
+  /** The health VM generation this thread saw fail (-1: none); its answers are not taken. */
+  private distrusted = -1;
+
   constructor(
     policy: ReloadablePolicy,
     private readonly channel: IdcChannel,
@@ -79,6 +82,9 @@ export class HmVmDecider implements Decider {
   }
 
   decide(ctx: ContextRecord): DecisionResult {
+    if (this.distrusted >= 0 && !this.awaitSuccessor()) {
+      return this.failsafe(ctx.kind, "failed", 0n, this.control.generation, "the health VM did not come back");
+    }
     let generation = this.control.generation;
     if (this.control.state === HM_FAILED) {
       return this.failsafe(ctx.kind, "failed", 0n, generation, "the health VM is out of restarts");
@@ -149,6 +155,21 @@ export class HmVmDecider implements Decider {
     }
   }
 
+  /**
+   * After this thread saw the health VM fail, no answer from that instance is
+   * trusted: wait (up to the restart wait) until its successor is up, or the
+   * health VM is out of restarts. False when it did not come back in time.
+   */
+  private awaitSuccessor(): boolean {
+    const start = process.hrtime.bigint();
+    while (this.control.generation <= this.distrusted && this.control.state !== HM_FAILED) {
+      if (process.hrtime.bigint() - start > this.restartWaitNs) return false;
+      this.control.waitState(this.control.state, 0.2);
+    }
+    this.distrusted = -1;
+    return true;
+  }
+
   private failsafe(
     kind: EventKind,
     reason: HmFaultReason,
@@ -160,6 +181,8 @@ export class HmVmDecider implements Decider {
     if (reason !== "down" && reason !== "failed") {
       this.onFault({ reason, guest: this.channel.guest, seq, generation, detail });
     }
+    // The instance that failed is replaced; until then none of its answers count.
+    if (reason !== "failed" && reason !== "ring-full" && generation >= 0) this.distrusted = generation;
     const verdict = FAILSAFE_DEFAULTS[kind];
     const what = reason === "down" ? "crashed" : reason;
     return {

@@ -104,6 +104,12 @@ for (const engine of ENGINES)
             d.slice(1).every((x) => x.decidedBy === "hm-vm" && x.verdict === "deny"),
             JSON.stringify(d),
           );
+          // No later verdict comes from the engine that failed: only from its restarted successor.
+          const failedGeneration = d[0]?.generation ?? Number.NaN;
+          assert.ok(
+            d.slice(1).every((x) => x.generation > failedGeneration),
+            JSON.stringify(d.map((x) => [x.decidedBy, x.generation])),
+          );
           const s = hm.status();
           assert.ok(s.restarts >= 1, "restarted");
           assert.match(s.faults[0]?.reason ?? "", new RegExp(`^(${reason})$`));

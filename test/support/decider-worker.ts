@@ -31,6 +31,8 @@ export interface Decision {
   rule: string;
   reason: string;
   us: number;
+  /** The health VM's generation (launch number) when the decision returned. */
+  generation: number;
 }
 
 const d = workerData as DeciderWorkerData;
@@ -39,11 +41,12 @@ if (port) {
   const mem = GuestMemory.attach(d.decider.idc.memory);
   const region = new IdcRegion(mem.bytes.buffer as ArrayBuffer, d.decider.idc.layout);
   const mailbox = d.mailbox ? new PolicyMailbox(d.mailbox) : undefined;
+  const control = new HmControl(d.decider.idc.control);
   // Reloads are taken only when an answer names an unknown policy: the race a vCPU thread can meet.
   const decider: HmVmDecider = new HmVmDecider(
     d.policy,
     region.channel(d.decider.guest, acceptedPolicyOf(d.policy.table)),
-    new HmControl(d.decider.idc.control),
+    control,
     {
       timeoutMs: d.decider.timeoutMs,
       spinUs: d.decider.spinUs,
@@ -74,6 +77,7 @@ if (port) {
       rule: r.rule,
       reason: r.reason,
       us: Number(process.hrtime.bigint() - t) / 1e3,
+      generation: control.generation,
     });
   }
   port.postMessage({ type: "done", decisions: out });
