@@ -38,7 +38,8 @@ export function bitnessOf(cr0: bigint, efer: bigint): 16 | 32 | 64 {
   return 16;
 }
 
-const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+/** Bytes as lower-case hex, no separators (the audit record's format). */
+export const hexBytes = (b: Uint8Array): string => Buffer.from(b).toString("hex");
 
 /**
  * Decode the first instruction of `bytes` (at most MAX_INSN_BYTES are looked
@@ -47,7 +48,7 @@ const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 export function disassemble(bytes: Uint8Array, rip = 0n, bitness: 16 | 32 | 64 = 64): DecodedInsn {
   const input = bytes.slice(0, MAX_INSN_BYTES);
   const lib = loadIced();
-  if (!lib) return { bytes: hex(input), text: BAD_INSN };
+  if (!lib) return { bytes: hexBytes(input), text: BAD_INSN };
   let decoder: InstanceType<Iced["Decoder"]> | undefined;
   let formatter: InstanceType<Iced["Formatter"]> | undefined;
   let insn: InstanceType<Iced["Instruction"]> | undefined;
@@ -55,7 +56,8 @@ export function disassemble(bytes: Uint8Array, rip = 0n, bitness: 16 | 32 | 64 =
     decoder = new lib.Decoder(bitness, input, lib.DecoderOptions.None);
     decoder.ip = BigInt.asUintN(64, rip);
     insn = decoder.decode();
-    if (insn.isInvalid || insn.length <= 0 || insn.length > input.length) return { bytes: hex(input), text: BAD_INSN };
+    if (insn.isInvalid || insn.length <= 0 || insn.length > input.length)
+      return { bytes: hexBytes(input), text: BAD_INSN };
     formatter = new lib.Formatter(lib.FormatterSyntax.Intel);
     formatter.memorySizeOptions = lib.MemorySizeOptions.Always;
     formatter.hexPrefix = "0x";
@@ -63,9 +65,9 @@ export function disassemble(bytes: Uint8Array, rip = 0n, bitness: 16 | 32 | 64 =
     formatter.branchLeadingZeros = false;
     formatter.uppercaseHex = false;
     formatter.showBranchSize = false;
-    return { bytes: hex(input.subarray(0, insn.length)), text: formatter.format(insn) };
+    return { bytes: hexBytes(input.subarray(0, insn.length)), text: formatter.format(insn) };
   } catch {
-    return { bytes: hex(input), text: BAD_INSN };
+    return { bytes: hexBytes(input), text: BAD_INSN };
   } finally {
     insn?.free();
     formatter?.free();

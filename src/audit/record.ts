@@ -9,7 +9,7 @@ import { CONTEXT_FLAGS, REG_NAMES } from "../abi/guest-abi.js";
 import type { Symbolizer } from "../elf/symbolizer.js";
 import { decodeContext } from "../vmm/context.js";
 import type { CapturedEvent } from "../vmm/dispatcher.js";
-import { bitnessOf, type DecodedInsn, disassemble } from "./disasm.js";
+import { bitnessOf, type DecodedInsn, disassemble, hexBytes } from "./disasm.js";
 
 /** What auditRecord needs from a VM (a GuestVm has all of it). */
 export interface AuditVmView {
@@ -19,7 +19,6 @@ export interface AuditVmView {
 }
 
 const hex = (v: bigint | number) => `0x${v.toString(16)}`;
-const bytesHex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
 /** Text for an instruction that was not captured (RIP not readable). */
 export const NO_INSN = "(unavailable)";
@@ -56,7 +55,7 @@ export function auditRecord(e: CapturedEvent, vm: AuditVmView, vmName: string): 
       cpl: c.cpl,
       gpa: hex(c.gpa),
       regionOffset: hex(c.regionOffset),
-      data: bytesHex(c.data),
+      data: hexBytes(c.data),
       vector: c.vector,
       errorCode: hex(c.errorCode),
       msr: c.msrIndex ? { index: hex(c.msrIndex), value: hex(c.msrValue) } : null,
@@ -66,7 +65,7 @@ export function auditRecord(e: CapturedEvent, vm: AuditVmView, vmName: string): 
       cr3: hex(c.cr3),
       cr4: hex(c.cr4),
       efer: hex(c.efer),
-      insn: bytesHex(c.insn),
+      insn: hexBytes(c.insn),
       flags: c.flags,
     },
   };

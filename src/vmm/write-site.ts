@@ -14,7 +14,7 @@
  * (bounds-checked), the decoder never reads past them, and a write no
  * candidate explains is reported as such rather than guessed.
  */
-import type { RegName } from "../abi/guest-abi.js";
+import { REG_NAMES, type RegName } from "../abi/guest-abi.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
 import type { Regs, Sregs } from "../kvm/structs.js";
 import { type Iced, loadIced } from "../x86/iced.js";
@@ -39,24 +39,8 @@ export interface WriteExit {
   data: Uint8Array;
 }
 
-const GPRS = new Set<string>([
-  "rax",
-  "rbx",
-  "rcx",
-  "rdx",
-  "rsi",
-  "rdi",
-  "rsp",
-  "rbp",
-  "r8",
-  "r9",
-  "r10",
-  "r11",
-  "r12",
-  "r13",
-  "r14",
-  "r15",
-]);
+/** The general-purpose registers a context holds (REG_NAMES without rip and rflags). */
+const GPRS = new Set<string>(REG_NAMES.filter((r) => r !== "rip" && r !== "rflags"));
 
 /** A register's 64-bit value (its full register), or undefined for one we do not hold. */
 function regValue(lib: Iced, regs: Regs, reg: number): bigint | undefined {
@@ -73,7 +57,7 @@ function segmentBase(lib: Iced, sregs: Sregs, seg: number): bigint {
 
 let writeAccess: Set<number> | undefined;
 /** The operand accesses that write memory. */
-function WRITES(lib: Iced): Set<number> {
+function writeAccesses(lib: Iced): Set<number> {
   writeAccess ??= new Set<number>([
     lib.OpAccess.Write,
     lib.OpAccess.ReadWrite,
@@ -105,7 +89,7 @@ function writesTarget(
   mem: GuestMemory,
   x: WriteExit,
 ): boolean {
-  const writes = WRITES(lib);
+  const writes = writeAccesses(lib);
   const used = info.usedMemory() as InstanceType<Iced["UsedMemory"]>[];
   try {
     for (const m of used) {
