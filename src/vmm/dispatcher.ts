@@ -258,14 +258,10 @@ export class ExitDispatcher {
       case "protected": {
         const regs = this.d.cpu.getRegs();
         const sregs = this.sregs();
-        const ctx = this.capture("protected-write", regs, sregs);
-        let note: string | undefined;
+        // The exit comes after the write retired: record the instruction that made it.
         const site = locateWrite(this.d.memory, { regs, sregs, gpa, data });
-        if (site) {
-          // The exit comes after the write retired: record the instruction that made it.
-          ctx.regs = { ...regs, rip: site.rip };
-          this.setInsn(ctx, sregs, site.rip);
-        } else note = "the writing instruction was not found: rip is where the guest resumes";
+        const ctx = this.capture("protected-write", site ? { ...regs, rip: site.rip } : regs, sregs);
+        const note = site ? undefined : "the writing instruction was not found: rip is where the guest resumes";
         ctx.gpa = gpa;
         ctx.regionId = target.region.id;
         ctx.regionOffset = target.offset;
