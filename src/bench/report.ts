@@ -4,6 +4,7 @@
  * checked, the readable table, and the targets from the benchmark issue.
  */
 import { GuardvisorError } from "../errors.js";
+import { HM_DEFAULTS } from "../health/health-manager.js";
 import type { MachineFacts } from "./machine.js";
 import { type Pcts, round } from "./stats.js";
 
@@ -13,6 +14,8 @@ export type Vmm = "bare" | "vmm" | "hm-vm";
 /** Everything one `guardvisor bench` run measured (microseconds unless named otherwise). */
 export interface BenchMeasurements {
   quick: boolean;
+  /** The health VM's answer deadline the run used, ms. */
+  hmTimeoutMs: number;
   /** Guest TSC rate the guest-measured cycles are converted with. */
   tscKhz: number;
   /** One protected write, measured in the guest, under the baseline VMM. */
@@ -53,6 +56,7 @@ export interface BenchJson {
   idleHmCpuPct: number;
   tscKhz: number;
   quick: boolean;
+  hmTimeoutMs: number;
   machine: MachineFacts;
 }
 
@@ -118,6 +122,7 @@ export function buildBenchJson(m: BenchMeasurements): BenchJson {
     idleHmCpuPct: round(need(m.idleHmCpuPct, "idleHmCpuPct"), 2),
     tscKhz: Math.round(need(m.tscKhz, "tscKhz", true)),
     quick: m.quick === true,
+    hmTimeoutMs: need(m.hmTimeoutMs, "hmTimeoutMs", true),
     machine: machine(m.machine),
   };
 }
@@ -192,12 +197,18 @@ const f2 = (v: number) => v.toFixed(2);
 const per = (v: number) => Math.round(v).toLocaleString("en-US");
 
 /** The readable report. */
+/** The flags that shaped the run, as typed: " --quick --hm-timeout 500". */
+function benchFlags(j: BenchJson): string {
+  const hm = j.hmTimeoutMs === HM_DEFAULTS.timeoutMs ? "" : ` --hm-timeout ${j.hmTimeoutMs}`;
+  return `${j.quick ? " --quick" : ""}${hm}`;
+}
+
 export function formatBenchReport(j: BenchJson): string {
   const bare = j.bareExitUs;
   const ratio = (p: Pcts) => [f2(p.p50 / bare.p50), f2(p.p99 / bare.p99)];
   const lines: string[] = [];
   lines.push(
-    `Guardvisor bench${j.quick ? " (--quick)" : ""}: one protected write or ud2, timed in the guest (TSC ${round(j.tscKhz / 1000, 1)} MHz)`,
+    `Guardvisor bench${benchFlags(j)}: one protected write or ud2, timed in the guest (TSC ${round(j.tscKhz / 1000, 1)} MHz)`,
     "",
   );
   lines.push(
@@ -278,7 +289,7 @@ export function formatBenchMarkdown(j: BenchJson, date = new Date()): string {
   const pct = (v: number) => `${round((v / s.bare) * 100, 1)}% of bare`;
   const lines = [
     `Measured on ${m.cpu}, ${m.cpus} CPUs, ${m.memGiB} GiB, Linux ${m.kernel}, ${m.kvmModule}, Node ${m.node}, ` +
-      `${date.toISOString().slice(0, 10)}, with \`guardvisor bench${j.quick ? " --quick" : ""}\` ` +
+      `${date.toISOString().slice(0, 10)}, with \`guardvisor bench${benchFlags(j)}\` ` +
       `(guest TSC ${round(j.tscKhz / 1000, 1)} MHz).`,
     "",
     row(["latency, µs (timed in the guest)", "p50", "p99", "p50 × bare", "p99 × bare", "target", "met"]),

@@ -14,7 +14,7 @@ import { readFileSync } from "node:fs";
 import type { DeciderName } from "../decide/decider.js";
 import { loadElf } from "../elf/elf.js";
 import { GuardvisorError, isGuardvisorError } from "../errors.js";
-import { HealthManager } from "../health/health-manager.js";
+import { HealthManager, HM_DEFAULTS } from "../health/health-manager.js";
 import { Kvm } from "../kvm/kvm.js";
 import { defaultKernelPath, HM_MEM_MIB } from "../runner.js";
 import { MIB } from "../vmm/boot.js";
@@ -99,7 +99,13 @@ export interface BenchDriver {
   openKvm(path?: string): Kvm;
   baseline(o: BaselineOptions): Promise<BaselineRun>;
   guardvisor(spec: GuestRunSpec): Promise<GuestRunResult[]>;
-  startHealthVm(kvm: Kvm, kernel: Uint8Array, kernelName: string, nguests: number): Promise<StartedHealthVm>;
+  startHealthVm(
+    kvm: Kvm,
+    kernel: Uint8Array,
+    kernelName: string,
+    nguests: number,
+    timeoutMs?: number,
+  ): Promise<StartedHealthVm>;
   threadCpuPercent(tid: number, ms: number): Promise<number>;
   rssMiB(): number;
 }
@@ -108,9 +114,9 @@ export const kvmDriver: BenchDriver = {
   openKvm,
   baseline: runBaseline,
   guardvisor: runGuardvisor,
-  async startHealthVm(kvm, kernel, kernelName, nguests) {
+  async startHealthVm(kvm, kernel, kernelName, nguests, timeoutMs) {
     const backend = new TrackedVmBackend(kvm, kernel, kernelName, HM_MEM_MIB);
-    const hm = await HealthManager.start({ backend, nguests });
+    const hm = await HealthManager.start({ backend, nguests, timeoutMs });
     return {
       hm,
       get vcpuTid() {
@@ -131,6 +137,8 @@ export interface BenchOptions {
   kvmPath?: string;
   kernelPath?: string;
   baselinePath?: string;
+  /** The health VM's answer deadline (default HM_DEFAULTS.timeoutMs); a later answer makes the run invalid. */
+  hmTimeoutMs?: number;
   /** One line per step, for people watching. */
   onProgress?: (line: string) => void;
   /** Default: kvmDriver. */
@@ -327,7 +335,7 @@ class Bench {
   }
 
   private startHealthVm(nguests: number): Promise<StartedHealthVm> {
-    return this.driver.startHealthVm(this.kvm, this.kernel, this.kernelPath, nguests);
+    return this.driver.startHealthVm(this.kvm, this.kernel, this.kernelPath, nguests, this.o.hmTimeoutMs);
   }
 
   async run(): Promise<BenchMeasurements> {
@@ -428,6 +436,7 @@ class Bench {
 
     return {
       quick: this.o.quick === true,
+      hmTimeoutMs: this.o.hmTimeoutMs ?? HM_DEFAULTS.timeoutMs,
       tscKhz: this.tscKhz,
       bareExit: this.pctsOf(bw.result),
       bareHostExit: { p50: bw.run.host.p50Us, p99: bw.run.host.p99Us },

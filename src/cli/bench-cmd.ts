@@ -12,6 +12,7 @@ import { buildBenchJson, formatBenchMarkdown, formatBenchReport } from "../bench
 import { runBench } from "../bench/run.js";
 import { GuardvisorError, isGuardvisorError } from "../errors.js";
 import { DEFAULT_KVM_PATH } from "../kvm/kvm.js";
+import { HM_TIMEOUT_OPTION } from "./options.js";
 
 const BENCH_EXIT_HELP = `
 Exit codes:
@@ -26,13 +27,19 @@ interface BenchFlags {
   markdown?: boolean;
   quick?: boolean;
   kvm: string;
+  hmTimeout: number;
 }
 
 async function benchCommand(flags: BenchFlags): Promise<number> {
   if (flags.json && flags.markdown) throw new GuardvisorError("CONFIG_INVALID", "give --json or --markdown, not both");
   const progress = flags.json ? undefined : (line: string) => process.stderr.write(`bench: ${line}\n`);
   try {
-    const m = await runBench({ quick: flags.quick, kvmPath: flags.kvm, onProgress: progress });
+    const m = await runBench({
+      quick: flags.quick,
+      kvmPath: flags.kvm,
+      hmTimeoutMs: flags.hmTimeout,
+      onProgress: progress,
+    });
     const json = buildBenchJson(m);
     const out = flags.json
       ? `${JSON.stringify(json)}\n`
@@ -59,6 +66,7 @@ export function registerBenchCommands(program: Command, setExit: (code: number) 
     .option("--markdown", "print the results tables of docs/performance.md, filled in")
     .option("--quick", "shorter runs: the whole bench in under a minute")
     .option("--kvm <path>", "the KVM device", DEFAULT_KVM_PATH)
+    .option(...HM_TIMEOUT_OPTION)
     .addHelpText("after", BENCH_EXIT_HELP)
     .action(async (flags: BenchFlags) => setExit(await benchCommand(flags)));
 }

@@ -28,6 +28,7 @@ import { SCENARIOS } from "../scenarios.js";
 import { registerAuditCommands } from "./audit-cmd.js";
 import { registerBenchCommands } from "./bench-cmd.js";
 import { startRunObservers } from "./observe.js";
+import { HM_TIMEOUT_OPTION, intOption } from "./options.js";
 import { registerPolicyCommands } from "./policy-cmd.js";
 
 /** Process exit codes (also in --help and the README). */
@@ -47,13 +48,6 @@ Exit codes:
   3   KVM is unavailable (/dev/kvm missing, not accessible, or lacking a capability)
   70  internal error`;
 
-function intOption(name: string) {
-  return (v: string): number => {
-    if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`${name} must be a whole number`);
-    return Number(v);
-  };
-}
-
 const INJECT_MODES = {
   crash: ABI_CONSTANTS.INJECT_CRASH,
   hang: ABI_CONSTANTS.INJECT_HANG,
@@ -68,9 +62,11 @@ export function parseInject(v: string): InjectSpec {
   const at = m[2] === undefined ? 1 : Number(m[2]);
   if (at < 1) throw new InvalidArgumentError("N in @N counts requests from 1");
   const mode = INJECT_MODES[m[1] as keyof typeof INJECT_MODES];
-  // "slow" answers well after the deadline, so the VMM must fail safe.
-  return { mode, at, slowUs: mode === ABI_CONSTANTS.INJECT_SLOW ? HM_DEFAULTS.timeoutMs * 3000 : 0 };
+  return { mode, at, slowUs: mode === ABI_CONSTANTS.INJECT_SLOW ? lateAnswerUs(HM_DEFAULTS.timeoutMs) : 0 };
 }
+
+/** How late "slow" answers: three times the deadline, so the VMM must fail safe. */
+const lateAnswerUs = (deadlineMs: number) => deadlineMs * 3000;
 
 function parseEntry(v: string): string | bigint {
   if (/^0x[0-9a-f]{1,16}$/i.test(v)) return BigInt(v);
@@ -97,6 +93,7 @@ interface RunFlags {
   policy?: string;
   exceptionEntry?: string | bigint;
   hangTimeout: number;
+  hmTimeout: number;
   metricsPort?: number;
 }
 
@@ -157,8 +154,12 @@ function commonRunOptions(flags: RunFlags): RunOptions {
     memMiB: flags.mem,
     timeoutMs: flags.timeout * 1000,
     auditPath: flags.audit,
-    injectHmFault: flags.injectHmFault,
+    injectHmFault:
+      flags.injectHmFault?.mode === ABI_CONSTANTS.INJECT_SLOW
+        ? { ...flags.injectHmFault, slowUs: lateAnswerUs(flags.hmTimeout) }
+        : flags.injectHmFault,
     hangTimeoutMs: flags.hangTimeout,
+    hmTimeoutMs: flags.hmTimeout,
     exceptionEntry: flags.exceptionEntry,
     policy: flags.policy ? resolvePolicy(loadPolicyFile(flags.policy), readPolicyKernel(kernelPath)) : undefined,
   };
@@ -339,6 +340,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       intOption("--hang-timeout"),
       DEFAULT_HANG_TIMEOUT_MS,
     )
+    .option(...HM_TIMEOUT_OPTION)
     .addHelpText(
       "after",
       `\n--scenario all runs every built-in scenario in turn and prints one verdict per scenario.${EXIT_HELP}`,

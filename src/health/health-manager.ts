@@ -14,7 +14,7 @@
  */
 import { ABI_CONSTANTS as C } from "../abi/guest-abi.js";
 import type { HmFault } from "../decide/hm-vm-decider.js";
-import { GuardvisorError } from "../errors.js";
+import { configError, GuardvisorError } from "../errors.js";
 import { IdcRegion, type InjectSpec } from "../idc/channel.js";
 import { type IdcLayout, idcLayout } from "../idc/layout.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
@@ -31,6 +31,9 @@ export const HM_DEFAULTS = {
   restartLimit: 5,
   bootTimeoutMs: 5000,
 } as const;
+
+/** The answer deadlines a health VM may be given, in ms. */
+export const HM_TIMEOUT_RANGE = { min: 1, max: 60_000 } as const;
 
 export interface HealthVmOptions {
   /** Where the engine runs: the health VM (VmEngineBackend), or a host process in tests. */
@@ -88,6 +91,13 @@ export class HealthManager {
   private constructor(private readonly opts: HealthVmOptions) {
     this.layout = idcLayout(opts.nguests);
     this.timeoutMs = opts.timeoutMs ?? HM_DEFAULTS.timeoutMs;
+    const { min, max } = HM_TIMEOUT_RANGE;
+    if (!Number.isInteger(this.timeoutMs) || this.timeoutMs < min || this.timeoutMs > max) {
+      throw configError(
+        "timeoutMs",
+        `the health VM's answer deadline must be ${min}..${max} ms, not ${this.timeoutMs}`,
+      );
+    }
     this.spinUs = opts.spinUs ?? HM_DEFAULTS.spinUs;
     this.restartLimit = opts.restartLimit ?? HM_DEFAULTS.restartLimit;
     this.idcMemory = opts.backend.allocateIdc(this.layout);

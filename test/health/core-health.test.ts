@@ -56,10 +56,11 @@ async function withHealth<T>(
   guests: number,
   fn: (hm: HealthManager) => Promise<T>,
   restartLimit?: number,
+  timeoutMs = 100,
 ) {
   const { backend, close } = engine.make();
   try {
-    const hm = await HealthManager.start({ backend, nguests: guests, inject, timeoutMs: 100, restartLimit });
+    const hm = await HealthManager.start({ backend, nguests: guests, inject, timeoutMs, restartLimit });
     try {
       return await fn(hm);
     } finally {
@@ -89,6 +90,23 @@ for (const engine of ENGINES)
         assert.equal(hm.status().restarts, 0);
         assert.equal(hm.status().requests, 50);
       });
+    });
+
+    it("a longer answer deadline: an answer later than the default one but within it is taken", async () => {
+      const late = { mode: C.INJECT_SLOW, at: 1, slowUs: 250_000 };
+      await withHealth(
+        engine,
+        late,
+        1,
+        async (hm) => {
+          const [d] = await decideOn(hm, 1, 3);
+          assert.equal(d?.length, 3);
+          assert.ok(d?.every((x) => x.decidedBy === "hm-vm" && x.verdict === "deny"));
+          assert.equal(hm.status().restarts, 0);
+        },
+        undefined,
+        2000,
+      );
     });
 
     for (const [name, inject, reason] of MODES) {
@@ -194,3 +212,20 @@ for (const engine of ENGINES)
       );
     });
   });
+
+describe("health VM answer deadline", () => {
+  for (const timeoutMs of [0, -5, 1.5, 60_001])
+    it(`rejects ${timeoutMs} ms, naming the field`, async () => {
+      const engine = ENGINES[0];
+      assert.ok(engine);
+      const { backend, close } = engine.make();
+      try {
+        await assert.rejects(HealthManager.start({ backend, nguests: 1, timeoutMs }), (e: Error) => {
+          assert.match(e.message, /^timeoutMs: .*1\.\.60000 ms/);
+          return true;
+        });
+      } finally {
+        close();
+      }
+    });
+});

@@ -13,6 +13,7 @@ function measurements(): BenchMeasurements {
   const p = (p50: number, p99: number) => ({ p50, p99 });
   return {
     quick: true,
+    hmTimeoutMs: 100,
     tscKhz: 2_995_123,
     bareExit: p(20, 30),
     bareHostExit: p(18.5, 25),
@@ -55,6 +56,7 @@ const KEYS = [
   "idleHmCpuPct",
   "tscKhz",
   "quick",
+  "hmTimeoutMs",
   "machine",
 ];
 
@@ -173,6 +175,9 @@ describe("bench JSON", () => {
       /^Measured on Test CPU @ 3\.0GHz, 8 CPUs, 32 GiB, Linux 6\.1\.0-test, kvm_intel, Node v20\.0\.0, 2026-01-02, with `guardvisor bench --quick`/,
     );
     assert.ok(lines.includes("| bare KVM exit (baseline VMM) | 20.00 | 30.00 | 1.00 | 1.00 | the floor | – |"));
+    // A deadline other than the default is part of the command that was run.
+    const slow = formatBenchMarkdown(buildBenchJson({ ...m, hmTimeoutMs: 2000 }), new Date("2026-01-02T03:04:05Z"));
+    assert.match(slow, /with `guardvisor bench --quick --hm-timeout 2000`/);
     assert.ok(lines.includes("| verdict, `vmm` decider | 21.00 | 33.00 | 1.05 | 1.10 | p50 ≤ 1.1× | yes |"));
     assert.ok(lines.includes("| verdict, `hm-vm`, busy | 25.00 | 55.00 | 1.25 | 1.83 | p50 ≤ 1.3×, p99 ≤ 2× | yes |"));
     assert.ok(

@@ -43,3 +43,29 @@ describe("--inject-hm-fault", () => {
     assert.match(r.stderr, /--guests: 3 guests but 2 scenarios/);
   });
 });
+
+describe("--hm-timeout", () => {
+  for (const [cmd, bad] of [
+    ["run", "0"],
+    ["run", "60001"],
+    ["run", "1.5"],
+    ["bench", "-3"],
+    ["bench", "fast"],
+  ] as const) {
+    it(`${cmd}: rejects '${bad}' with a one-line usage error naming the option`, () => {
+      const args = cmd === "run" ? ["run", "--scenario", "text-patch"] : ["bench", "--quick"];
+      const r = cli([...args, `--hm-timeout=${bad}`]);
+      assert.equal(r.status, 2);
+      assert.match(r.stderr, /--hm-timeout/);
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    });
+  }
+
+  it("is in both commands' help, with its range and default", () => {
+    for (const cmd of ["run", "bench"]) {
+      const r = cli([cmd, "--help"]);
+      assert.equal(r.status, 0);
+      assert.match(r.stdout, /--hm-timeout <ms>[\s\S]*1\.\.60000[\s\S]*default: 100\)/);
+    }
+  });
+});
