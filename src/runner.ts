@@ -364,6 +364,16 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
           },
         });
         vms[g] = vm;
+        // A reload that came while this guest was being built did not reach it: hand it over before it runs.
+        if (reloaded && reloaded !== guestPolicy) {
+          try {
+            reloadGuest(vm, g, reloaded);
+            guestPolicy = reloaded;
+          } catch (e) {
+            // Checked against the guests running then, not this one (an MSR this VM does not filter).
+            life.serial.push(`--- guardvisor: guest${g} keeps policy ${guestPolicy.name}: ${(e as Error).message} ---`);
+          }
+        }
         opts.onGuestState?.(g, "running");
         // Exits so far, live (the vCPU thread counts them in shared memory), for exits/s.
         const before = exitsBefore;
@@ -402,22 +412,26 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         await vm.destroy();
       }
     };
+    /** Hand a running guest a new policy; returns its rule-table hash. */
+    const reloadGuest = (vm: GuestVm, g: number, p: Policy): number => {
+      const compiled = vm.reloadPolicy(p);
+      const hash = policyHashOf(compiled.table);
+      audit?.append({
+        time: new Date().toISOString(),
+        vm: `guest${g}`,
+        kind: "policy-reload",
+        policy: p.name,
+        hash: `0x${hash.toString(16)}`,
+        rules: compiled.rules.length,
+      });
+      return hash;
+    };
     if (opts.control) {
       opts.control.reloadPolicy = (p: Policy) => {
         for (const vm of vms) vm?.checkReload(p); // all or none
         const hashes: number[] = [];
         vms.forEach((vm, g) => {
-          if (!vm) return;
-          const compiled = vm.reloadPolicy(p);
-          hashes.push(policyHashOf(compiled.table));
-          audit?.append({
-            time: new Date().toISOString(),
-            vm: `guest${g}`,
-            kind: "policy-reload",
-            policy: p.name,
-            hash: `0x${policyHashOf(compiled.table).toString(16)}`,
-            rules: compiled.rules.length,
-          });
+          if (vm) hashes.push(reloadGuest(vm, g, p));
         });
         reloaded = p;
         return { guests: hashes.length, hashes };

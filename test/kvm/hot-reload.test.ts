@@ -21,7 +21,9 @@ describe("policy hot reload on KVM", { skip: skipWithoutKvm }, () => {
       const control: RunControl = {};
       let reloaded: { guests: number; hashes: number[] } | undefined;
       const timer = setInterval(() => {
-        if (!reloaded && control.reloadPolicy) reloaded = control.reloadPolicy(watchStorm);
+        // Until the guest is built, a reload reaches no running guest (it would start under the new
+        // policy): try again until one reaches the running guest.
+        if (!reloaded?.guests && control.reloadPolicy) reloaded = control.reloadPolicy(watchStorm);
       }, 200);
       try {
         const r = await runGuest({ scenario: "exception-storm", decider, control });
