@@ -24,7 +24,7 @@ import {
   runGuests,
   type SummaryEvent,
 } from "../runner.js";
-import { SCENARIOS } from "../scenarios.js";
+import { SCENARIOS, type Scenario } from "../scenarios.js";
 import { registerAuditCommands } from "./audit-cmd.js";
 import { registerBenchCommands } from "./bench-cmd.js";
 import { startRunObservers } from "./observe.js";
@@ -165,12 +165,35 @@ function commonRunOptions(flags: RunFlags): RunOptions {
   };
 }
 
+/** Errors that fail one scenario of `--scenario all` rather than the whole command. */
+const SCENARIO_FAILURES: ReadonlySet<string> = new Set(["INTERNAL", "GUEST_FAULT", "KVM_IOCTL"]);
+
 /** `--scenario all`: every built-in scenario in turn, one verdict each. */
 async function runAll(flags: RunFlags): Promise<number> {
   const base = commonRunOptions(flags);
   const rows: { scenario: string; expected: unknown; observed: unknown; pass: boolean }[] = [];
+  const expectedOf = (sc: Scenario) => ({
+    result: sc.result,
+    events: sc.events,
+    restarts: sc.restarts ?? 0,
+    outcome: "completed",
+  });
   for (const sc of SCENARIOS) {
-    const r = await runGuest({ ...base, scenario: sc.name });
+    let r: RunReport;
+    try {
+      r = await runGuest({ ...base, scenario: sc.name });
+    } catch (e) {
+      // One scenario's VMM failure is that scenario's verdict; the others still run.
+      if (!isGuardvisorError(e) || !SCENARIO_FAILURES.has(e.code)) throw e;
+      rows.push({
+        scenario: sc.name,
+        expected: expectedOf(sc),
+        observed: { error: `${e.code}: ${e.message}` },
+        pass: false,
+      });
+      if (!flags.json) process.stdout.write(`FAIL  ${sc.name}: ${e.code}: ${e.message}\n`);
+      continue;
+    }
     const s = r.summary;
     const counts: Record<string, number> = {};
     for (const e of s.events) {
@@ -180,7 +203,7 @@ async function runAll(flags: RunFlags): Promise<number> {
     const pass = s.guest.outcome === "completed" && r.problems.length === 0;
     rows.push({
       scenario: sc.name,
-      expected: { result: sc.result, events: sc.events, restarts: sc.restarts ?? 0, outcome: "completed" },
+      expected: expectedOf(sc),
       observed: {
         outcome: s.guest.outcome,
         restarts: s.guest.restarts,

@@ -182,7 +182,17 @@ export class GuestVm {
         },
       },
     );
-    await this.thread.ready;
+    const thread = this.thread;
+    try {
+      const started = await Promise.race([thread.ready.then(() => true), sleep(VCPU_START_MS).then(() => false)]);
+      if (!started) {
+        throw new GuardvisorError("INTERNAL", `the vCPU thread did not start within ${VCPU_START_MS / 1000} s`);
+      }
+    } catch (e) {
+      // The caller frees the memory and the vCPU next: the thread must be gone first.
+      await thread.terminate();
+      throw e;
+    }
   }
 
   resume(): void {
@@ -337,6 +347,9 @@ export class GuestVm {
     this.vm.close();
   }
 }
+
+/** How long a new vCPU thread may take to load and attach before the build fails (it is ended). */
+const VCPU_START_MS = 60_000;
 
 /** MSRs whose writes exit to the VMM (protected once the guest seals them). */
 export const PROTECTED_MSRS: ReadonlySet<number> = new Set([
