@@ -352,6 +352,8 @@ static napi_value SetMsrFilter(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static void take_kicks(void);
+
 /*
  * run(vcpuFd): KVM_RUN. Returns 0 when the vCPU exited (read the exit from the
  * mapped kvm_run), or -EINTR / -EAGAIN when it was kicked or interrupted.
@@ -362,6 +364,7 @@ static napi_value Run(napi_env env, napi_callback_info info) {
   if (!arg_i32(env, argv[0], &fd)) return throw_type(env, "run(fd)");
   if (ioctl(fd, KVM_RUN, 0) < 0) {
     int e = errno;
+    if (e == EINTR) take_kicks();
     if (e == EINTR || e == EAGAIN) return ret_i32(env, -e);
     return throw_errno(env, "KVM_RUN", e);
   }
@@ -431,6 +434,8 @@ static void kick_handler(int sig) { (void)sig; }
 
 static pthread_once_t g_sig_once = PTHREAD_ONCE_INIT;
 static void install_kick_handler(void) {
+  /* Never runs on a vCPU thread (the signal is blocked there outside KVM_RUN);
+   * it is installed so the signal is neither ignored nor fatal. */
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = kick_handler;
@@ -439,15 +444,41 @@ static void install_kick_handler(void) {
   sigaction(GV_KICK_SIGNAL, &sa, NULL);
 }
 
-/* prepareVcpuThread() -> the calling thread's Linux tid; kick signals now interrupt it. */
+/*
+ * prepareVcpuThread(vcpuFd) -> the calling thread's Linux tid.
+ * The kick signal stays blocked in this thread except while it is inside
+ * KVM_RUN on vcpuFd (KVM_SET_SIGNAL_MASK): a kick ends the KVM_RUN in progress,
+ * or the next one at once, with EINTR, and no signal handler ever runs on the
+ * thread. run() takes the pending kick after such an exit.
+ */
 static napi_value PrepareVcpuThread(napi_env env, napi_callback_info info) {
-  (void)info;
+  ARGS(1);
+  int32_t fd;
+  if (!arg_i32(env, argv[0], &fd)) return throw_type(env, "prepareVcpuThread(vcpuFd)");
   pthread_once(&g_sig_once, install_kick_handler);
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, GV_KICK_SIGNAL);
-  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+  sigset_t kick, during_run;
+  sigemptyset(&kick);
+  sigaddset(&kick, GV_KICK_SIGNAL);
+  int e = pthread_sigmask(SIG_BLOCK, &kick, &during_run);
+  if (e != 0) return throw_errno(env, "pthread_sigmask", e);
+  sigdelset(&during_run, GV_KICK_SIGNAL);
+  /* The kernel's sigset is the first 8 bytes of glibc's (bit n-1 = signal n). */
+  uint64_t buf[2] = {0, 0};
+  struct kvm_signal_mask *m = (struct kvm_signal_mask *)buf;
+  m->len = 8;
+  memcpy(m->sigset, &during_run, 8);
+  if (ioctl(fd, KVM_SET_SIGNAL_MASK, m) < 0) return throw_errno(env, "KVM_SET_SIGNAL_MASK", errno);
   return ret_i32(env, (int32_t)syscall(SYS_gettid));
+}
+
+/* Take every kick pending for this thread (after KVM_RUN returned EINTR). */
+static void take_kicks(void) {
+  sigset_t kick;
+  sigemptyset(&kick);
+  sigaddset(&kick, GV_KICK_SIGNAL);
+  struct timespec now = {0, 0};
+  while (sigtimedwait(&kick, NULL, &now) == GV_KICK_SIGNAL) {
+  }
 }
 
 /* kickThread(tid): interrupt a KVM_RUN in that thread of this process. ESRCH is not an error. */

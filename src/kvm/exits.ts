@@ -52,7 +52,12 @@ export class RunPage {
     msrIndex: number;
     msrData: number;
     sysType: number;
+    validRegs: number;
+    dirtyRegs: number;
   };
+  /** Where KVM_CAP_SYNC_REGS keeps kvm_regs and kvm_sregs in this page. */
+  readonly syncRegsAt: number;
+  readonly syncSregsAt: number;
   private readonly k: Record<string, number>;
 
   constructor(buffer: ArrayBuffer) {
@@ -83,7 +88,11 @@ export class RunPage {
       msrIndex: L.off("msr.index"),
       msrData: L.off("msr.data"),
       sysType: L.off("system_event.type"),
+      validRegs: L.off("kvm_valid_regs"),
+      dirtyRegs: L.off("kvm_dirty_regs"),
     };
+    this.syncRegsAt = L.off("s.regs");
+    this.syncSregsAt = L.off("s.sregs");
     this.k = {
       IO: K("KVM_EXIT_IO"),
       MMIO: K("KVM_EXIT_MMIO"),
@@ -106,6 +115,20 @@ export class RunPage {
 
   set immediateExit(on: boolean) {
     this.view.setUint8(this.o.immediateExit, on ? 1 : 0);
+  }
+
+  /** KVM_SYNC_X86_* sets KVM stores into this page on every return from KVM_RUN. */
+  set validRegs(mask: number) {
+    this.view.setBigUint64(this.o.validRegs, BigInt(mask), true);
+  }
+
+  /** KVM_SYNC_X86_* sets changed in this page, for KVM to load at the next KVM_RUN (it clears the bits). */
+  get dirtyRegs(): number {
+    return Number(this.view.getBigUint64(this.o.dirtyRegs, true) & 0xffffn);
+  }
+
+  set dirtyRegs(mask: number) {
+    this.view.setBigUint64(this.o.dirtyRegs, BigInt(mask), true);
   }
 
   /** Decode the exit KVM_RUN just reported. */

@@ -139,7 +139,7 @@ export class Vm {
     const fd = wrapNative(`KVM_CREATE_VCPU ${id}`, () => native().createVcpu(this.fd, id));
     const runSize = this.kvm.getVcpuMmapSize();
     const runAddr = wrapNative("mmap kvm_run", () => native().mmapFd(fd, runSize));
-    return { id, fd, runAddr, runSize };
+    return { id, fd, runAddr, runSize, syncRegs: Math.max(0, this.kvm.checkExtension("KVM_CAP_SYNC_REGS")) };
   }
 
   close(): void {
@@ -155,6 +155,8 @@ export interface VcpuHandle {
   readonly fd: number;
   readonly runAddr: bigint;
   readonly runSize: number;
+  /** What KVM_CAP_SYNC_REGS reports: the register sets the kvm_run page can carry (Vcpu.useSyncRegs). */
+  readonly syncRegs: number;
 }
 
 export function releaseVcpu(h: VcpuHandle): void {
@@ -184,9 +186,44 @@ export class Vcpu {
     this.eventsBuf = new Uint8Array(kernelLayout("kvm_vcpu_events").size);
   }
 
+  /**
+   * KVM_SYNC_X86_* sets that travel in the kvm_run page (useSyncRegs), else 0.
+   * Then the page is the vCPU's register file between two KVM_RUNs: reads
+   * decode it, writes encode it and mark it dirty, and KVM loads dirty sets
+   * on entry and stores every set on the way out. No ioctl per exit.
+   */
+  private synced = 0;
+  private readonly REGS = K("KVM_SYNC_X86_REGS");
+  private readonly SREGS = K("KVM_SYNC_X86_SREGS");
+  /** Synced sets whose copy in the page is older than the vCPU (an ioctl changed it since the exit). */
+  private stale = 0;
+
+  /**
+   * Keep the registers and special registers in the kvm_run page from now on
+   * (KVM_CAP_SYNC_REGS; `supported` is what the capability reports). Only for
+   * the thread that runs the vCPU. Returns false, changing nothing, when KVM
+   * cannot sync both sets.
+   */
+  useSyncRegs(supported: number): boolean {
+    const want = this.REGS | this.SREGS;
+    if ((supported & want) !== want) return false;
+    this.run.validRegs = want;
+    this.run.dirtyRegs = 0;
+    this.synced = want;
+    this.stale = want; // nothing stored yet: the first reads fill the page through the ioctls
+    return true;
+  }
+
+  /** Registers come from the kvm_run page (useSyncRegs took effect). */
+  get syncsRegs(): boolean {
+    return this.synced !== 0;
+  }
+
   /** KVM_RUN, decoded. A kick (EINTR) decodes as { kind: "interrupted" }. */
   runOnce(): VcpuExit {
     const rc = native().run(this.fd);
+    // KVM stored every synced set on the way out; after an early EINTR, trust only what is still pending.
+    if (this.synced) this.stale = rc < 0 ? this.synced & ~this.run.dirtyRegs : 0;
     if (rc < 0) return { kind: "interrupted" };
     return this.run.decode();
   }
@@ -197,29 +234,101 @@ export class Vcpu {
   }
 
   getRegs(): Regs {
+    if (this.synced) {
+      this.refresh(this.REGS);
+      return decodeRegs(this.run.view, this.run.syncRegsAt);
+    }
     wrapNative("KVM_GET_REGS", () => native().getRegs(this.fd, this.regsBuf));
     return decodeRegs(this.regsView);
   }
 
   setRegs(regs: Regs): void {
+    if (this.synced) {
+      // kvm_regs is modelled whole: the page needs no refresh first.
+      encodeRegs(regs, this.run.view, this.run.syncRegsAt);
+      this.stale &= ~this.REGS;
+      this.run.dirtyRegs |= this.REGS;
+      return;
+    }
     encodeRegs(regs, this.regsView);
     wrapNative("KVM_SET_REGS", () => native().setRegs(this.fd, this.regsBuf));
   }
 
   getSregs(): Sregs {
+    if (this.synced) {
+      this.refresh(this.SREGS);
+      return decodeSregs(this.run.view, this.run.syncSregsAt);
+    }
     wrapNative("KVM_GET_SREGS", () => native().getSregs(this.fd, this.sregsBuf));
     return decodeSregs(this.sregsView);
   }
 
   setSregs(s: Sregs): void {
-    // Keep the fields we do not model (interrupt bitmap): start from the current state.
+    // Keep the fields we do not model (interrupt bitmap): encode over the current state.
+    if (this.synced) {
+      this.refresh(this.SREGS);
+      encodeSregs(s, this.run.view, this.run.syncSregsAt);
+      this.run.dirtyRegs |= this.SREGS;
+      return;
+    }
     wrapNative("KVM_GET_SREGS", () => native().getSregs(this.fd, this.sregsBuf));
     encodeSregs(s, this.sregsView);
     wrapNative("KVM_SET_SREGS", () => native().setSregs(this.fd, this.sregsBuf));
   }
 
+  /** Bring a stale synced set in the page up to date through its GET ioctl. */
+  private refresh(bit: number): void {
+    if ((this.stale & bit) === 0) return;
+    const s = this.syncedSet(bit);
+    wrapNative(s.getName, () => s.get(this.fd, s.buf));
+    this.run.bytes.set(s.buf, s.at);
+    this.stale &= ~bit;
+  }
+
+  /**
+   * Before an ioctl that changes vCPU state the page mirrors (MSRs, guest
+   * debug, events): hand KVM the changes still pending in the page, through
+   * the SET ioctls, so they land in the order they were made; afterwards the
+   * page is stale until the next exit.
+   */
+  private settle(): void {
+    if (!this.synced) return;
+    const dirty = this.run.dirtyRegs;
+    for (const bit of [this.REGS, this.SREGS]) {
+      if ((dirty & bit) === 0) continue;
+      const s = this.syncedSet(bit);
+      s.buf.set(this.run.bytes.subarray(s.at, s.at + s.buf.length));
+      wrapNative(s.setName, () => s.set(this.fd, s.buf));
+    }
+    this.run.dirtyRegs = 0;
+    this.stale = this.synced;
+  }
+
+  /** One synced set: where it sits in the page, its ioctl buffer, and its GET and SET ioctls. */
+  private syncedSet(bit: number) {
+    const n = native();
+    return bit === this.REGS
+      ? {
+          at: this.run.syncRegsAt,
+          buf: this.regsBuf,
+          get: n.getRegs,
+          getName: "KVM_GET_REGS",
+          set: n.setRegs,
+          setName: "KVM_SET_REGS",
+        }
+      : {
+          at: this.run.syncSregsAt,
+          buf: this.sregsBuf,
+          get: n.getSregs,
+          getName: "KVM_GET_SREGS",
+          set: n.setSregs,
+          setName: "KVM_SET_SREGS",
+        };
+  }
+
   /** KVM_SET_CPUID2 with a kvm_cpuid2 buffer (from Kvm.getSupportedCpuid). */
   setCpuid2(cpuid: Uint8Array): void {
+    this.settle();
     wrapNative("KVM_SET_CPUID2", () => native().setCpuid2(this.fd, cpuid));
   }
 
@@ -240,6 +349,7 @@ export class Vcpu {
 
   /** KVM_SET_MSRS. */
   setMsrs(entries: ReadonlyArray<readonly [number, bigint]>): void {
+    this.settle();
     const buf = this.msrBuffer(entries);
     const n = wrapNative("KVM_SET_MSRS", () => native().setMsrs(this.fd, buf));
     if (n !== entries.length) {
@@ -264,6 +374,7 @@ export class Vcpu {
   /** KVM_SET_VCPU_EVENTS: inject a CPU exception (delivered through the guest IDT). */
   injectException(vector: number, errorCode?: number): void {
     const L = kernelLayout("kvm_vcpu_events");
+    this.settle();
     wrapNative("KVM_GET_VCPU_EVENTS", () => native().getVcpuEvents(this.fd, this.eventsBuf));
     const v = new DataView(this.eventsBuf.buffer);
     v.setUint8(L.off("exception.injected"), 1);
@@ -276,6 +387,7 @@ export class Vcpu {
 
   /** KVM_SET_GUEST_DEBUG with a control word and DR0..DR7. */
   setGuestDebug(control: number, debugregs: readonly bigint[] = []): void {
+    this.settle();
     const L = kernelLayout("kvm_guest_debug");
     const buf = new Uint8Array(L.size);
     const v = new DataView(buf.buffer);

@@ -47,7 +47,7 @@ export interface NativeKvm {
   mmapFd(fd: number, size: number): bigint;
   munmap(addr: bigint, size: number): void;
   arrayBufferAt(addr: bigint, size: number): ArrayBuffer;
-  prepareVcpuThread(): number;
+  prepareVcpuThread(vcpuFd: number): number;
   kickThread(tid: number): void;
   readonly constants: Readonly<Record<string, number>>;
   readonly layouts: Readonly<Record<string, Readonly<Record<string, number>>>>;

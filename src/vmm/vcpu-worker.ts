@@ -18,7 +18,7 @@ import { HmControl } from "../health/hm-control.js";
 import { IdcRegion } from "../idc/channel.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { Vcpu } from "../kvm/kvm.js";
-import { K, native } from "../kvm/native.js";
+import { K, native, wrapNative } from "../kvm/native.js";
 import { ExitDispatcher, type GuestAction } from "./dispatcher.js";
 import { ExceptionCapture } from "./exception-capture.js";
 import { ProtectionMap } from "./protection.js";
@@ -109,9 +109,12 @@ function guestKernelHypercalls(hypercalls: Hypercalls, dispatcher: ExitDispatche
 }
 
 function main(): void {
-  const tid = native().prepareVcpuThread();
+  // Kicks end KVM_RUN (EINTR) without ever running a signal handler on this thread.
+  const tid = wrapNative("KVM_SET_SIGNAL_MASK", () => native().prepareVcpuThread(init.vcpu.fd));
   const ctrl = new Int32Array(init.control);
   const vcpu = new Vcpu(init.vcpu);
+  // Registers in the kvm_run page: an exit that reads or writes them costs no ioctl.
+  vcpu.useSyncRegs(init.vcpu.syncRegs);
   const memory = GuestMemory.attach(init.memory);
   const protection = new ProtectionMap(init.regions, init.memory.size);
   const serial = new Serial((line) => post({ type: "serial", line }));
