@@ -207,13 +207,25 @@ static napi_value Close(napi_env env, napi_callback_info info) {
 
 /* ---------- ioctls with an integer argument ---------- */
 
+/*
+ * ioctl, again while a signal interrupts it (a profiler's SIGPROF, say): only
+ * KVM_RUN reports EINTR to its caller, where it means a kick.
+ */
+static int xioctl(int fd, unsigned long req, void *arg) {
+  int r;
+  do {
+    r = ioctl(fd, req, arg);
+  } while (r < 0 && errno == EINTR);
+  return r;
+}
+
 static napi_value ioctl_int(napi_env env, napi_callback_info info, unsigned long req, const char *name) {
   ARGS(1);
   int32_t fd;
   uint64_t arg = 0;
   if (!arg_i32(env, argv[0], &fd)) return throw_type(env, "fd must be an int32");
   if (argc > 1 && !arg_u64(env, argv[1], &arg)) return throw_type(env, "arg must be a non-negative integer");
-  int r = ioctl(fd, req, (unsigned long)arg);
+  int r = xioctl(fd, req, (void *)(uintptr_t)arg);
   if (r < 0) return throw_errno(env, name, errno);
   return ret_i32(env, r);
 }
@@ -244,7 +256,7 @@ static napi_value ioctl_buf(napi_env env, napi_callback_info info, unsigned long
     snprintf(msg, sizeof msg, "%s: buffer of %zu bytes, expected %zu", name, len, size);
     return throw_type(env, msg);
   }
-  int r = ioctl(fd, req, data);
+  int r = xioctl(fd, req, data);
   if (r < 0) return throw_errno(env, name, errno);
   return ret_i32(env, r);
 }
@@ -274,7 +286,7 @@ static napi_value ioctl_var(napi_env env, napi_callback_info info, unsigned long
   uint32_t n;
   memcpy(&n, data, sizeof n); /* nmsrs / nent is the first u32 of both structs */
   if (n > (len - hdr) / entry) return throw_type(env, "entry count exceeds the buffer");
-  int r = ioctl(fd, req, data);
+  int r = xioctl(fd, req, data);
   if (r < 0) return throw_errno(env, name, errno);
   return ret_i32(env, r);
 }
@@ -308,7 +320,7 @@ static napi_value SetUserMemoryRegion(napi_env env, napi_callback_info info) {
   struct kvm_userspace_memory_region r = {
       .slot = (uint32_t)slot, .flags = (uint32_t)flags, .guest_phys_addr = gpa, .memory_size = size,
       .userspace_addr = uaddr};
-  if (ioctl(fd, KVM_SET_USER_MEMORY_REGION, &r) < 0) return throw_errno(env, "KVM_SET_USER_MEMORY_REGION", errno);
+  if (xioctl(fd, KVM_SET_USER_MEMORY_REGION, &r) < 0) return throw_errno(env, "KVM_SET_USER_MEMORY_REGION", errno);
   return NULL;
 }
 
@@ -348,7 +360,7 @@ static napi_value SetMsrFilter(napi_env env, napi_callback_info info) {
     f.ranges[i].nmsrs = (uint32_t)nmsrs;
     f.ranges[i].bitmap = bm; /* KVM copies the bitmap during the ioctl */
   }
-  if (ioctl(fd, KVM_X86_SET_MSR_FILTER, &f) < 0) return throw_errno(env, "KVM_X86_SET_MSR_FILTER", errno);
+  if (xioctl(fd, KVM_X86_SET_MSR_FILTER, &f) < 0) return throw_errno(env, "KVM_X86_SET_MSR_FILTER", errno);
   return NULL;
 }
 
@@ -467,7 +479,7 @@ static napi_value PrepareVcpuThread(napi_env env, napi_callback_info info) {
   struct kvm_signal_mask *m = (struct kvm_signal_mask *)buf;
   m->len = 8;
   memcpy(m->sigset, &during_run, 8);
-  if (ioctl(fd, KVM_SET_SIGNAL_MASK, m) < 0) return throw_errno(env, "KVM_SET_SIGNAL_MASK", errno);
+  if (xioctl(fd, KVM_SET_SIGNAL_MASK, m) < 0) return throw_errno(env, "KVM_SET_SIGNAL_MASK", errno);
   return ret_i32(env, (int32_t)syscall(SYS_gettid));
 }
 
