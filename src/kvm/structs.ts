@@ -51,7 +51,9 @@ export interface Sregs {
 }
 
 export function zeroRegs(): Regs {
-  return Object.fromEntries(REG_NAMES.map((r) => [r, 0n])) as Regs;
+  const out = {} as Regs;
+  for (const r of REG_NAMES) out[r] = 0n;
+  return out;
 }
 
 export function decodeRegs(view: DataView, base = 0): Regs {

@@ -33,7 +33,8 @@ export interface ContextRecord {
   flags: number;
 }
 
-export function emptyContext(kind: EventKind): ContextRecord {
+/** A record of `kind` with every field zero (or `regs`, when the caller has them already). */
+export function emptyContext(kind: EventKind, regs?: Regs): ContextRecord {
   return {
     seq: 0,
     kind,
@@ -48,7 +49,7 @@ export function emptyContext(kind: EventKind): ContextRecord {
     gpa: 0,
     regionOffset: 0,
     data: new Uint8Array(0),
-    regs: zeroRegs(),
+    regs: regs ?? zeroRegs(),
     cr0: 0n,
     cr2: 0n,
     cr3: 0n,

@@ -478,11 +478,10 @@ export class ExitDispatcher {
 
   /** First-time capture: registers, control registers and instruction bytes. */
   capture(kind: EventKind, regs: Regs = this.d.cpu.getRegs(), sregs: Sregs = this.sregs()): ContextRecord {
-    const ctx = emptyContext(kind);
+    const ctx = emptyContext(kind, regs);
     ctx.seq = ++this.seq;
     ctx.vmId = this.d.vmId;
     ctx.vcpu = this.d.vcpuId;
-    ctx.regs = regs;
     ctx.cpl = cplOf(sregs);
     ctx.cr0 = sregs.cr0;
     ctx.cr2 = sregs.cr2;
