@@ -174,6 +174,7 @@ export class Vcpu {
   private readonly sregsBuf: Uint8Array;
   private readonly sregsView: DataView;
   private readonly eventsBuf: Uint8Array;
+  private debugBuf: Uint8Array | undefined;
 
   constructor(h: VcpuHandle) {
     this.id = h.id;
@@ -388,13 +389,15 @@ export class Vcpu {
   /** KVM_SET_GUEST_DEBUG with a control word and DR0..DR7. */
   setGuestDebug(control: number, debugregs: readonly bigint[] = []): void {
     this.settle();
+    // Twice per captured exception (step over, re-arm): one buffer, reused.
     const L = kernelLayout("kvm_guest_debug");
-    const buf = new Uint8Array(L.size);
+    this.debugBuf ??= new Uint8Array(L.size);
+    const buf = this.debugBuf;
+    buf.fill(0);
     const v = new DataView(buf.buffer);
     v.setUint32(L.off("control"), control, true);
-    debugregs.slice(0, 8).forEach((d, i) => {
-      v.setBigUint64(L.off("debugreg") + 8 * i, d, true);
-    });
+    const dr = L.off("debugreg");
+    for (let i = 0; i < Math.min(8, debugregs.length); i++) v.setBigUint64(dr + 8 * i, debugregs[i] ?? 0n, true);
     wrapNative("KVM_SET_GUEST_DEBUG", () => native().setGuestDebug(this.fd, buf));
   }
 }
