@@ -444,6 +444,14 @@ static napi_value ArrayBufferAt(napi_env env, napi_callback_info info) {
 
 static void kick_handler(int sig) { (void)sig; }
 
+/* The set holding only the kick signal. */
+static sigset_t kick_set(void) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, GV_KICK_SIGNAL);
+  return set;
+}
+
 static pthread_once_t g_sig_once = PTHREAD_ONCE_INIT;
 static void install_kick_handler(void) {
   /* Never runs on a vCPU thread (the signal is blocked there outside KVM_RUN);
@@ -468,9 +476,7 @@ static napi_value PrepareVcpuThread(napi_env env, napi_callback_info info) {
   int32_t fd;
   if (!arg_i32(env, argv[0], &fd)) return throw_type(env, "prepareVcpuThread(vcpuFd)");
   pthread_once(&g_sig_once, install_kick_handler);
-  sigset_t kick, during_run;
-  sigemptyset(&kick);
-  sigaddset(&kick, GV_KICK_SIGNAL);
+  sigset_t kick = kick_set(), during_run;
   int e = pthread_sigmask(SIG_BLOCK, &kick, &during_run);
   if (e != 0) return throw_errno(env, "pthread_sigmask", e);
   sigdelset(&during_run, GV_KICK_SIGNAL);
@@ -485,9 +491,7 @@ static napi_value PrepareVcpuThread(napi_env env, napi_callback_info info) {
 
 /* Take every kick pending for this thread (after KVM_RUN returned EINTR). */
 static void take_kicks(void) {
-  sigset_t kick;
-  sigemptyset(&kick);
-  sigaddset(&kick, GV_KICK_SIGNAL);
+  sigset_t kick = kick_set();
   struct timespec now = {0, 0};
   while (sigtimedwait(&kick, NULL, &now) == GV_KICK_SIGNAL) {
   }

@@ -196,13 +196,13 @@ function table(rows: string[][]): string {
 const f2 = (v: number) => v.toFixed(2);
 const per = (v: number) => Math.round(v).toLocaleString("en-US");
 
-/** The readable report. */
 /** The flags that shaped the run, as typed: " --quick --hm-timeout 500". */
 function benchFlags(j: BenchJson): string {
   const hm = j.hmTimeoutMs === HM_DEFAULTS.timeoutMs ? "" : ` --hm-timeout ${j.hmTimeoutMs}`;
   return `${j.quick ? " --quick" : ""}${hm}`;
 }
 
+/** The readable report. */
 export function formatBenchReport(j: BenchJson): string {
   const bare = j.bareExitUs;
   const ratio = (p: Pcts) => [f2(p.p50 / bare.p50), f2(p.p99 / bare.p99)];
