@@ -6,6 +6,10 @@
 export const ERROR_CODES = {
   /** /dev/kvm missing, not accessible, or lacking a capability we need. */
   KVM_UNAVAILABLE: "KVM_UNAVAILABLE",
+  /** The lab (the emulated machine with KVM) cannot start: a package is missing or too old. */
+  LAB_UNAVAILABLE: "LAB_UNAVAILABLE",
+  /** The lab started but did not run the command to its end (it crashed, or timed out). */
+  LAB_FAILED: "LAB_FAILED",
   /** A KVM ioctl failed (the native layer reports errno and ioctl name). */
   KVM_IOCTL: "KVM_IOCTL",
   /** A guest-physical access outside guest RAM or a mapping. */

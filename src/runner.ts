@@ -21,20 +21,22 @@ import { readPolicyKernel } from "./policy/compile-file.js";
 import { loadPolicyFile } from "./policy/load.js";
 import { type PolicyKernel, resolvePolicy } from "./policy/resolve.js";
 import { findScenario, parseResultLine, type Scenario } from "./scenarios.js";
+import { scaled } from "./time-scale.js";
 import { validateMemMiB } from "./vmm/boot.js";
 import type { CapturedEvent, DispatchStats } from "./vmm/dispatcher.js";
 import { GuestVm, type Integrity } from "./vmm/guest-vm.js";
 import type { VcpuStop } from "./vmm/vcpu-thread.js";
 
 export const DEFAULT_MEM_MIB = 32;
-export const DEFAULT_TIMEOUT_MS = 30_000;
+/** How long a run may take (30 s, times the time scale). */
+export const DEFAULT_TIMEOUT_MS = scaled(30_000);
 export const DEFAULT_DECIDER: DeciderName = "hm-vm";
 /** The health VM's RAM (its IDC region is mapped right above it). */
 export const HM_MEM_MIB = 4;
 /** Restarts of one guest when the policy sets no limit. */
 export const DEFAULT_RESTART_LIMIT = 3;
-/** A vCPU in KVM_RUN without an exit for this long is hung. */
-export const DEFAULT_HANG_TIMEOUT_MS = 3000;
+/** A vCPU in KVM_RUN without an exit for this long is hung (3 s, times the time scale). */
+export const DEFAULT_HANG_TIMEOUT_MS = scaled(3000);
 
 export interface RunOptions {
   /** One scenario for every guest, or one per guest. */
@@ -171,6 +173,17 @@ function readKernel(path: string): Uint8Array {
     const hint = path === defaultKernelPath() ? " (build the guest with 'npm run build')" : "";
     throw new GuardvisorError("IO", `cannot read kernel ${path}: ${why}${hint}`);
   }
+}
+
+/**
+ * The checks a run makes before it needs KVM (scenarios, guest count, memory
+ * size, the kernel file): the CLI makes them on the host before it moves a
+ * run into the lab.
+ */
+export function checkRunOptions(opts: RunOptions): void {
+  guestScenarios(opts);
+  validateMemMiB(opts.memMiB ?? DEFAULT_MEM_MIB);
+  readKernel(opts.kernelPath ?? defaultKernelPath());
 }
 
 /** The scenario each guest runs (undefined: a custom kernel). */

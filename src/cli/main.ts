@@ -7,10 +7,12 @@ import { DECIDERS, type DeciderName } from "../decide/decider.js";
 import { GuardvisorError, isGuardvisorError } from "../errors.js";
 import { HM_DEFAULTS } from "../health/health-manager.js";
 import type { InjectSpec } from "../idc/channel.js";
+import { runInLabIfNoKvm } from "../lab/fallback.js";
 import { readPolicyKernel } from "../policy/compile-file.js";
 import { loadPolicyFile } from "../policy/load.js";
 import { resolvePolicy } from "../policy/resolve.js";
 import {
+  checkRunOptions,
   DEFAULT_DECIDER,
   DEFAULT_HANG_TIMEOUT_MS,
   DEFAULT_MEM_MIB,
@@ -27,6 +29,7 @@ import {
 import { SCENARIOS, type Scenario } from "../scenarios.js";
 import { registerAuditCommands } from "./audit-cmd.js";
 import { registerBenchCommands } from "./bench-cmd.js";
+import { registerLabCommands } from "./lab-cmd.js";
 import { startRunObservers } from "./observe.js";
 import { HM_TIMEOUT_OPTION, intOption } from "./options.js";
 import { registerPolicyCommands } from "./policy-cmd.js";
@@ -45,8 +48,18 @@ Exit codes:
   0   the run completed (and, for a scenario, every expectation held)
   1   the guest did not complete, or a scenario expectation failed
   2   bad usage or input: unknown scenario, unreadable or invalid kernel, bad option value
-  3   KVM is unavailable (/dev/kvm missing, not accessible, or lacking a capability)
+  3   KVM is unavailable (/dev/kvm missing, not accessible, or lacking a capability) and the lab cannot start
   70  internal error`;
+
+const NO_LAB = [
+  "--no-lab",
+  "where /dev/kvm is missing, exit 3 instead of running in the lab (guardvisor lab --help)",
+] as const;
+
+const TIME_SCALE_HELP = `
+
+Default time limits (--timeout, --hm-timeout, --hang-timeout) are multiplied
+by GV_TIME_SCALE (1 on a KVM host; set by the lab, which runs 20-50x slower).`;
 
 const INJECT_MODES = {
   crash: ABI_CONSTANTS.INJECT_CRASH,
@@ -95,6 +108,8 @@ interface RunFlags {
   hangTimeout: number;
   hmTimeout: number;
   metricsPort?: number;
+  /** false with --no-lab. */
+  lab: boolean;
 }
 
 function formatEvent(e: SummaryEvent): string {
@@ -241,7 +256,8 @@ function reloadOnSignal(flags: RunFlags, control: RunControl): void {
   }
 }
 
-async function runCommand(flags: RunFlags): Promise<number> {
+/** Everything about a run that can be checked without KVM: bad usage fails here, before the lab boots. */
+function checkRunFlags(flags: RunFlags): void {
   if (!flags.scenario === !flags.kernel) {
     throw new GuardvisorError("CONFIG_INVALID", "give exactly one of --scenario NAME (repeatable) or --kernel ELF");
   }
@@ -255,8 +271,14 @@ async function runCommand(flags: RunFlags): Promise<number> {
     if (flags.metricsPort !== undefined) {
       throw new GuardvisorError("CONFIG_INVALID", "--metrics-port: serves one run; not with --scenario all");
     }
-    return runAll(flags);
+    checkRunOptions({ ...commonRunOptions(flags), scenario: SCENARIOS[0]!.name });
+    return;
   }
+  checkRunOptions({ ...commonRunOptions(flags), scenarios: flags.scenario, guests: flags.guests });
+}
+
+async function runCommand(flags: RunFlags): Promise<number> {
+  if (flags.scenario?.includes("all")) return runAll(flags);
   const control: RunControl = {};
   const onHup = () => reloadOnSignal(flags, control);
   process.on("SIGHUP", onHup);
@@ -310,7 +332,10 @@ async function demoCommand(): Promise<number> {
   return report.summary.guest.outcome === "completed" && report.problems.length === 0 ? EXIT.OK : EXIT.RUN_FAILED;
 }
 
-export function buildProgram(setExit: (code: number) => void): Command {
+const sayErr = (m: string) => process.stderr.write(`guardvisor: ${m}\n`);
+
+export function buildProgram(setExit: (code: number) => void, argv: readonly string[] = process.argv): Command {
+  const args = argv.slice(2);
   const program = new Command("guardvisor")
     .description("A KVM virtual machine monitor that keeps guest kernels healthy and untampered.")
     .version("0.1.0")
@@ -340,7 +365,12 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option("--json", "print one JSON summary object on stdout when the run ends")
     .option("--audit <file>", "append one JSON line per event, with full context, to this file")
     .option("--mem <MiB>", "guest RAM in MiB (even, 4..4096)", intOption("--mem"), DEFAULT_MEM_MIB)
-    .option("--timeout <seconds>", "stop the guest after this long", intOption("--timeout"), DEFAULT_TIMEOUT_MS / 1000)
+    .option(
+      "--timeout <seconds>",
+      "stop the guest after this long",
+      intOption("--timeout"),
+      Math.ceil(DEFAULT_TIMEOUT_MS / 1000),
+    )
     .option("--cmdline <text>", "extra kernel command-line text")
     .option("--serial", "echo the guest's serial output on stderr")
     .option(
@@ -364,11 +394,15 @@ export function buildProgram(setExit: (code: number) => void): Command {
       DEFAULT_HANG_TIMEOUT_MS,
     )
     .option(...HM_TIMEOUT_OPTION)
+    .option(NO_LAB[0], NO_LAB[1])
     .addHelpText(
       "after",
-      `\n--scenario all runs every built-in scenario in turn and prints one verdict per scenario.${EXIT_HELP}`,
+      `\n--scenario all runs every built-in scenario in turn and prints one verdict per scenario.${TIME_SCALE_HELP}${EXIT_HELP}`,
     )
-    .action(async (flags: RunFlags) => setExit(await runCommand(flags)));
+    .action(async (flags: RunFlags) => {
+      checkRunFlags(flags);
+      setExit((await runInLabIfNoKvm(flags.lab, args, sayErr)) ?? (await runCommand(flags)));
+    });
 
   program
     .command("scenarios")
@@ -389,11 +423,15 @@ export function buildProgram(setExit: (code: number) => void): Command {
   program
     .command("demo")
     .description("a short demo: a kernel-code patch attack denied, the guest still healthy")
-    .action(async () => setExit(await demoCommand()));
+    .option(NO_LAB[0], NO_LAB[1])
+    .action(async (flags: { lab: boolean }) =>
+      setExit((await runInLabIfNoKvm(flags.lab, args, sayErr)) ?? (await demoCommand())),
+    );
 
   registerAuditCommands(program, setExit);
   registerPolicyCommands(program);
   registerBenchCommands(program, setExit);
+  registerLabCommands(program, setExit, () => args);
   return program;
 }
 
@@ -401,7 +439,9 @@ function exitCodeFor(e: unknown): number {
   if (isGuardvisorError(e)) {
     switch (e.code) {
       case "KVM_UNAVAILABLE":
+      case "LAB_UNAVAILABLE":
         return EXIT.KVM_UNAVAILABLE;
+      case "LAB_FAILED":
       case "INTERNAL":
       case "KVM_IOCTL":
         return EXIT.INTERNAL;
@@ -416,7 +456,7 @@ export async function main(argv: string[]): Promise<number> {
   let code: number = EXIT.OK;
   const program = buildProgram((c) => {
     code = c;
-  });
+  }, argv);
   program.exitOverride();
   program.commands.forEach((c) => {
     c.exitOverride();

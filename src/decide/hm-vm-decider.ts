@@ -10,6 +10,7 @@
 import type { EventKind } from "../abi/guest-abi.js";
 import { HM_DOWN, HM_FAILED, HM_UP, type HmControl } from "../health/hm-control.js";
 import type { IdcChannel } from "../idc/channel.js";
+import { scaled } from "../time-scale.js";
 import type { ContextRecord } from "../vmm/context.js";
 import type { Decider, DecisionResult, ReloadablePolicy } from "./decider.js";
 import { FAILSAFE_DEFAULTS } from "./policy.js";
@@ -45,7 +46,8 @@ interface Explained {
 
 const KEPT_POLICIES = 4;
 
-const DEFAULT_RESTART_WAIT_MS = 10_000;
+/** How long a decision waits for a restarted health VM (10 s, times the time scale). */
+const DEFAULT_RESTART_WAIT_MS = scaled(10_000);
 
 export class HmVmDecider implements Decider {
   readonly name = "hm-vm" as const;

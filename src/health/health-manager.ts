@@ -19,21 +19,24 @@ import { IdcRegion, type InjectSpec } from "../idc/channel.js";
 import { type IdcLayout, idcLayout } from "../idc/layout.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
 import { logFor } from "../log.js";
+import { scaled } from "../time-scale.js";
 import type { DeciderInit } from "../vmm/vcpu-protocol.js";
 import type { EngineBackend, EngineInstance } from "./backends.js";
 import { HM_FAILED, HM_UP, HmControl } from "./hm-control.js";
 
+const HM_TIMEOUT_MAX_MS = 60_000;
+
 export const HM_DEFAULTS = {
-  /** A health VM that has not answered a request after this long is faulty. */
-  timeoutMs: 100,
+  /** A health VM that has not answered a request after this long is faulty (100 ms, times the time scale). */
+  timeoutMs: Math.min(HM_TIMEOUT_MAX_MS, scaled(100)),
   /** Deciders busy-poll this long before sleeping between polls. */
   spinUs: 500,
   restartLimit: 5,
-  bootTimeoutMs: 5000,
+  bootTimeoutMs: scaled(5000),
 } as const;
 
 /** The answer deadlines a health VM may be given, in ms. */
-export const HM_TIMEOUT_RANGE = { min: 1, max: 60_000 } as const;
+export const HM_TIMEOUT_RANGE = { min: 1, max: HM_TIMEOUT_MAX_MS } as const;
 
 export interface HealthVmOptions {
   /** Where the engine runs: the health VM (VmEngineBackend), or a host process in tests. */

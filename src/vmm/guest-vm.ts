@@ -13,6 +13,7 @@ import { configError, GuardvisorError } from "../errors.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { type Kvm, releaseVcpu, Vcpu, type VcpuHandle, type Vm } from "../kvm/kvm.js";
 import { K, type MsrFilterRange } from "../kvm/native.js";
+import { scaled } from "../time-scale.js";
 import { bootRegs, bootSregs, writeBootArea } from "./boot.js";
 import type { CapturedEvent, GuestReport } from "./dispatcher.js";
 import { makeRegions, ProtectionMap, planMemorySlots } from "./protection.js";
@@ -349,7 +350,8 @@ export class GuestVm {
 }
 
 /** How long a new vCPU thread may take to load and attach before the build fails (it is ended). */
-const VCPU_START_MS = 60_000;
+/** A vCPU thread must reach KVM_RUN within this long (60 s, times the time scale). */
+const VCPU_START_MS = scaled(60_000);
 
 /** MSRs whose writes exit to the VMM (protected once the guest seals them). */
 export const PROTECTED_MSRS: ReadonlySet<number> = new Set([

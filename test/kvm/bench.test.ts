@@ -13,6 +13,7 @@ import type { BenchJson } from "../../src/bench/report.js";
 import { benchKernelInfo, openKvm } from "../../src/bench/run.js";
 import { runGuardvisor } from "../../src/bench/session.js";
 import { packageRoot } from "../../src/kvm/native.js";
+import { scaled } from "../../src/time-scale.js";
 import { cli } from "../support/cli.js";
 import { skipWithoutKvm } from "../support/kvm.js";
 
@@ -24,7 +25,7 @@ describe("benchmarks on KVM", { skip: skipWithoutKvm }, () => {
       kernelPath: GV_KERNEL,
       cmdline: benchCmdline("bench-write", { n: 200, warm: 10 }),
       memMiB: 32,
-      timeoutSec: 60,
+      timeoutSec: scaled(60_000) / 1000,
     });
     const res = timedResult(r.serial, "bench-write", "baseline");
     assert.equal(res.n, 200);
@@ -41,7 +42,7 @@ describe("benchmarks on KVM", { skip: skipWithoutKvm }, () => {
       cmdline: benchCmdline("bench-ud", { n: 20 }),
       memMiB: 32,
       breakAt: entry,
-      timeoutSec: 60,
+      timeoutSec: scaled(60_000) / 1000,
     });
     assert.equal(timedResult(r.serial, "bench-ud", "baseline").n, 20);
     assert.ok(r.host.exits >= 20);
@@ -59,7 +60,7 @@ describe("benchmarks on KVM", { skip: skipWithoutKvm }, () => {
           cmdline: benchCmdline(scenario, { n: scenario === "bench-benign" ? 1 : 50 }),
           guests: 1,
           decider: "vmm",
-          timeoutMs: 60_000,
+          timeoutMs: scaled(60_000),
           expect:
             scenario === "bench-write"
               ? { kind: "protected-write", region: ".benchpage" }
@@ -106,6 +107,6 @@ describe("benchmarks on KVM", { skip: skipWithoutKvm }, () => {
     assert.equal(j.quick, true);
     assert.ok(j.machine.cpus > 0 && j.machine.kvmModule.length > 0);
     assert.ok(!r.stdout.includes("null"));
-    assert.ok(seconds < 60, `bench --quick took ${seconds} s`);
+    assert.ok(seconds < scaled(60_000) / 1000, `bench --quick took ${seconds} s`);
   });
 });

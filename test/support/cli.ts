@@ -2,6 +2,7 @@
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { packageRoot } from "../../src/kvm/native.js";
+import { scaled } from "../../src/time-scale.js";
 
 export interface CliResult {
   status: number | null;
@@ -9,10 +10,11 @@ export interface CliResult {
   stderr: string;
 }
 
+/** Run the CLI; `timeoutMs` (default 2 min) is scaled by GV_TIME_SCALE. */
 export function cli(args: string[], timeoutMs = 120_000): CliResult {
   const r = spawnSync(process.execPath, [join(packageRoot(), "bin", "guardvisor.js"), ...args], {
     encoding: "utf8",
-    timeout: timeoutMs,
+    timeout: scaled(timeoutMs),
   });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }

@@ -15,6 +15,10 @@ export function kvmSkipReason(): string | undefined {
 }
 
 const reason = kvmSkipReason();
+if (reason && process.env.GV_REQUIRE_KVM === "1") {
+  // CI and the lab: a KVM test that cannot run is a failure, never a skip.
+  throw new Error(`GV_REQUIRE_KVM=1 but ${reason}`);
+}
 if (reason) {
   process.stderr.write(`\n!!!!! KVM TESTS SKIPPED: ${reason}. These tests did NOT run. !!!!!\n\n`);
 }

@@ -1,0 +1,154 @@
+/**
+ * `npm test`: the host tests here, then the KVM tests where KVM is: on this
+ * host when /dev/kvm opens, otherwise inside the lab (guardvisor lab). One
+ * closing line adds both up; KVM tests that could not run are counted as
+ * skipped (one per test file), and with GV_REQUIRE_KVM=1 (CI) they fail the run.
+ *
+ *   node dist/scripts/test.js [host|kvm|all] [--full] [FILE…]
+ *
+ * --full also runs the long tests (GV_TEST_FULL=1: the full-size storm in the lab).
+ */
+import { spawn } from "node:child_process";
+import { mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { join, relative } from "node:path";
+import { isGuardvisorError } from "../src/errors.js";
+import { packageRoot } from "../src/kvm/native.js";
+import { kvmUsable } from "../src/lab/fallback.js";
+import { findLabInputs } from "../src/lab/inputs.js";
+import { runInLab } from "../src/lab/machine.js";
+
+interface Totals {
+  tests: number;
+  pass: number;
+  fail: number;
+  skipped: number;
+  cancelled: number;
+  todo: number;
+}
+const ZERO: Totals = { tests: 0, pass: 0, fail: 0, skipped: 0, cancelled: 0, todo: 0 };
+
+const root = packageRoot();
+const distTest = join(root, "dist", "test");
+const resultsDir = join(root, "build", "test-results");
+
+function testFiles(dir: string): string[] {
+  const out: string[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...testFiles(p));
+    else if (e.name.endsWith(".test.js")) out.push(p);
+  }
+  return out.sort();
+}
+
+function nodeTestArgs(files: string[], summary: string): string[] {
+  return [
+    "--test",
+    "--test-concurrency=1",
+    "--test-reporter=spec",
+    "--test-reporter-destination=stdout",
+    `--test-reporter=${join(distTest, "support", "count-reporter.js")}`,
+    `--test-reporter-destination=${summary}`,
+    ...files.map((f) => relative(root, f)),
+  ];
+}
+
+function readTotals(path: string): Totals | undefined {
+  try {
+    return { ...ZERO, ...(JSON.parse(readFileSync(path, "utf8")) as Partial<Totals>) };
+  } catch {
+    return undefined;
+  }
+}
+
+function runHere(files: string[], summary: string): Promise<number> {
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, nodeTestArgs(files, summary), { cwd: root, stdio: "inherit" });
+    c.on("exit", (code) => resolve(code ?? 1));
+  });
+}
+
+const add = (a: Totals, b: Totals): Totals => ({
+  tests: a.tests + b.tests,
+  pass: a.pass + b.pass,
+  fail: a.fail + b.fail,
+  skipped: a.skipped + b.skipped,
+  cancelled: a.cancelled + b.cancelled,
+  todo: a.todo + b.todo,
+});
+
+async function main(argv: string[]): Promise<number> {
+  const which = (["host", "kvm", "all"] as const).find((w) => argv.includes(w)) ?? "all";
+  const full = argv.includes("--full");
+  const picked = argv.filter((a) => a.endsWith(".js")).map((a) => join(root, a));
+  const all = picked.length > 0 ? picked : testFiles(distTest);
+  const isKvm = (f: string) => relative(distTest, f).startsWith(`kvm/`);
+  const hostFiles = which === "kvm" ? [] : all.filter((f) => !isKvm(f));
+  const kvmFiles = which === "host" ? [] : all.filter(isKvm);
+  if (full) process.env.GV_TEST_FULL = "1";
+  rmSync(resultsDir, { recursive: true, force: true });
+  mkdirSync(resultsDir, { recursive: true });
+
+  let total = { ...ZERO };
+  let ok = true;
+  const lines: string[] = [];
+  const part = (name: string, code: number, t: Totals | undefined) => {
+    if (!t) {
+      ok = false;
+      lines.push(`${name}: the test runner printed no totals (exit ${code})`);
+      return;
+    }
+    if (code !== 0) ok = false;
+    total = add(total, t);
+    lines.push(`${name}: ${t.pass} passed, ${t.fail} failed, ${t.skipped} skipped (${t.tests} tests)`);
+  };
+
+  if (hostFiles.length > 0) {
+    const summary = join(resultsDir, "host.json");
+    part(`host (${hostFiles.length} files)`, await runHere(hostFiles, summary), readTotals(summary));
+  }
+  if (kvmFiles.length > 0) {
+    const summary = join(resultsDir, "kvm.json");
+    const name = `KVM (${kvmFiles.length} files`;
+    if (kvmUsable()) {
+      part(`${name}, /dev/kvm on this host)`, await runHere(kvmFiles, summary), readTotals(summary));
+    } else {
+      let why: string | undefined;
+      try {
+        findLabInputs();
+      } catch (e) {
+        if (!isGuardvisorError(e)) throw e;
+        why = e.message;
+      }
+      if (why === undefined) {
+        process.stdout.write(`\n== no /dev/kvm here: the KVM tests run in the lab (emulated KVM)\n`);
+        const r = await runInLab({
+          command: [process.execPath, ...nodeTestArgs(kvmFiles, summary)],
+          cwd: root,
+          env: { ...process.env, GV_REQUIRE_KVM: "1" },
+        });
+        part(
+          `${name}, in the lab: TCG ${r.tcg}, time scale ${r.scale}, boot ${(r.bootMs / 1000).toFixed(1)} s)`,
+          r.exitCode,
+          readTotals(summary),
+        );
+      } else {
+        process.stdout.write(
+          `\n!!!!! KVM TESTS SKIPPED: no /dev/kvm and no lab: ${why}. These tests did NOT run. !!!!!\n`,
+        );
+        const skipped = { ...ZERO, tests: kvmFiles.length, skipped: kvmFiles.length };
+        total = add(total, skipped);
+        lines.push(`KVM: ${kvmFiles.length} test files NOT RUN (counted as ${kvmFiles.length} skipped)`);
+        if (process.env.GV_REQUIRE_KVM === "1") {
+          ok = false;
+          lines.push("GV_REQUIRE_KVM=1: the KVM tests had to run");
+        }
+      }
+    }
+  }
+  process.stdout.write(`\n${lines.join("\n")}\n`);
+  process.stdout.write(`tests: ${total.pass} passed, ${total.fail} failed, ${total.skipped} skipped\n`);
+  return ok && total.fail === 0 && total.cancelled === 0 ? 0 : 1;
+}
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,41 @@
+/**
+ * Where there is no /dev/kvm, commands that need KVM run themselves again
+ * inside the lab, unless told not to (--no-lab) or already there.
+ */
+import { accessSync, constants } from "node:fs";
+import { join } from "node:path";
+import { packageRoot } from "../kvm/native.js";
+import { runInLab } from "./machine.js";
+
+/** True when /dev/kvm (or `path`) exists and this user may open it. */
+export function kvmUsable(path = "/dev/kvm"): boolean {
+  try {
+    accessSync(path, constants.R_OK | constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** True inside the lab (the job script sets GV_LAB=1). */
+export const insideLab = (): boolean => process.env.GV_LAB === "1";
+
+/** The one line said before a command moves into the lab. */
+export const LAB_NOTICE =
+  "no /dev/kvm on this host: running in the lab (emulated KVM, 20-50x slower; --no-lab to refuse)";
+
+/**
+ * Run `guardvisor ARGS --no-lab` in the lab when this host has no KVM and
+ * `allowed`: resolves with its exit code, or undefined to run here.
+ */
+export async function runInLabIfNoKvm(
+  allowed: boolean,
+  args: readonly string[],
+  say: (m: string) => void,
+): Promise<number | undefined> {
+  if (!allowed || insideLab() || kvmUsable()) return undefined;
+  say(LAB_NOTICE);
+  const bin = join(packageRoot(), "bin", "guardvisor.js");
+  const r = await runInLab({ command: [process.execPath, bin, ...args, "--no-lab"] });
+  return r.exitCode;
+}
