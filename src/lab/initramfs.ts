@@ -32,6 +32,7 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+mkdir -p /dev/shm /dev/pts
 for m in $(cat /modules.order); do insmod "/$m" || echo "gvlab: insmod $m failed"; done
 ip link set lo up
 job=
