@@ -1,8 +1,10 @@
 /**
  * `npm test`: the host tests here, then the KVM tests where KVM is: on this
- * host when /dev/kvm opens, otherwise inside the lab (guardvisor lab). One
- * closing line adds both up; KVM tests that could not run are counted as
- * skipped (one per test file), and with GV_REQUIRE_KVM=1 (CI) they fail the run.
+ * host when /dev/kvm opens, otherwise inside the lab (guardvisor lab). The
+ * KVM tests are test/kvm/ and the health VM half of test/health/ (whose
+ * hosted-engine half runs with the host tests: GV_TEST_ENGINES). One closing
+ * line adds both up; KVM tests that could not run are counted as skipped
+ * (one per test file), and with GV_REQUIRE_KVM=1 (CI) they fail the run.
  *
  *   node dist/scripts/test.js [host|kvm|all] [--full] [FILE…]
  *
@@ -61,9 +63,9 @@ function readTotals(path: string): Totals | undefined {
   }
 }
 
-function runHere(files: string[], summary: string): Promise<number> {
+function runHere(files: string[], summary: string, env: NodeJS.ProcessEnv): Promise<number> {
   return new Promise((resolve) => {
-    const c = spawn(process.execPath, nodeTestArgs(files, summary), { cwd: root, stdio: "inherit" });
+    const c = spawn(process.execPath, nodeTestArgs(files, summary), { cwd: root, stdio: "inherit", env });
     c.on("exit", (code) => resolve(code ?? 1));
   });
 }
@@ -82,9 +84,11 @@ async function main(argv: string[]): Promise<number> {
   const full = argv.includes("--full");
   const picked = argv.filter((a) => a.endsWith(".js")).map((a) => join(root, a));
   const all = picked.length > 0 ? picked : testFiles(distTest);
-  const isKvm = (f: string) => relative(distTest, f).startsWith(`kvm/`);
-  const hostFiles = which === "kvm" ? [] : all.filter((f) => !isKvm(f));
-  const kvmFiles = which === "host" ? [] : all.filter(isKvm);
+  const under = (f: string, d: string) => relative(distTest, f).startsWith(`${d}/`);
+  const hostFiles = which === "kvm" ? [] : all.filter((f) => !under(f, "kvm"));
+  const kvmFiles = which === "host" ? [] : all.filter((f) => under(f, "kvm") || under(f, "health"));
+  const { GV_REQUIRE_KVM: _required, ...hostEnv } = process.env;
+  const kvmEnv = { ...process.env, GV_REQUIRE_KVM: "1", GV_TEST_ENGINES: "vm" };
   if (full) process.env.GV_TEST_FULL = "1";
   rmSync(resultsDir, { recursive: true, force: true });
   mkdirSync(resultsDir, { recursive: true });
@@ -105,13 +109,17 @@ async function main(argv: string[]): Promise<number> {
 
   if (hostFiles.length > 0) {
     const summary = join(resultsDir, "host.json");
-    part(`host (${hostFiles.length} files)`, await runHere(hostFiles, summary), readTotals(summary));
+    part(
+      `host (${hostFiles.length} files)`,
+      await runHere(hostFiles, summary, { ...hostEnv, GV_TEST_ENGINES: "hosted" }),
+      readTotals(summary),
+    );
   }
   if (kvmFiles.length > 0) {
     const summary = join(resultsDir, "kvm.json");
     const name = `KVM (${kvmFiles.length} files`;
     if (kvmUsable()) {
-      part(`${name}, /dev/kvm on this host)`, await runHere(kvmFiles, summary), readTotals(summary));
+      part(`${name}, /dev/kvm on this host)`, await runHere(kvmFiles, summary, kvmEnv), readTotals(summary));
     } else {
       let why: string | undefined;
       try {
@@ -125,7 +133,7 @@ async function main(argv: string[]): Promise<number> {
         const r = await runInLab({
           command: [process.execPath, ...nodeTestArgs(kvmFiles, summary)],
           cwd: root,
-          env: { ...process.env, GV_REQUIRE_KVM: "1" },
+          env: kvmEnv,
         });
         part(
           `${name}, in the lab: TCG ${r.tcg}, time scale ${r.scale}, boot ${(r.bootMs / 1000).toFixed(1)} s)`,

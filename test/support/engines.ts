@@ -16,7 +16,7 @@ export interface EngineKind {
   make(): { backend: EngineBackend; close(): void };
 }
 
-export const ENGINES: EngineKind[] = [
+const ALL_ENGINES: EngineKind[] = [
   {
     name: "hosted engine process",
     skip: false,
@@ -35,3 +35,17 @@ export const ENGINES: EngineKind[] = [
     },
   },
 ];
+
+/**
+ * GV_TEST_ENGINES=hosted|vm picks one (npm test runs the hosted engine on
+ * this host and the health VM where KVM is: here or in the lab); unset, both.
+ */
+export const ENGINE_FILTER = process.env.GV_TEST_ENGINES;
+
+export const ENGINES: EngineKind[] = ALL_ENGINES.filter(
+  (e) =>
+    ENGINE_FILTER === undefined || ENGINE_FILTER === "" || (ENGINE_FILTER === "vm") === (e.name === "health VM on KVM"),
+);
+
+/** The hosted engine (for tests that need an engine but test no engine behaviour). */
+export const HOSTED_ENGINE: EngineKind = ALL_ENGINES[0]!;
