@@ -424,8 +424,16 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
     .command("demo")
     .description("a short demo: a kernel-code patch attack denied, the guest still healthy")
     .option(NO_LAB[0], NO_LAB[1])
-    .action(async (flags: { lab: boolean }) =>
-      setExit((await runInLabIfNoKvm(flags.lab, args, sayErr)) ?? (await demoCommand())),
+    .option("--lab-setup", "where /dev/kvm is missing and the lab is not installed, install it first (root; npm start)")
+    .action(async (flags: { lab: boolean; labSetup?: boolean }) =>
+      setExit(
+        (await runInLabIfNoKvm(
+          flags.lab,
+          args.filter((a) => a !== "--lab-setup"),
+          sayErr,
+          { setup: flags.labSetup },
+        )) ?? (await demoCommand()),
+      ),
     );
 
   registerAuditCommands(program, setExit);

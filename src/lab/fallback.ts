@@ -6,6 +6,7 @@ import { accessSync, constants } from "node:fs";
 import { join } from "node:path";
 import { packageRoot } from "../kvm/native.js";
 import { runInLab } from "./machine.js";
+import { labReady, labSetup } from "./setup.js";
 
 /** True when /dev/kvm (or `path`) exists and this user may open it. */
 export function kvmUsable(path = "/dev/kvm"): boolean {
@@ -32,8 +33,13 @@ export async function runInLabIfNoKvm(
   allowed: boolean,
   args: readonly string[],
   say: (m: string) => void,
+  opts: { setup?: boolean } = {},
 ): Promise<number | undefined> {
   if (!allowed || insideLab() || kvmUsable()) return undefined;
+  if (opts.setup && !labReady()) {
+    say("no /dev/kvm on this host and the lab is not installed: setting it up (guardvisor lab setup)");
+    labSetup((m) => say(`lab setup: ${m}`));
+  }
   say(LAB_NOTICE);
   const bin = join(packageRoot(), "bin", "guardvisor.js");
   const r = await runInLab({ command: [process.execPath, bin, ...args, "--no-lab"] });

@@ -37,7 +37,7 @@ function aptSourcesMention(suite: string): boolean {
 function run(cmd: string, args: string[], say: (m: string) => void): void {
   say(`$ ${cmd} ${args.join(" ")}`);
   const r = spawnSync(cmd, args, {
-    stdio: ["ignore", "inherit", "inherit"],
+    stdio: ["ignore", 2, 2],
     env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
   });
   if (r.status !== 0) {
@@ -50,6 +50,17 @@ function installedQemuOk(): boolean {
     return Number(qemuVersion("qemu-system-x86_64").split(".")[0]) >= MIN_QEMU_MAJOR;
   } catch {
     return false;
+  }
+}
+
+/** True when everything the lab needs is installed. */
+export function labReady(): boolean {
+  try {
+    findLabInputs();
+    return true;
+  } catch (e) {
+    if (isGuardvisorError(e) && e.code === "LAB_UNAVAILABLE") return false;
+    throw e;
   }
 }
 
