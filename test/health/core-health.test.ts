@@ -13,6 +13,7 @@ import { compilePolicy, DEFAULT_POLICY, FAILSAFE_DEFAULTS } from "../../src/deci
 import { PolicyMailbox } from "../../src/decide/policy-mailbox.js";
 import { HealthManager } from "../../src/health/health-manager.js";
 import type { InjectSpec } from "../../src/idc/channel.js";
+import { scaled } from "../../src/time-scale.js";
 import { makeRegions } from "../../src/vmm/protection.js";
 import type { DeciderWorkerData, Decision } from "../support/decider-worker.js";
 import { ENGINE_FILTER, ENGINES, type EngineKind, HOSTED_ENGINE } from "../support/engines.js";
@@ -56,7 +57,7 @@ async function withHealth<T>(
   guests: number,
   fn: (hm: HealthManager) => Promise<T>,
   restartLimit?: number,
-  timeoutMs = 100,
+  timeoutMs = scaled(100),
 ) {
   const { backend, close } = engine.make();
   try {
@@ -75,7 +76,8 @@ const MODES: [string, InjectSpec, string][] = [
   ["crash", { mode: C.INJECT_CRASH, at: 1, slowUs: 0 }, "crash"],
   ["hang", { mode: C.INJECT_HANG, at: 1, slowUs: 0 }, "timeout|hang"],
   ["garbage", { mode: C.INJECT_GARBAGE, at: 1, slowUs: 0 }, "garbage"],
-  ["slow", { mode: C.INJECT_SLOW, at: 1, slowUs: 400_000 }, "timeout|hang"],
+  // Answers 4x the default deadline late (both scale together).
+  ["slow", { mode: C.INJECT_SLOW, at: 1, slowUs: scaled(400) * 1000 }, "timeout|hang"],
 ];
 
 for (const engine of ENGINES)
@@ -93,7 +95,8 @@ for (const engine of ENGINES)
     });
 
     it("a longer answer deadline: an answer later than the default one but within it is taken", async () => {
-      const late = { mode: C.INJECT_SLOW, at: 1, slowUs: 250_000 };
+      // Later than the default deadline, well within the one given (all three scale together).
+      const late = { mode: C.INJECT_SLOW, at: 1, slowUs: scaled(250) * 1000 };
       await withHealth(
         engine,
         late,
@@ -105,7 +108,7 @@ for (const engine of ENGINES)
           assert.equal(hm.status().restarts, 0);
         },
         undefined,
-        2000,
+        scaled(2000),
       );
     });
 
