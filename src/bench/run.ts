@@ -17,6 +17,7 @@ import { GuardvisorError, isGuardvisorError } from "../errors.js";
 import { HealthManager, HM_DEFAULTS } from "../health/health-manager.js";
 import { Kvm } from "../kvm/kvm.js";
 import { defaultKernelPath, HM_MEM_MIB } from "../runner.js";
+import { timeScale } from "../time-scale.js";
 import { MIB } from "../vmm/boot.js";
 import { type BaselineOptions, type BaselineRun, runBaseline } from "./baseline.js";
 import { type BenchScenario, benchCmdline, benignResult, type TimedResult, timedResult } from "./guest-result.js";
@@ -82,6 +83,27 @@ export const QUICK_PLAN: BenchPlan = {
   idleMs: 1000,
   memMiB: 32,
 };
+
+/**
+ * A plan for a host `scale` times slower than a KVM host (GV_TIME_SCALE, the
+ * lab): the counts divided by it, down to floors that still give a p99;
+ * durations stay. On a KVM host (scale 1) it is the plan itself.
+ */
+export function planForScale(plan: BenchPlan, scale: number): BenchPlan {
+  if (scale <= 1) return plan;
+  const div = (n: number, floor: number) => Math.max(Math.min(n, floor), Math.round(n / scale));
+  return {
+    ...plan,
+    writes: div(plan.writes, 200),
+    warm: div(plan.warm, 20),
+    coldWrites: div(plan.coldWrites, 5),
+    udCount: div(plan.udCount, 50),
+    udWarm: div(plan.udWarm, 5),
+    benignRounds: div(plan.benignRounds, 2),
+    guestWrites: div(plan.guestWrites, 100),
+    guestWarm: div(plan.guestWarm, 10),
+  };
+}
 
 /** A started health VM, and its vCPU thread when it could be told apart. */
 export interface StartedHealthVm {
@@ -203,7 +225,7 @@ class Bench {
     private readonly o: BenchOptions,
     private readonly driver: BenchDriver,
   ) {
-    this.plan = o.plan ?? (o.quick ? QUICK_PLAN : FULL_PLAN);
+    this.plan = o.plan ?? planForScale(o.quick ? QUICK_PLAN : FULL_PLAN, timeScale());
     this.say = o.onProgress ?? (() => {});
     this.kernelPath = o.kernelPath ?? defaultKernelPath();
     this.kernel = readKernel(this.kernelPath);

@@ -18,7 +18,7 @@ import {
   threadCpuPercent,
   threadIds,
 } from "../../src/bench/proc.js";
-import { benchKernelInfo, FULL_PLAN, openKvm, QUICK_PLAN, runBench } from "../../src/bench/run.js";
+import { benchKernelInfo, FULL_PLAN, openKvm, planForScale, QUICK_PLAN, runBench } from "../../src/bench/run.js";
 import { GuardvisorError } from "../../src/errors.js";
 import { packageRoot } from "../../src/kvm/native.js";
 
@@ -161,5 +161,22 @@ describe("bench: without KVM or the build", () => {
       runBaseline({ ...opts, path: "/nonexistent/baseline" }),
       isError("IO", /is missing: build it/),
     );
+  });
+});
+
+describe("bench: plans on a slower host", () => {
+  it("scale 1 keeps the plan; the lab's scale divides the counts down to floors and keeps durations", () => {
+    assert.deepEqual(planForScale(QUICK_PLAN, 1), QUICK_PLAN);
+    const lab = planForScale(QUICK_PLAN, 20);
+    assert.equal(lab.writes, 250);
+    assert.equal(lab.guestWrites, 100);
+    assert.equal(lab.udCount, 50, "never under the floor");
+    assert.equal(lab.stormSec, QUICK_PLAN.stormSec);
+    assert.equal(lab.idleMs, QUICK_PLAN.idleMs);
+    for (const k of Object.keys(QUICK_PLAN) as (keyof typeof QUICK_PLAN)[]) {
+      assert.ok(lab[k] <= QUICK_PLAN[k] && lab[k] > 0, k);
+    }
+    const tiny = planForScale({ ...QUICK_PLAN, coldWrites: 3 }, 50);
+    assert.equal(tiny.coldWrites, 3, "a count under its floor stays as it is");
   });
 });
