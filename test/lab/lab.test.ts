@@ -112,6 +112,18 @@ describe("guardvisor lab", { skip }, () => {
     assert.deepEqual(emulatorsLeft(), []);
   });
 
+  it("lab check --json: QEMU, kernel, /dev/kvm inside, hardware breakpoints firing, the time scale", async () => {
+    const r = await start(["lab", "check", "--json"]).done;
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    const j = JSON.parse(r.stdout) as Record<string, unknown> & { qemu: { version: string }; timeScale: number };
+    assert.match(j.qemu.version, /^\d+\.\d+/);
+    assert.ok(Number(j.qemu.version.split(".")[0]) >= 10);
+    assert.equal(j.devKvm, true);
+    assert.equal(j.hardwareBreakpoints, true);
+    assert.equal(j.ok, true);
+    assert.ok(j.timeScale >= 1);
+  });
+
   it("npm start (the demo) on a host without /dev/kvm says it uses the lab and shows the denied writes", {
     skip: kvmUsable(),
   }, async () => {
