@@ -22,10 +22,15 @@ Examples:
   guardvisor lab -- npx guardvisor run --scenario all --json
   guardvisor lab --tcg single -- npm test
 
+Options of lab -- CMD (before the --):
+  --tcg multi|single   TCG threading (default: GV_LAB_TCG, else multi)
+  --timeout SECONDS    stop the lab after this long
+
 The command runs in the same working directory with this environment, plus
 GV_LAB=1, TMPDIR=/dev/shm and GV_TIME_SCALE (how many times slower the lab
 ran a calibration workload than this host; every default time limit scales by
-it). Its stdout and stderr stream back and its exit code is lab's exit code.
+it). Its stdout and stderr stream back and its exit code is the lab's.
+SIGHUP is passed to the command.
 Ctrl-C or --timeout stop the emulated machine. Everything runs 20-50x slower
 than on a KVM host: use the lab for behaviour and ratios, never for absolute
 times.

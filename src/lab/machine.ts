@@ -173,6 +173,9 @@ const lastLines = (path: string, n: number) => {
 
 /** Run one command in the lab. Resolves with its exit code; rejects with LAB_UNAVAILABLE or LAB_FAILED. */
 export async function runInLab(opts: LabRunOptions): Promise<LabRunResult> {
+  if (process.env.GV_LAB === "1") {
+    throw new GuardvisorError("LAB_UNAVAILABLE", "already inside the lab: it does not nest (use /dev/kvm here)");
+  }
   const inputs = findLabInputs();
   const cache = labCacheDir();
   const initrd = labInitramfs(inputs, cache).path;
