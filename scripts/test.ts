@@ -6,9 +6,7 @@
  * line adds both up; KVM tests that could not run are counted as skipped
  * (one per test file), and with GV_REQUIRE_KVM=1 (CI) they fail the run.
  *
- *   node dist/scripts/test.js [host|kvm|all] [--full] [FILE…]
- *
- * --full also runs the long tests (GV_TEST_FULL=1: the full-size storm in the lab).
+ *   node dist/scripts/test.js [host|kvm|all] [FILE…]   (FILE: dist/test/…/x.test.js)
  */
 import { spawn } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
@@ -81,7 +79,6 @@ const add = (a: Totals, b: Totals): Totals => ({
 
 async function main(argv: string[]): Promise<number> {
   const which = (["host", "kvm", "all"] as const).find((w) => argv.includes(w)) ?? "all";
-  const full = argv.includes("--full");
   const picked = argv.filter((a) => a.endsWith(".js")).map((a) => join(root, a));
   const all = picked.length > 0 ? picked : testFiles(distTest);
   const under = (f: string, d: string) => relative(distTest, f).startsWith(`${d}/`);
@@ -89,7 +86,6 @@ async function main(argv: string[]): Promise<number> {
   const kvmFiles = which === "host" ? [] : all.filter((f) => under(f, "kvm") || under(f, "health"));
   const { GV_REQUIRE_KVM: _required, ...hostEnv } = process.env;
   const kvmEnv = { ...process.env, GV_REQUIRE_KVM: "1", GV_TEST_ENGINES: "vm" };
-  if (full) process.env.GV_TEST_FULL = "1";
   rmSync(resultsDir, { recursive: true, force: true });
   mkdirSync(resultsDir, { recursive: true });
 
