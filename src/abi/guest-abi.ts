@@ -85,6 +85,8 @@ export const ABI_CONSTANTS = {
   INJECT_HANG: 2,
   INJECT_GARBAGE: 3,
   INJECT_SLOW: 4,
+  /** Write hostile values over every guest's ring counters, then crash. */
+  INJECT_SCRIBBLE: 5,
 
   // Compiled rule table.
   RULES_MAGIC: 0x54525647, // "GVRT"

@@ -66,12 +66,13 @@ const INJECT_MODES = {
   hang: ABI_CONSTANTS.INJECT_HANG,
   garbage: ABI_CONSTANTS.INJECT_GARBAGE,
   slow: ABI_CONSTANTS.INJECT_SLOW,
+  scribble: ABI_CONSTANTS.INJECT_SCRIBBLE,
 } as const;
 
-/** `crash|hang|garbage|slow[@N]`: misbehave at the N-th request (default 1). */
+/** `crash|hang|garbage|slow|scribble[@N]`: misbehave at the N-th request (default 1). */
 export function parseInject(v: string): InjectSpec {
-  const m = /^(crash|hang|garbage|slow)(?:@(\d{1,9}))?$/.exec(v);
-  if (!m) throw new InvalidArgumentError("must be crash, hang, garbage or slow, optionally @N (N >= 1)");
+  const m = /^(crash|hang|garbage|slow|scribble)(?:@(\d{1,9}))?$/.exec(v);
+  if (!m) throw new InvalidArgumentError("must be crash, hang, garbage, slow or scribble, optionally @N (N >= 1)");
   const at = m[2] === undefined ? 1 : Number(m[2]);
   if (at < 1) throw new InvalidArgumentError("N in @N counts requests from 1");
   const mode = INJECT_MODES[m[1] as keyof typeof INJECT_MODES];
@@ -359,7 +360,7 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
     )
     .option(
       "--inject-hm-fault <mode[@N]>",
-      "make the health VM crash, hang, answer garbage or answer late at its N-th request (crash|hang|garbage|slow[@N])",
+      "make the health VM crash, hang, answer garbage, answer late, or scribble over the IDC ring counters and crash, at its N-th request (crash|hang|garbage|slow|scribble[@N])",
       parseInject,
     )
     .option("--json", "print one JSON summary object on stdout when the run ends")

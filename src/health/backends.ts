@@ -78,7 +78,13 @@ export class VmEngineBackend implements EngineBackend {
       cmdline: "role=hm",
       role: C.ROLE_HM,
       policy: DEFAULT_POLICY, // decided in the VMM: the health VM cannot judge itself
-      hmService: { memory: ctx.idc.handle, layout: ctx.layout, control: ctx.control.buffer, gpa: memSize },
+      hmService: {
+        memory: ctx.idc.handle,
+        layout: ctx.layout,
+        control: ctx.control.buffer,
+        counters: ctx.region.counters.buffer,
+        gpa: memSize,
+      },
       onSerial: this.onSerial,
     });
     ctx.region.setTscKhz(tscKhzOf(vm));

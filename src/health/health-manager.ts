@@ -126,7 +126,12 @@ export class HealthManager {
   deciderFor(guest: number): DeciderInit {
     return {
       kind: "hm-vm",
-      idc: { memory: this.idcMemory.handle, layout: this.layout, control: this.control.buffer },
+      idc: {
+        memory: this.idcMemory.handle,
+        layout: this.layout,
+        control: this.control.buffer,
+        counters: this.region.counters.buffer,
+      },
       guest,
       timeoutMs: this.timeoutMs,
       spinUs: this.spinUs,

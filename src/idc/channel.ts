@@ -6,6 +6,12 @@
  *
  * Publication order: slot contents first, the slot's `seq` last (an atomic
  * store), then the ring's `req_published`; the reader does the reverse.
+ *
+ * The region is writable by the health VM, so nothing the VMM relies on is
+ * read back from it: what was published and what is settled are kept in
+ * host memory (IdcHostCounters, shared by the VMM's threads) and only copied
+ * into the region for the engine; every loop over ring slots is bounded by
+ * the ring size.
  */
 import {
   ABI_CONSTANTS as C,
@@ -51,6 +57,40 @@ export interface InjectSpec {
   slowUs: number;
 }
 
+/**
+ * Each guest's ring counters as the VMM knows them, in host memory the health
+ * VM cannot reach (a SharedArrayBuffer every VMM thread attaches): the last
+ * request published, and the request up to which everything is settled.
+ */
+export class IdcHostCounters {
+  private readonly words: BigUint64Array;
+
+  constructor(readonly buffer: SharedArrayBuffer = new SharedArrayBuffer(C.IDC_MAX_GUESTS * 2 * 8)) {
+    this.words = new BigUint64Array(buffer);
+  }
+
+  published(g: number): bigint {
+    return Atomics.load(this.words, g * 2);
+  }
+
+  setPublished(g: number, seq: bigint): void {
+    Atomics.store(this.words, g * 2, seq);
+  }
+
+  settled(g: number): bigint {
+    return Atomics.load(this.words, g * 2 + 1);
+  }
+
+  /** Raise guest g's settled mark to `seq` (never lowers it); returns the mark. */
+  raiseSettled(g: number, seq: bigint): bigint {
+    for (;;) {
+      const cur = Atomics.load(this.words, g * 2 + 1);
+      if (seq <= cur) return cur;
+      if (Atomics.compareExchange(this.words, g * 2 + 1, cur, seq) === cur) return seq;
+    }
+  }
+}
+
 /** The whole IDC region as the VMM sees it. */
 export class IdcRegion {
   readonly bytes: Uint8Array;
@@ -61,6 +101,8 @@ export class IdcRegion {
   constructor(
     buffer: ArrayBuffer,
     readonly layout: IdcLayout,
+    /** The host's counters for this region (pass the owner's to every thread that attaches). */
+    readonly counters: IdcHostCounters = new IdcHostCounters(),
   ) {
     if (buffer.byteLength < layout.size) throw new GuardvisorError("INTERNAL", "IDC buffer smaller than its layout");
     this.bytes = new Uint8Array(buffer, 0, layout.size);
@@ -163,24 +205,28 @@ export class IdcRegion {
 
   /**
    * Make the (new) engine take guest g's requests again from the first one
-   * not settled, clearing stale answers. Returns how many published requests
-   * it will take again.
+   * not settled, clearing stale answers and putting back the counters a dead
+   * engine may have scribbled over, all from the host's counters. Returns how
+   * many published requests it will take again (at most the ring size).
    */
   rewindRing(g: number): number {
     const b = this.blockBase(g);
-    const from = this.load64(b + CTL("req_settled")) + 1n;
-    const published = this.load64(b + CTL("req_published"));
-    for (let s = from; s <= published; s++) this.store64(this.slotAt(g, "resp", s) + RESP("seq"), 0n);
-    this.store64(b + CTL("req_consumed"), from - 1n);
-    this.store64(b + CTL("resp_published"), from - 1n);
-    return published >= from ? Number(published - from + 1n) : 0;
+    const settled = this.counters.settled(g);
+    const published = this.counters.published(g);
+    const n = published > settled ? published - settled : 0n;
+    const again = Number(n < BigInt(this.layout.nslots) ? n : BigInt(this.layout.nslots));
+    for (let i = 1; i <= again; i++) this.store64(this.slotAt(g, "resp", settled + BigInt(i)) + RESP("seq"), 0n);
+    this.store64(b + CTL("req_published"), published);
+    this.store64(b + CTL("req_settled"), settled);
+    this.store64(b + CTL("req_consumed"), settled);
+    this.store64(b + CTL("resp_published"), settled);
+    return again;
   }
 
   /** True when some guest has published a request the health VM has not taken. */
   pendingRequests(): boolean {
     for (let g = 0; g < this.layout.nguests; g++) {
-      const b = this.blockBase(g);
-      if (this.load64(b + CTL("req_published")) > this.load64(b + CTL("req_consumed"))) return true;
+      if (this.counters.published(g) > this.load64(this.blockBase(g) + CTL("req_consumed"))) return true;
     }
     return false;
   }
@@ -223,7 +269,7 @@ export class IdcChannel {
   ) {
     this.base = region.blockBase(guest);
     this.nslots = region.layout.nslots;
-    this.nextSeq = region.load64(this.base + CTL("req_published")) + 1n;
+    this.nextSeq = region.counters.published(guest) + 1n;
     const rulesAt = this.base + region.layout.rulesOffset;
     this.acceptPolicy(
       policy ?? {
@@ -252,16 +298,21 @@ export class IdcChannel {
   }
 
   get published(): bigint {
-    return this.region.load64(this.base + CTL("req_published"));
+    return this.region.counters.published(this.guest);
   }
 
   get consumed(): bigint {
     return this.region.load64(this.base + CTL("req_consumed"));
   }
 
-  /** True when every slot holds a request the health VM has not taken yet. */
+  /**
+   * True when no slot may be written: every slot holds a request that is not
+   * settled (host count), or that the health VM says it has not taken yet.
+   */
   get full(): boolean {
-    return this.nextSeq - 1n - this.consumed >= BigInt(this.nslots);
+    const inFlight = this.nextSeq - 1n;
+    const n = BigInt(this.nslots);
+    return inFlight - this.settled >= n || inFlight - this.consumed >= n;
   }
 
   /** Publish a request; returns its sequence number, or undefined when the ring is full. */
@@ -275,6 +326,7 @@ export class IdcChannel {
     r.view.setUint32(at + REQ("flags"), flags, true);
     encodeContext(ctx, r.bytes, at + REQ("ctx"));
     r.store64(at + REQ("seq"), seq);
+    r.counters.setPublished(this.guest, seq);
     r.store64(this.base + CTL("req_published"), seq);
     this.outstanding.add(seq);
     return seq;
@@ -322,8 +374,8 @@ export class IdcChannel {
     this.outstanding.delete(seq);
     let low = this.nextSeq;
     for (const s of this.outstanding) if (s < low) low = s;
-    const at = this.base + CTL("req_settled");
-    if (low - 1n > this.region.load64(at)) this.region.store64(at, low - 1n);
+    const mark = this.region.counters.raiseSettled(this.guest, low - 1n);
+    this.region.store64(this.base + CTL("req_settled"), mark);
   }
 
   /** The ring's counters, for diagnostics. */
@@ -333,9 +385,9 @@ export class IdcChannel {
     return `published ${f("req_published")}, taken ${f("req_consumed")}, answered ${f("resp_published")}, settled ${f("req_settled")}`;
   }
 
-  /** Every request up to here is settled. */
+  /** Every request up to here is settled (the host's count). */
   get settled(): bigint {
-    return this.region.load64(this.base + CTL("req_settled"));
+    return this.region.counters.settled(this.guest);
   }
 
   /**

@@ -163,7 +163,9 @@ export class GuestVm {
         policyMailbox: this.mailbox.buffer,
         exceptionEntry: this.exceptionEntry,
         protectedMsrs: this.protectedMsrs,
-        hmService: hm ? { memory: hm.memory, layout: hm.layout, control: hm.control } : undefined,
+        hmService: hm
+          ? { memory: hm.memory, layout: hm.layout, control: hm.control, counters: hm.counters }
+          : undefined,
       },
       {
         onSerial: (line) => {

@@ -31,6 +31,8 @@ export interface IdcAttach {
   layout: IdcLayout;
   /** The HmControl shared words. */
   control: SharedArrayBuffer;
+  /** The IDC rings' counters in host memory (IdcHostCounters). */
+  counters: SharedArrayBuffer;
 }
 
 /** How a worker's events are decided. */

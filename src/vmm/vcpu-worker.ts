@@ -15,7 +15,7 @@ import { Hypercalls } from "../devices/hypercall.js";
 import { Serial } from "../devices/serial.js";
 import { isGuardvisorError } from "../errors.js";
 import { HmControl } from "../health/hm-control.js";
-import { IdcRegion } from "../idc/channel.js";
+import { IdcHostCounters, IdcRegion } from "../idc/channel.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { Vcpu } from "../kvm/kvm.js";
 import { K, native, wrapNative } from "../kvm/native.js";
@@ -47,7 +47,10 @@ const DOORBELL_STEP_MS = 100;
 
 function attachIdc(a: IdcAttach): { region: IdcRegion; control: HmControl } {
   const mem = GuestMemory.attach(a.memory);
-  return { region: new IdcRegion(mem.bytes.buffer as ArrayBuffer, a.layout), control: new HmControl(a.control) };
+  return {
+    region: new IdcRegion(mem.bytes.buffer as ArrayBuffer, a.layout, new IdcHostCounters(a.counters)),
+    control: new HmControl(a.control),
+  };
 }
 
 const mailbox = init.policyMailbox ? new PolicyMailbox(init.policyMailbox) : undefined;

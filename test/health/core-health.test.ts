@@ -78,6 +78,8 @@ const MODES: [string, InjectSpec, string][] = [
   ["garbage", { mode: C.INJECT_GARBAGE, at: 1, slowUs: 0 }, "garbage"],
   // Answers 4x the default deadline late (both scale together).
   ["slow", { mode: C.INJECT_SLOW, at: 1, slowUs: scaled(400) * 1000 }, "timeout|hang"],
+  // A hostile engine: every ring counter overwritten (2^63 published, nothing settled), then a crash.
+  ["scribble", { mode: C.INJECT_SCRIBBLE, at: 1, slowUs: 0 }, "garbage|crash"],
 ];
 
 for (const engine of ENGINES)

@@ -9,7 +9,7 @@ import type { CompiledPolicy } from "../../src/decide/policy.js";
 import { PolicyMailbox } from "../../src/decide/policy-mailbox.js";
 import { acceptedPolicyOf } from "../../src/decide/rule-table.js";
 import { HmControl } from "../../src/health/hm-control.js";
-import { IdcRegion } from "../../src/idc/channel.js";
+import { IdcHostCounters, IdcRegion } from "../../src/idc/channel.js";
 import { GuestMemory } from "../../src/kvm/guest-memory.js";
 import { emptyContext } from "../../src/vmm/context.js";
 import type { DeciderInit } from "../../src/vmm/vcpu-protocol.js";
@@ -39,7 +39,11 @@ const d = workerData as DeciderWorkerData;
 const port = parentPort;
 if (port) {
   const mem = GuestMemory.attach(d.decider.idc.memory);
-  const region = new IdcRegion(mem.bytes.buffer as ArrayBuffer, d.decider.idc.layout);
+  const region = new IdcRegion(
+    mem.bytes.buffer as ArrayBuffer,
+    d.decider.idc.layout,
+    new IdcHostCounters(d.decider.idc.counters),
+  );
   const mailbox = d.mailbox ? new PolicyMailbox(d.mailbox) : undefined;
   const control = new HmControl(d.decider.idc.control);
   // Reloads are taken only when an answer names an unknown policy: the race a vCPU thread can meet.

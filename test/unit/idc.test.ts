@@ -201,3 +201,48 @@ describe("IDC channel", () => {
     assert.equal(ch.consumed, 2n);
   });
 });
+
+describe("IDC: a hostile health VM writing the ring counters", () => {
+  const ctlAt = (r: IdcRegion, g: number, n: string) => r.blockBase(g) + IDC_GUEST_CTL.offset(n);
+
+  it("cannot make a restart's rewind loop forever: it re-sends only what the host knows is unsettled", {
+    timeout: 5000,
+  }, () => {
+    const r = region(1, 4);
+    const ch = r.channel(0);
+    const a = ch.submit(ctx(1))!;
+    ch.submit(ctx(2));
+    serve(r, 0);
+    assert.equal(ch.poll(a).state, "answered");
+    ch.finalize(a);
+    // The engine scribbles over every counter it can reach, then crashes.
+    for (const n of ["req_published", "req_consumed", "resp_published"]) r.store64(ctlAt(r, 0, n), 1n << 63n);
+    r.store64(ctlAt(r, 0, "req_settled"), 0n);
+    assert.equal(r.rewindRing(0), 1, "only request 2 is re-sent");
+    assert.equal(r.load64(ctlAt(r, 0, "req_published")), 2n, "the region's counters are put back from the host's");
+    assert.equal(r.load64(ctlAt(r, 0, "req_settled")), 1n);
+    assert.equal(r.load64(ctlAt(r, 0, "req_consumed")), 1n);
+    assert.equal(ch.published, 2n);
+    assert.equal(ch.settled, 1n);
+  });
+
+  it("a channel opened after the engine rewrote req_published numbers its requests from the host's count", () => {
+    const r = region(1, 4);
+    const first = r.channel(0);
+    first.submit(ctx(1));
+    r.store64(ctlAt(r, 0, "req_published"), (1n << 64n) - 2n);
+    const again = r.channel(0);
+    assert.equal(again.submit(ctx(2)), 2n);
+  });
+
+  it("a forged req_settled neither settles requests nor frees their slots", () => {
+    const r = region(1, 2);
+    const ch = r.channel(0);
+    ch.submit(ctx(1));
+    ch.submit(ctx(2));
+    r.store64(ctlAt(r, 0, "req_settled"), 1000n);
+    r.store64(ctlAt(r, 0, "req_consumed"), 1000n);
+    assert.equal(ch.settled, 0n);
+    assert.equal(ch.submit(ctx(3)), undefined, "two unsettled requests fill a two-slot ring");
+  });
+});

@@ -132,6 +132,18 @@ static uint32_t inject(volatile struct gv_idc_header *h, uint64_t n)
 			cpu_relax();
 	case GV_INJECT_GARBAGE:
 		return GARBAGE_VERDICT;
+	case GV_INJECT_SCRIBBLE:
+		/* A hostile engine: counters the VMM must not trust, then a crash (and a restart). */
+		for (uint32_t g = 0; g < hm_args.nguests; g++) {
+			volatile struct gv_idc_guest_ctl *ctl =
+				(volatile struct gv_idc_guest_ctl *)((uint8_t *)hm_args.idc + hm_args.block_offset +
+								     (uint64_t)g * hm_args.block_size);
+			st64(&ctl->req_published, 1ull << 63);
+			st64(&ctl->req_consumed, 1ull << 63);
+			st64(&ctl->resp_published, 1ull << 63);
+			st64(&ctl->req_settled, 0);
+		}
+		__builtin_trap();
 	case GV_INJECT_SLOW: {
 		uint64_t khz = h->tsc_khz ? h->tsc_khz : DEFAULT_TSC_KHZ;
 		uint64_t until = rdtsc() + (uint64_t)h->inject_slow_us * khz / 1000;
@@ -173,7 +185,7 @@ static int serve(volatile struct gv_idc_header *h, uint32_t g)
 	st64(&h->hm_current_seq, seq);
 	h->hm_busy = 1;
 	uint64_t n = h->hm_requests + 1;
-	uint32_t verdict, rule, policy_hash;
+	uint32_t verdict = GV_VERDICT_DENY, rule = GV_RULE_DEFAULT, policy_hash = 0;
 	uint32_t rules_off = ctl->rules_offset % hm_args.block_size;
 	const struct gv_rule_table *table = (const struct gv_rule_table *)(block + rules_off);
 	/* The VMM may swap the table (hot reload): rules_seq is odd while it writes; evaluate again if it moved. */
