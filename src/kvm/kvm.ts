@@ -350,12 +350,17 @@ export class Vcpu {
 
   /** KVM_SET_MSRS. */
   setMsrs(entries: ReadonlyArray<readonly [number, bigint]>): void {
-    this.settle();
-    const buf = this.msrBuffer(entries);
-    const n = wrapNative("KVM_SET_MSRS", () => native().setMsrs(this.fd, buf));
+    const n = this.trySetMsrs(entries);
     if (n !== entries.length) {
       throw new GuardvisorError("KVM_IOCTL", `KVM_SET_MSRS set ${n} of ${entries.length} MSRs`);
     }
+  }
+
+  /** KVM_SET_MSRS, returning how many were set: KVM stops at the first value it refuses. */
+  trySetMsrs(entries: ReadonlyArray<readonly [number, bigint]>): number {
+    this.settle();
+    const buf = this.msrBuffer(entries);
+    return wrapNative("KVM_SET_MSRS", () => native().setMsrs(this.fd, buf));
   }
 
   private msrBuffer(entries: ReadonlyArray<readonly [number, bigint]>): Uint8Array {

@@ -28,7 +28,8 @@ export interface CpuAccess {
   injectException(vector: number, errorCode?: number): void;
   setMsrResult(error: 0 | 1): void;
   /** KVM_SET_MSRS for one MSR (an allowed write to a filtered MSR). */
-  setMsr(index: number, value: bigint): void;
+  /** Write an MSR; false when KVM refuses the value (a non-canonical address, reserved bits). */
+  setMsr(index: number, value: bigint): boolean;
 }
 
 /** One event, as the vCPU thread reports it to the VM's owner. */
@@ -419,8 +420,7 @@ export class ExitDispatcher {
     if ((this.sealed & ABI_CONSTANTS.SEAL_MSRS) === 0) {
       // Before the guest seals its MSRs, it is still setting itself up: perform the write.
       this.stats.msrWritesBeforeSeal++;
-      this.d.cpu.setMsr(index, value);
-      this.d.cpu.setMsrResult(0);
+      this.performMsrWrite(index, value);
       return CONTINUE;
     }
     const ctx = this.capture("msr-write");
@@ -429,9 +429,9 @@ export class ExitDispatcher {
     const decision = this.d.decider.decide(ctx);
     const v = decision.verdict;
     let action: ExitAction = CONTINUE;
+    let note: string | undefined;
     if (v === "allow" || v === "log") {
-      this.d.cpu.setMsr(index, value);
-      this.d.cpu.setMsrResult(0);
+      if (!this.performMsrWrite(index, value)) note = "KVM refused the value: #GP in the guest";
     } else if (v === "deny") {
       this.d.cpu.setMsrResult(0); // dropped: the guest believes it wrote
     } else if (v === "deny-fault" || v === "kill-task") {
@@ -440,8 +440,15 @@ export class ExitDispatcher {
       this.d.cpu.setMsrResult(1);
       action = this.endsVm(v) ?? CONTINUE;
     }
-    this.report(ctx, decision, t0);
+    this.report(ctx, decision, t0, note);
     return action;
+  }
+
+  /** Perform a guest's MSR write; a value KVM refuses becomes the #GP the CPU would raise. */
+  private performMsrWrite(index: number, value: bigint): boolean {
+    const ok = this.d.cpu.setMsr(index, value);
+    this.d.cpu.setMsrResult(ok ? 0 : 1);
+    return ok;
   }
 
   /** The watchdog saw no progress: the vCPU was kicked out of a hang. */

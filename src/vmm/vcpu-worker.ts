@@ -128,7 +128,7 @@ function main(): void {
     setSregs: (x: Parameters<Vcpu["setSregs"]>[0]) => vcpu.setSregs(x),
     injectException: (v: number, e?: number) => vcpu.injectException(v, e),
     setMsrResult: (e: 0 | 1) => vcpu.run.setMsrResult(e),
-    setMsr: (index: number, value: bigint) => vcpu.setMsrs([[index, value]]),
+    setMsr: (index: number, value: bigint) => vcpu.trySetMsrs([[index, value]]) === 1,
   };
   const bus = new IoBus();
   bus.register(serial);

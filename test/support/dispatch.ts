@@ -79,8 +79,12 @@ export class FakeCpu implements CpuAccess {
   setMsrResult = (e: 0 | 1) => {
     this.msrResult = e;
   };
+  /** As KVM does, refuses a non-canonical address for the MSRs that hold one. */
   setMsr = (i: number, v: bigint) => {
+    const canonical = v < 1n << 47n || v >= 0xffff_8000_0000_0000n;
+    if ([0xc0000082, 0xc0000083, 0x175, 0x176].includes(i) && !canonical) return false;
     this.msrs.set(i, v);
+    return true;
   };
   setGuestDebug = (control: number, regs: readonly bigint[] = []) => {
     this.debug.push({ control, regs });

@@ -212,6 +212,26 @@ describe("protected MSRs", () => {
     assert.equal(decodeContext(events[0]?.record ?? new Uint8Array()).msrValue, 0xdeadbeefn);
   });
 
+  it("a value KVM refuses (non-canonical LSTAR) is a #GP in the guest, before the seal and when allowed after it", () => {
+    const allowAll = {
+      ...DEFAULT_POLICY,
+      rules: [],
+      defaults: { ...DEFAULT_POLICY.defaults, "msr-write": "allow" as const },
+    };
+    const { d, cpu, events } = withCapture(allowAll);
+    d.dispatch({ kind: "msr-write", index: 0xc0000082, value: 0x8000_0000_0000n });
+    assert.equal(cpu.msrResult, 1, "before the seal: #GP, as the CPU would raise");
+    assert.equal(cpu.msrs.has(0xc0000082), false);
+    d.seal(C.SEAL_MSRS);
+    d.dispatch({ kind: "msr-write", index: 0xc0000082, value: 0x1234_0000_0000_0000n });
+    assert.equal(cpu.msrResult, 1, "allowed, refused by KVM: #GP, and the vCPU thread goes on");
+    assert.equal(events[0]?.verdict, "allow");
+    assert.match(events[0]?.note ?? "", /KVM refused the value: #GP/);
+    d.dispatch({ kind: "msr-write", index: 0xc0000082, value: 0x100200n });
+    assert.equal(cpu.msrResult, 0);
+    assert.equal(cpu.msrs.get(0xc0000082), 0x100200n);
+  });
+
   it("refuses writes to MSRs outside the protected set without an event", () => {
     const { d, cpu, events } = withCapture();
     d.seal(C.SEAL_MSRS);
