@@ -45,7 +45,7 @@ export function ruleTableSize(nrules: number): number {
   return RULE_TABLE_HEADER.size + nrules * RULE.size;
 }
 
-/** FNV-1a over the rule bytes: names the policy a table was compiled from. */
+/** FNV-1a over the whole table (policy_hash zero): names what the table decides, defaults included. */
 function fnv1a(bytes: Uint8Array): number {
   let h = 0x811c9dc5;
   for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
@@ -78,7 +78,7 @@ export function encodeRuleTable(t: RuleTableContent): Uint8Array {
   for (const [kind, n] of Object.entries(EVENT_KINDS)) {
     v.setUint8(H("defaults") + n, VERDICTS[t.defaults[kind as EventKind]]);
   }
-  v.setUint32(H("policy_hash"), fnv1a(buf.subarray(RULE_TABLE_HEADER.size)), true);
+  v.setUint32(H("policy_hash"), fnv1a(buf), true);
   return buf;
 }
 

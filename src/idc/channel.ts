@@ -48,7 +48,10 @@ export interface AcceptedPolicy {
   nrules: number;
 }
 
-/** Policies a channel accepts answers for: the current one and a few before it (hot reload). */
+/**
+ * Policies a channel accepts answers for: the current one and a few before it
+ * (hot reload), each only for requests published while it was current.
+ */
 const ACCEPTED_POLICIES = 4;
 
 export interface InjectSpec {
@@ -257,7 +260,8 @@ export class IdcRegion {
 export class IdcChannel {
   private readonly base: number;
   private readonly nslots: number;
-  private readonly policies = new Map<number, number>();
+  /** hash -> rule count, and the first request published after the policy was replaced. */
+  private readonly policies = new Map<number, { nrules: number; replacedAt?: bigint }>();
   /** Requests sent and not yet finalized (answered, failed safe, or abandoned). */
   private readonly outstanding = new Set<bigint>();
   private nextSeq: bigint;
@@ -279,10 +283,15 @@ export class IdcChannel {
     );
   }
 
-  /** Accept answers computed under this policy too (the newest few are kept). */
+  /**
+   * Accept answers computed under this policy from now on; the one it
+   * replaces stays acceptable only for requests already published (the
+   * newest few are kept).
+   */
   acceptPolicy(p: AcceptedPolicy): void {
+    for (const old of this.policies.values()) old.replacedAt ??= this.nextSeq;
     this.policies.delete(p.hash);
-    this.policies.set(p.hash, p.nrules);
+    this.policies.set(p.hash, { nrules: p.nrules });
     while (this.policies.size > ACCEPTED_POLICIES) {
       const oldest = this.policies.keys().next().value as number;
       this.policies.delete(oldest);
@@ -356,10 +365,17 @@ export class IdcChannel {
     }
     const verdict = VERDICT_BY_NUMBER.get(vnum);
     if (!verdict) return { state: "invalid", why: `verdict ${vnum} out of range` };
-    const nrules = this.policies.get(policyHash);
-    if (nrules === undefined) {
+    const policy = this.policies.get(policyHash);
+    if (policy === undefined) {
       return { state: "invalid", why: `answer under unknown policy 0x${policyHash.toString(16)}`, unknownPolicy: true };
     }
+    if (policy.replacedAt !== undefined && seq >= policy.replacedAt) {
+      return {
+        state: "invalid",
+        why: `answer to request ${seq} under policy 0x${policyHash.toString(16)}, replaced before it was sent`,
+      };
+    }
+    const nrules = policy.nrules;
     if (rule !== C.RULE_DEFAULT && rule >= nrules) {
       return { state: "invalid", why: `rule ${rule} out of range (${nrules} rules)` };
     }

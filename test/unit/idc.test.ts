@@ -202,6 +202,26 @@ describe("IDC channel", () => {
   });
 });
 
+describe("IDC: answers under a replaced policy", () => {
+  it("are taken for requests sent before the reload, refused for requests sent after it", () => {
+    const r = region(1, 4);
+    const ch = r.channel(0);
+    const before = ch.submit(ctx(1))!;
+    const other = compilePolicy(
+      { ...DEFAULT_POLICY, defaults: { ...DEFAULT_POLICY.defaults, "protected-write": "allow" } },
+      regions,
+    );
+    ch.acceptPolicy({ hash: policyHashOf(other.table), nrules: other.rules.length });
+    const after = ch.submit(ctx(2))!;
+    serve(r, 0); // both answered under the old policy's hash
+    serve(r, 0);
+    assert.equal(ch.poll(before).state, "answered");
+    const late = ch.poll(after);
+    assert.equal(late.state, "invalid");
+    assert.match(late.state === "invalid" ? late.why : "", /replaced before it was sent/);
+  });
+});
+
 describe("IDC: a hostile health VM writing the ring counters", () => {
   const ctlAt = (r: IdcRegion, g: number, n: string) => r.blockBase(g) + IDC_GUEST_CTL.offset(n);
 

@@ -57,12 +57,16 @@ describe("binary rule table", () => {
     assert.deepEqual([0, 1, 2, 3, 4].map(flags), [0, 0, 1, 0, 2]);
   });
 
-  it("names the policy by a hash of its rules", () => {
+  it("names the policy by a hash of the whole table: rules and defaults", () => {
     const a = compilePolicy(policy, regions).table;
     const b = compilePolicy({ ...policy, rules: policy.rules.slice(1) }, regions).table;
     const hash = (t: Uint8Array) => new DataView(t.buffer).getUint32(RULE_TABLE_HEADER.offset("policy_hash"), true);
     assert.notEqual(hash(a), hash(b));
     assert.equal(hash(a), hash(compilePolicy(policy, regions).table));
+    // Same rules, deny-by-default vs allow-by-default: two policies, two names.
+    const deny = compilePolicy({ ...policy, defaults: { ...policy.defaults, "protected-write": "deny" } }, regions);
+    const allow = compilePolicy({ ...policy, defaults: { ...policy.defaults, "protected-write": "allow" } }, regions);
+    assert.notEqual(hash(deny.table), hash(allow.table));
   });
 
   it("rejects corrupt tables with a clear reason", () => {
