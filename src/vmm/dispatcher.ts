@@ -108,6 +108,8 @@ export interface DispatchStats {
   exceptions: number;
   guestReports: number;
   msrWritesBeforeSeal: number;
+  /** Debug exits while stepping over the entry that were not the step: the breakpoint was re-armed early. */
+  captureStepsLost: number;
 }
 
 export const GP_VECTOR = 13;
@@ -130,6 +132,7 @@ export class ExitDispatcher {
     exceptions: 0,
     guestReports: 0,
     msrWritesBeforeSeal: 0,
+    captureStepsLost: 0,
   };
   private seq = 0;
   /** HC_SEAL bits the guest has set (one-way). */
@@ -282,6 +285,12 @@ export class ExitDispatcher {
     switch (xc.classify(pc, dr6)) {
       case "stepped":
         xc.stepped();
+        return CONTINUE;
+      case "step-lost":
+        // Not our step (no DR6.BS): re-arm now, so no exception passes uncaptured, and give the guest its #DB.
+        this.stats.captureStepsLost++;
+        xc.stepped();
+        this.d.cpu.injectException(DB_VECTOR);
         return CONTINUE;
       case "other":
         // The guest's own #DB (a task's TF, int1, its debug registers): it is the guest's to handle.

@@ -24,8 +24,15 @@ export const DR7_EXEC_DR0 = 0x401n;
 
 /** DR6 bit 0: breakpoint 0 (our DR0) was hit. */
 export const DR6_B0 = 1n;
+/** DR6 bit 14: the exit is a single step (KVM reports it with the step, as measured in the lab). */
+export const DR6_BS = 1n << 14n;
 
-export type DebugExitKind = "exception-entry" | "stepped" | "other";
+/**
+ * exception-entry: our breakpoint (capture); stepped: the step over it ended;
+ * step-lost: a debug exit while stepping that is not the step (the guest's
+ * own #DB): the step is abandoned and the breakpoint re-armed; other: not ours.
+ */
+export type DebugExitKind = "exception-entry" | "stepped" | "step-lost" | "other";
 
 export class ExceptionCapture {
   private state: "off" | "armed" | "stepping" = "off";
@@ -50,12 +57,16 @@ export class ExceptionCapture {
   }
 
   /**
-   * What a KVM_EXIT_DEBUG at `pc` means. While stepping, any debug exit ends
-   * the step (so the breakpoint is always re-armed). While armed, DR6.B0 or
-   * the entry's address marks our breakpoint.
+   * What a KVM_EXIT_DEBUG at `pc` means. While armed, DR6.B0 or the entry's
+   * address marks our breakpoint. While stepping, the step is the exit with
+   * DR6.BS away from the entry; an exit at the entry is a new exception that
+   * reached it during the step (captured too); anything else is not the step.
    */
   classify(pc: bigint, dr6 = 0n): DebugExitKind {
-    if (this.state === "stepping") return "stepped";
+    if (this.state === "stepping") {
+      if (pc === this.entry) return "exception-entry";
+      return (dr6 & DR6_BS) !== 0n ? "stepped" : "step-lost";
+    }
     if (this.state === "armed" && (pc === this.entry || (dr6 & DR6_B0) !== 0n)) return "exception-entry";
     return "other";
   }

@@ -140,15 +140,39 @@ describe("exception capture through the dispatcher", () => {
     assert.equal(xc.armed, true);
   });
 
-  it("takes DR6.B0 as our breakpoint even when the reported pc differs, and any exit while stepping as the step", () => {
+  it("takes DR6.B0 as our breakpoint even when the reported pc differs", () => {
     const { d, cpu, events, xc } = withCapture();
     writeFrame(STACK, userPf);
     cpu.regs = { ...cpu.regs, rsp: STACK };
     d.dispatch({ kind: "debug", exception: 1, pc: 0n, dr6: 1n, dr7: DR7_EXEC_DR0 });
     assert.equal(events.length, 1);
     assert.equal(xc.armed, false);
+    d.dispatch({ kind: "debug", exception: 1, pc: ENTRY + 1n, dr6: 0xffff4ff0n, dr7: 0n });
+    assert.equal(xc.armed, true);
+    assert.equal(cpu.injected.length, 0);
+  });
+
+  it("while stepping, takes only a DR6.BS exit as the step: anything else re-arms at once and is counted", () => {
+    const { d, cpu, events, xc } = withCapture();
+    writeFrame(STACK, userPf);
+    cpu.regs = { ...cpu.regs, rsp: STACK };
+    d.dispatch({ kind: "debug", exception: 1, pc: ENTRY, dr6: 1n, dr7: DR7_EXEC_DR0 });
+    assert.equal(xc.armed, false);
     d.dispatch({ kind: "debug", exception: 1, pc: 0x123456n, dr6: 0n, dr7: 0n });
-    assert.equal(xc.armed, true, "re-armed whatever the step reported");
+    assert.equal(xc.armed, true, "re-armed: the next exception is captured");
+    assert.deepEqual(cpu.injected.at(-1), [1, undefined], "the #DB was the guest's");
+    assert.equal(d.stats.captureStepsLost, 1);
+    assert.equal(events.length, 1);
+  });
+
+  it("while stepping, an exit at the entry is a new exception: captured, not taken for the step", () => {
+    const { d, cpu, events, xc } = withCapture();
+    writeFrame(STACK, userPf);
+    cpu.regs = { ...cpu.regs, rsp: STACK };
+    d.dispatch({ kind: "debug", exception: 1, pc: ENTRY, dr6: 1n, dr7: DR7_EXEC_DR0 });
+    d.dispatch({ kind: "debug", exception: 1, pc: ENTRY, dr6: 0x4000n, dr7: 0n });
+    assert.equal(events.length, 2);
+    assert.equal(xc.armed, false, "stepping over the entry again");
     assert.equal(cpu.injected.length, 0);
   });
 
