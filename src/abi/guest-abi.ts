@@ -177,6 +177,11 @@ export const CONTEXT_FLAGS = {
   SEALED: 2,
   /** The exception frame at the entry was unreadable or impossible (vector reads 255). */
   FRAME_INVALID: 4,
+  /**
+   * A protected write whose writing instruction was not found (rip is where the
+   * guest resumes): no rule with a RIP range matches it.
+   */
+  WRITER_UNKNOWN: 8,
 } as const;
 
 export const REG_NAMES = [

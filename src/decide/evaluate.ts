@@ -3,7 +3,7 @@
  * Fail-closed: it starts from the kind's default verdict and the first
  * matching rule, in order, replaces it.
  */
-import { EVENT_KINDS, type Verdict } from "../abi/guest-abi.js";
+import { CONTEXT_FLAGS, EVENT_KINDS, type Verdict } from "../abi/guest-abi.js";
 import type { ContextRecord } from "../vmm/context.js";
 import type { CompiledPolicy, CompiledRule } from "./policy.js";
 
@@ -14,6 +14,9 @@ export interface Decision {
   reason: string;
 }
 
+/** rip_to of a rule without a RIP range. */
+const RIP_ANY_TO = 0xffffffffffffffffn;
+
 export function ruleMatches(r: CompiledRule, c: ContextRecord): boolean {
   if ((r.kindMask & (1 << EVENT_KINDS[c.kind])) === 0) return false;
   if (r.regionMask !== 0n && (c.regionId > 63 || ((r.regionMask >> BigInt(c.regionId)) & 1n) === 0n)) return false;
@@ -21,6 +24,8 @@ export function ruleMatches(r: CompiledRule, c: ContextRecord): boolean {
   if (((r.cplMask >> (c.cpl & 3)) & 1) === 0) return false;
   const rip = c.regs.rip;
   if (rip < r.ripFrom || rip >= r.ripTo) return false;
+  // A rule about who wrote never matches a write whose writer is unknown.
+  if (c.flags & CONTEXT_FLAGS.WRITER_UNKNOWN && (r.ripFrom !== 0n || r.ripTo !== RIP_ANY_TO)) return false;
   if (r.msr >= 0 && r.msr !== c.msrIndex) return false;
   if (r.gpa) {
     // The whole write [gpa, gpa + access_len) lies in [from, to), tested without computing gpa + access_len.

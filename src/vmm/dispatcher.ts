@@ -266,6 +266,7 @@ export class ExitDispatcher {
         const site = locateWrite(this.d.memory, { regs, sregs, gpa, data });
         const ctx = this.capture("protected-write", site ? { ...regs, rip: site.rip } : regs, sregs);
         const note = site ? undefined : "the writing instruction was not found: rip is where the guest resumes";
+        if (!site) ctx.flags |= CONTEXT_FLAGS.WRITER_UNKNOWN;
         ctx.gpa = gpa;
         ctx.regionId = target.region.id;
         ctx.regionOffset = target.offset;

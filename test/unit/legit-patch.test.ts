@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { CONTEXT_FLAGS } from "../../src/abi/guest-abi.js";
 import { VmmDecider } from "../../src/decide/decider.js";
 import { compilePolicy } from "../../src/decide/policy.js";
 import { loadElf } from "../../src/elf/elf.js";
@@ -39,8 +40,9 @@ describe("legit-patch policy on the built gv-kernel", () => {
   const text = regions.find((r) => r.name === ".text");
   const target = sym("gv_patch_target").value + 1;
 
-  function writeFrom(rip: number) {
+  function writeFrom(rip: number, flags = 0) {
     const c = emptyContext("protected-write");
+    c.flags = flags;
     c.regionId = text?.id ?? 0;
     c.gpa = target;
     c.data = Uint8Array.of(2);
@@ -56,6 +58,13 @@ describe("legit-patch policy on the built gv-kernel", () => {
       assert.equal(d.verdict, "allow");
       assert.equal(d.rule, "allow-legit-patch");
     }
+  });
+
+  it("denies a write whose writer was not found, even when it resumes inside gv_legit_patch", () => {
+    const p = sym("gv_legit_patch");
+    const d = writeFrom(p.value, CONTEXT_FLAGS.WRITER_UNKNOWN);
+    assert.equal(d.verdict, "deny", "a stosb ending at the routine's first byte is not the routine");
+    assert.notEqual(d.rule, "allow-legit-patch");
   });
 
   it("denies the same write from rogue_patch or just past gv_legit_patch", () => {
