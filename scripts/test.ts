@@ -29,7 +29,8 @@ const ZERO: Totals = { tests: 0, pass: 0, fail: 0, skipped: 0, cancelled: 0, tod
 
 const root = packageRoot();
 const distTest = join(root, "dist", "test");
-const resultsDir = join(root, "build", "test-results");
+/** Where each group's totals are written (GV_TEST_RESULTS, default build/test-results). */
+const resultsDir = process.env.GV_TEST_RESULTS || join(root, "build", "test-results");
 
 function testFiles(dir: string): string[] {
   const out: string[] = [];
@@ -86,8 +87,8 @@ async function main(argv: string[]): Promise<number> {
   const kvmFiles = which === "host" ? [] : all.filter((f) => under(f, "kvm") || under(f, "health"));
   const { GV_REQUIRE_KVM: _required, ...hostEnv } = process.env;
   const kvmEnv = { ...process.env, GV_REQUIRE_KVM: "1", GV_TEST_ENGINES: "vm" };
-  rmSync(resultsDir, { recursive: true, force: true });
   mkdirSync(resultsDir, { recursive: true });
+  for (const f of ["host.json", "kvm.json"]) rmSync(join(resultsDir, f), { force: true });
 
   let total = { ...ZERO };
   let ok = true;

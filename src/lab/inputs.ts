@@ -38,7 +38,15 @@ function findOnPath(name: string): string | undefined {
 }
 
 export function qemuVersion(qemu: string): string {
-  const out = execFileSync(qemu, ["--version"], { encoding: "utf8", timeout: 10_000 });
+  let out: string;
+  try {
+    out = execFileSync(qemu, ["--version"], { encoding: "utf8", timeout: 10_000, stdio: ["ignore", "pipe", "pipe"] });
+  } catch (e) {
+    throw new GuardvisorError(
+      "LAB_UNAVAILABLE",
+      `cannot run ${qemu} --version: ${(e as Error).message.split("\n")[0]}`,
+    );
+  }
   const m = /version (\d+\.\d+(?:\.\d+)?)/.exec(out);
   if (!m) throw new GuardvisorError("LAB_UNAVAILABLE", `cannot read the version of ${qemu}: ${out.split("\n")[0]}`);
   return m[1]!;

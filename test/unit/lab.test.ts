@@ -188,6 +188,24 @@ describe("lab: the command line", () => {
     assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
   });
 
+  it("npm test where KVM tests cannot run: loud, counted as skipped, and a failure with GV_REQUIRE_KVM=1", {
+    skip: kvmUsable(),
+  }, () => {
+    const run = (require: string) =>
+      withTmp((results) =>
+        spawnSync(process.execPath, ["dist/scripts/test.js", "kvm"], {
+          encoding: "utf8",
+          env: { ...process.env, GV_LAB_QEMU: "/nonexistent/qemu", GV_REQUIRE_KVM: require, GV_TEST_RESULTS: results },
+        }),
+      );
+    const required = run("1");
+    assert.equal(required.status, 1, required.stdout);
+    assert.match(required.stdout, /KVM TESTS SKIPPED/);
+    const m = /^tests: 0 passed, 0 failed, (\d+) skipped$/m.exec(required.stdout);
+    assert.ok(m && Number(m[1]) > 0, required.stdout);
+    assert.equal(run("").status, 0, "without GV_REQUIRE_KVM a skip is not a failure");
+  });
+
   it("bad usage is refused on the host, before any lab boots", () => {
     const r = cli(["run", "--scenario", "no-such-scenario"]);
     assert.equal(r.status, 2);
