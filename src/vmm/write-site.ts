@@ -1,14 +1,33 @@
 /**
  * Which instruction made a protected write. KVM emulates a write to a
- * read-only page in the kernel and exits to userspace (KVM_EXIT_MMIO) after
- * the instruction has retired: RIP already points at the next instruction.
- * The evidence and the decision (RIP-range rules, the allowlist) need the
- * writing instruction itself, so it is found here: the candidate that
- * decodes to exactly the bytes before RIP, writes memory of at least the
- * exit's size, whose address, computed from the registers and translated
- * through the guest's page tables, covers the written GPA, and (for a plain
- * MOV) whose source is the value written. RIP itself is tried last, for a
- * host that exits before the instruction retires.
+ * read-only page in the kernel and exits to userspace (KVM_EXIT_MMIO) with
+ * the instruction's register effects already committed: RIP points at the
+ * next instruction, and RDI (string stores) or RSP (push, call, pop, enter)
+ * has already moved. The evidence and the decision (RIP-range rules, the
+ * allowlist) need the writing instruction itself, so it is found here.
+ *
+ * A candidate explains the write when the memory it writes, computed from
+ * the registers as they are after it ran (RSP and RDI as it left them, the
+ * others taken as unchanged) and translated page by page through the guest's
+ * page tables, holds all the exit's bytes (KVM splits a write at page
+ * boundaries and into 8-byte pieces), and its source is the value written
+ * where that can be told (MOV, STOS, MOVS, PUSH, CALL). The candidates:
+ *  - the instructions that end exactly at RIP (1 to 15 bytes back). For a
+ *    stack write the address is the pre-instruction RSP iced uses, rebuilt
+ *    from the current one; a push therefore writes at the current RSP.
+ *    String stores (STOS/MOVS/INS) write the element just before RDI (RDI - S
+ *    with RFLAGS.DF clear, RDI + S with it set; RDI/RCX cut to 32 bits under
+ *    an address-size prefix); a REP one only retires once RCX is 0.
+ *  - a REP string store AT RIP with RCX not yet 0: KVM exits once per
+ *    iteration and leaves RIP on the instruction until the last.
+ * Among the candidates, one writing exactly the exit's size wins over one
+ * writing more; then a REP string store at RIP; then the longest (the one
+ * starting earliest): a shorter suffix that also decodes is a tail of the
+ * executed instruction, not an instruction of its own.
+ * When none explains it: a near CALL leaves RIP at its target, so an 8-byte
+ * write at RSP is tried as a return address: the call ending there whose
+ * target is RIP. Last, RIP itself with the registers taken as before the
+ * instruction, for a host that exits before the instruction retires.
  *
  * Everything read here is guest-controlled: bytes come through readVirtual
  * (bounds-checked), the decoder never reads past them, and a write no
@@ -42,11 +61,25 @@ export interface WriteExit {
 /** The general-purpose registers a context holds (REG_NAMES without rip and rflags). */
 const GPRS = new Set<string>(REG_NAMES.filter((r) => r !== "rip" && r !== "rflags"));
 
+type Insn = InstanceType<Iced["Instruction"]>;
+type Used = InstanceType<Iced["UsedMemory"]>;
+
+/** RFLAGS.DF: string instructions step downwards. */
+const DF = 1n << 10n;
+
 /** A register's 64-bit value (its full register), or undefined for one we do not hold. */
 function regValue(lib: Iced, regs: Regs, reg: number): bigint | undefined {
   if (reg === lib.Register.None) return 0n;
   const name = String(lib.Register[lib.RegisterExt.fullRegister(reg)] ?? "").toLowerCase();
   return GPRS.has(name) ? regs[name as RegName] : undefined;
+}
+
+/** What a register operand stores, from its low byte up (AH..DH: bits 8-15), or undefined for one we do not hold. */
+function operandValue(lib: Iced, regs: Regs, reg: number): bigint | undefined {
+  const full = regValue(lib, regs, reg);
+  if (full === undefined) return undefined;
+  const R = lib.Register;
+  return reg === R.AH || reg === R.BH || reg === R.CH || reg === R.DH ? full >> 8n : full;
 }
 
 function segmentBase(lib: Iced, sregs: Sregs, seg: number): bigint {
@@ -67,59 +100,165 @@ function writeAccesses(lib: Iced): Set<number> {
   return writeAccess;
 }
 
-/** For a plain MOV to memory: is its source (immediate or register) the value written? Other instructions: yes. */
-function sourceMatches(lib: Iced, insn: InstanceType<Iced["Instruction"]>, x: WriteExit): boolean {
-  if (insn.mnemonic !== lib.Mnemonic.Mov || insn.op0Kind !== lib.OpKind.Memory) return true;
-  let value: bigint | undefined;
-  const highByte = [lib.Register.AH, lib.Register.BH, lib.Register.CH, lib.Register.DH];
-  if (insn.op1Kind === lib.OpKind.Register && highByte.includes(insn.op1Register)) return true;
-  if (insn.op1Kind === lib.OpKind.Register) value = regValue(lib, x.regs, insn.op1Register);
-  else if (insn.op1Kind !== lib.OpKind.Memory) value = insn.immediate(1);
-  if (value === undefined) return true; // a register we do not hold (a segment register, say)
-  let written = 0n;
-  for (let i = x.data.length - 1; i >= 0; i--) written = (written << 8n) | BigInt(x.data[i] ?? 0);
-  return BigInt.asUintN(8 * x.data.length, value) === written;
+/** Are the exit's bytes those of `value` (little-endian) from byte `off` on? */
+function valueIs(value: bigint, off: number, data: Uint8Array): boolean {
+  const v = BigInt.asUintN(64, value);
+  for (let i = 0; i < data.length; i++) {
+    if (Number((v >> BigInt(8 * (off + i))) & 0xffn) !== data[i]) return false;
+  }
+  return true;
 }
 
-/** Does this decoded instruction write memory covering the exit's GPA, with the exit's value? */
-function writesTarget(
-  lib: Iced,
-  info: InstanceType<Iced["InstructionInfo"]>,
-  insn: InstanceType<Iced["Instruction"]>,
-  mem: GuestMemory,
-  x: WriteExit,
-): boolean {
-  const writes = writeAccesses(lib);
-  const used = info.usedMemory() as InstanceType<Iced["UsedMemory"]>[];
-  try {
-    for (const m of used) {
-      if (!writes.has(m.access)) continue;
-      const size = lib.MemorySizeExt.size(m.memorySize);
-      if (size < x.data.length || !sourceMatches(lib, insn, x)) continue;
-      const base = regValue(lib, x.regs, m.base);
-      const index = regValue(lib, x.regs, m.index);
-      if (base === undefined || index === undefined) continue;
-      const va = BigInt.asUintN(
-        64,
-        segmentBase(lib, x.sregs, m.segment) + base + index * BigInt(m.scale) + m.displacement,
-      );
-      for (const [from, at] of [
-        [va, 0],
-        [va + BigInt(size - 1), size - 1],
-      ] as const) {
-        const pa = translate(mem, x.sregs.cr3, BigInt.asUintN(64, from));
-        if (pa !== undefined && x.gpa >= pa - at && x.gpa < pa - at + size) return true;
-      }
-    }
-    return false;
-  } finally {
-    for (const m of used) m.free(); // WebAssembly memory: not collected
+/**
+ * Where the exit's bytes lie in a write of `size` bytes at virtual `va`: their
+ * offset in it, or undefined when the write does not hold all of them. KVM
+ * splits a write at page boundaries (and in 8-byte pieces), so each page the
+ * write spans is translated on its own.
+ */
+function offsetIn(mem: GuestMemory, x: WriteExit, va: bigint, size: number): number | undefined {
+  if (size < x.data.length) return undefined;
+  for (let at = 0; at < size; ) {
+    const from = BigInt.asUintN(64, va + BigInt(at));
+    const n = Math.min(size - at, 0x1000 - Number(from & 0xfffn));
+    const pa = translate(mem, x.sregs.cr3, from);
+    if (pa !== undefined && x.gpa >= pa && x.gpa + x.data.length <= pa + n) return at + x.gpa - pa;
+    at += n;
   }
+  return undefined;
+}
+
+/**
+ * The virtual address of a memory operand iced reports. iced computes stack
+ * operands (push, call, pop, enter) from RSP before the instruction; `after`
+ * says the registers are those after it, so RSP is first moved back.
+ */
+function address(lib: Iced, insn: Insn, m: Used, x: WriteExit, after: boolean): bigint | undefined {
+  let base = regValue(lib, x.regs, m.base);
+  const index = regValue(lib, x.regs, m.index);
+  if (base === undefined || index === undefined) return undefined;
+  const rsp = lib.RegisterExt.fullRegister(m.base) === lib.Register.RSP;
+  if (after && rsp && insn.stackPointerIncrement !== 0) base -= BigInt(insn.stackPointerIncrement);
+  let ea = base + index * BigInt(m.scale) + m.displacement;
+  if (lib.RegisterExt.isGPR32(m.base) || lib.RegisterExt.isGPR32(m.index)) ea = BigInt.asUintN(32, ea);
+  return BigInt.asUintN(64, segmentBase(lib, x.sregs, m.segment) + ea);
+}
+
+/**
+ * A direct near call's target (from its code bytes). Indirect calls are not
+ * told: their target would come from registers or memory the guest controls,
+ * and a located writer can be an allowlisted one, so their pushes stay unexplained.
+ */
+function callTarget(lib: Iced, insn: Insn): bigint | undefined {
+  const K = lib.OpKind;
+  const kind = insn.op0Kind;
+  if (kind === K.NearBranch16 || kind === K.NearBranch32 || kind === K.NearBranch64) return insn.nearBranchTarget;
+  return undefined;
+}
+
+/**
+ * Is the source of the write (bytes `off` on) the value written? Told for a
+ * plain MOV; after the instruction, for PUSH (a register or an immediate) and
+ * a direct near CALL (the return address, and its target must be where the
+ * guest resumes). Other instructions: yes.
+ */
+function valueMatches(lib: Iced, insn: Insn, x: WriteExit, off: number, after: boolean): boolean {
+  const K = lib.OpKind;
+  if (insn.mnemonic === lib.Mnemonic.Mov && insn.op0Kind === K.Memory) {
+    let value: bigint | undefined;
+    if (insn.op1Kind === K.Register) value = operandValue(lib, x.regs, insn.op1Register);
+    else if (insn.op1Kind !== K.Memory) value = insn.immediate(1);
+    return value === undefined || valueIs(value, off, x.data); // undefined: a register we do not hold
+  }
+  if (!after) return true;
+  if (insn.mnemonic === lib.Mnemonic.Push && insn.opCount === 1) {
+    const kind = insn.op0Kind;
+    let value: bigint | undefined;
+    if (kind === K.Register && lib.RegisterExt.fullRegister(insn.op0Register) === lib.Register.RSP) {
+      value = x.regs.rsp - BigInt(insn.stackPointerIncrement); // push rsp stores RSP before the push
+    } else if (kind === K.Register) value = operandValue(lib, x.regs, insn.op0Register);
+    else if (kind !== K.Memory) value = insn.immediate(0);
+    return value === undefined || valueIs(value, off, x.data);
+  }
+  if (insn.isCallNear || insn.isCallNearIndirect) {
+    return valueIs(insn.nextIP, off, x.data) && callTarget(lib, insn) === x.regs.rip;
+  }
+  return true;
+}
+
+/** STOS, MOVS, INS: a store to ES:[RDI] (or [EDI]). */
+function isStringStore(lib: Iced, insn: Insn): boolean {
+  return insn.op0Kind === lib.OpKind.MemoryESRDI || insn.op0Kind === lib.OpKind.MemoryESEDI;
+}
+
+/**
+ * A string store, from the registers after an iteration: the element it just
+ * wrote is before RDI (after it, when DF is set). `atRip`: the candidate is
+ * the instruction at RIP, which for REP is the case while RCX is not yet 0.
+ * Returns the element's size when it explains the write.
+ */
+function stringStore(lib: Iced, insn: Insn, mem: GuestMemory, x: WriteExit, atRip: boolean): number | undefined {
+  const bits = insn.op0Kind === lib.OpKind.MemoryESRDI ? 64 : 32;
+  const size = lib.MemorySizeExt.size(insn.memorySize);
+  if (size === 0) return undefined;
+  const rep = insn.hasRepPrefix || insn.hasRepnePrefix;
+  const left = BigInt.asUintN(bits, x.regs.rcx) !== 0n;
+  if (rep ? left !== atRip : atRip) return undefined;
+  const step = (x.regs.rflags & DF) !== 0n ? BigInt(size) : -BigInt(size);
+  const off = offsetIn(mem, x, BigInt.asUintN(bits, x.regs.rdi + step), size); // ES base: 0 in 64-bit mode
+  if (off === undefined) return undefined;
+  const src = insn.op1Kind;
+  if (src === lib.OpKind.MemorySegRSI || src === lib.OpKind.MemorySegESI) {
+    // MOVS: the element it copied is before RSI likewise. One we cannot read (not RAM) is not told.
+    const va = segmentBase(lib, x.sregs, insn.memorySegment) + BigInt.asUintN(bits, x.regs.rsi + step);
+    const copied = readVirtual(mem, x.sregs.cr3, BigInt.asUintN(64, va), size);
+    if (copied.length === size && x.data.some((b, i) => copied[off + i] !== b)) return undefined;
+  } else if (src === lib.OpKind.Register && insn.op1Register !== lib.Register.DX) {
+    // STOS: AL, AX, EAX or RAX (INS stores what it read from port DX: not told).
+    const value = operandValue(lib, x.regs, insn.op1Register);
+    if (value !== undefined && !valueIs(value, off, x.data)) return undefined;
+  }
+  return size;
 }
 
 // Reused across calls (one per thread): allocating them per candidate costs more than decoding.
 let factory: InstanceType<Iced["InstructionInfoFactory"]> | undefined;
-let reused: InstanceType<Iced["Instruction"]> | undefined;
+let reused: Insn | undefined;
+
+/**
+ * Does the decoded instruction explain the exit's write? `after`: the
+ * registers are those after it ran (else before: the fallback at RIP).
+ * Returns the size of the write that holds the exit's bytes, or undefined.
+ */
+function explains(
+  lib: Iced,
+  insn: Insn,
+  mem: GuestMemory,
+  x: WriteExit,
+  after: boolean,
+  atRip: boolean,
+): number | undefined {
+  if (after && isStringStore(lib, insn)) return stringStore(lib, insn, mem, x, atRip);
+  if (after && (atRip || insn.isCallFar || insn.isCallFarIndirect)) return undefined;
+  factory ??= new lib.InstructionInfoFactory();
+  const info = factory.info(insn);
+  let used: Used[] = [];
+  try {
+    used = info.usedMemory() as Used[];
+    const writes = writeAccesses(lib);
+    for (const m of used) {
+      if (!writes.has(m.access)) continue;
+      const va = address(lib, insn, m, x, after);
+      if (va === undefined) continue;
+      const size = lib.MemorySizeExt.size(m.memorySize);
+      const off = offsetIn(mem, x, va, size);
+      if (off !== undefined && valueMatches(lib, insn, x, off, after)) return size;
+    }
+    return undefined;
+  } finally {
+    for (const m of used) m.free(); // WebAssembly memory: not collected
+    info.free();
+  }
+}
 
 /**
  * The code around RIP: up to 15 bytes before it (fewer when the page before
@@ -135,38 +274,111 @@ function codeAround(mem: GuestMemory, cr3: bigint, rip: bigint): { bytes: Uint8A
   return bytes.length >= before ? { bytes, before } : { bytes: new Uint8Array(0), before: 0 };
 }
 
+/** A located candidate, and whether it writes exactly the exit's size. */
+interface Found {
+  site: WriteSite;
+  exact: boolean;
+}
+
+/**
+ * The best candidate ending exactly at `end` (`before` bytes of code precede
+ * it in the decoder), registers taken as after it ran: the longest that
+ * writes exactly the exit's size, else the longest that writes more.
+ * `calls`: consider near calls only.
+ */
+function endingAt(
+  lib: Iced,
+  decoder: InstanceType<Iced["Decoder"]>,
+  insn: Insn,
+  before: number,
+  end: bigint,
+  mem: GuestMemory,
+  x: WriteExit,
+  calls: boolean,
+): Found | undefined {
+  let larger: WriteSite | undefined;
+  for (let back = before; back >= 1; back--) {
+    decoder.position = before - back;
+    decoder.ip = BigInt.asUintN(64, end - BigInt(back));
+    decoder.decodeOut(insn);
+    if (insn.isInvalid || insn.length !== back) continue;
+    if (calls && !insn.isCallNear && !insn.isCallNearIndirect) continue;
+    const size = explains(lib, insn, mem, x, true, false);
+    if (size === undefined) continue;
+    const site = { rip: BigInt.asUintN(64, end - BigInt(back)), length: back };
+    if (size === x.data.length) return { site, exact: true };
+    larger ??= site;
+  }
+  return larger && { site: larger, exact: false };
+}
+
+/** The instruction at RIP, registers taken as after it ran (`after`: a REP string store mid-run) or before. */
+function fromRip(
+  lib: Iced,
+  decoder: InstanceType<Iced["Decoder"]>,
+  insn: Insn,
+  before: number,
+  mem: GuestMemory,
+  x: WriteExit,
+  after: boolean,
+): Found | undefined {
+  decoder.position = before;
+  decoder.ip = x.regs.rip;
+  decoder.decodeOut(insn);
+  if (insn.isInvalid) return undefined;
+  const size = explains(lib, insn, mem, x, after, after);
+  return size === undefined
+    ? undefined
+    : { site: { rip: x.regs.rip, length: insn.length }, exact: size === x.data.length };
+}
+
+/**
+ * A near call: RIP is its target, and the 8 bytes written at RSP are its
+ * return address, so the call is the instruction that ends there.
+ */
+function callBehind(lib: Iced, insn: Insn, mem: GuestMemory, x: WriteExit): WriteSite | undefined {
+  if (x.data.length !== 8) return undefined;
+  let ret = 0n;
+  for (let i = 7; i >= 0; i--) ret = (ret << 8n) | BigInt(x.data[i] ?? 0);
+  if (ret === x.regs.rip || offsetIn(mem, x, x.regs.rsp, 8) !== 0) return undefined; // (a call ending at RIP: tried)
+  const { bytes, before } = codeAround(mem, x.sregs.cr3, ret);
+  if (before === 0) return undefined;
+  const decoder = new lib.Decoder(64, bytes, lib.DecoderOptions.None);
+  try {
+    return endingAt(lib, decoder, insn, before, ret, mem, x, true)?.site;
+  } finally {
+    decoder.free();
+  }
+}
+
 /**
  * The instruction that made the write the exit reports, or undefined when
- * none explains it. One decoder over the code around RIP: the candidates
- * ending exactly at RIP (1 to 15 bytes back), then RIP itself.
+ * none explains it (see the top of this file for the candidates and their
+ * order).
  */
 export function locateWrite(mem: GuestMemory, x: WriteExit): WriteSite | undefined {
   const lib = loadIced();
   if (!lib) return undefined;
-  const rip = x.regs.rip;
-  const { bytes, before } = codeAround(mem, x.sregs.cr3, rip);
-  if (bytes.length === 0) return undefined;
-  factory ??= new lib.InstructionInfoFactory();
   reused ??= new lib.Instruction();
   const insn = reused;
+  const { bytes, before } = codeAround(mem, x.sregs.cr3, x.regs.rip);
+  if (bytes.length === 0) {
+    try {
+      return callBehind(lib, insn, mem, x); // a call to an unmapped target: RIP has no code, the call has
+    } catch {
+      return undefined;
+    }
+  }
   const decoder = new lib.Decoder(64, bytes, lib.DecoderOptions.None);
   try {
-    for (let i = 1; i <= before + 1; i++) {
-      const back = i % (before + 1); // 1..before, then 0
-      if (back === 0 && bytes.length <= before) break;
-      decoder.position = before - back;
-      decoder.ip = BigInt.asUintN(64, rip - BigInt(back));
-      decoder.decodeOut(insn);
-      if (insn.isInvalid || (back > 0 && insn.length !== back)) continue;
-      const info = factory.info(insn);
-      try {
-        if (writesTarget(lib, info, insn, mem, x))
-          return { rip: BigInt.asUintN(64, rip - BigInt(back)), length: insn.length };
-      } finally {
-        info.free();
-      }
-    }
-    return undefined;
+    const hasRip = bytes.length > before;
+    const rep = hasRip ? fromRip(lib, decoder, insn, before, mem, x, true) : undefined;
+    if (rep?.exact) return rep.site;
+    const ending = endingAt(lib, decoder, insn, before, x.regs.rip, mem, x, false);
+    if (ending?.exact) return ending.site;
+    const found = rep?.site ?? ending?.site ?? callBehind(lib, insn, mem, x);
+    if (found || !hasRip) return found;
+    return fromRip(lib, decoder, insn, before, mem, x, false)?.site;
   } catch {
     return undefined;
   } finally {

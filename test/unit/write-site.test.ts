@@ -73,6 +73,35 @@ describe("locating the instruction behind a protected write", () => {
     );
   });
 
+  it("reports the whole instruction, not a shorter tail of it that also decodes as a matching store", () => {
+    const at = TARGET + 0x20;
+    const regs = { rax: BigInt(at), rbx: 0x18893344n, r8: BigInt(at) };
+    const data = le(0x18893344n, 4);
+    // Each ends in 89 18 (mov [rax],ebx), which on its own explains the write too.
+    const longer = [
+      { name: "mov fs:[rax],ebx (FS base 0)", bytes: [0x64, 0x89, 0x18] },
+      { name: "mov ds:[rax],ebx (redundant prefix)", bytes: [0x3e, 0x89, 0x18] },
+      { name: "mov [r8],ebx (REX.B, R8 = RAX)", bytes: [0x41, 0x89, 0x18] },
+      { name: "mov dword [rax],0x18893344 (immediate ends in 89 18)", bytes: [0xc7, 0x00, 0x44, 0x33, 0x89, 0x18] },
+    ];
+    for (const { name, bytes } of longer) {
+      mem.write(0x100700 - bytes.length, Uint8Array.from(bytes));
+      assert.deepEqual(
+        locateWrite(mem, exitAt(0x100700, at, data, regs)),
+        { rip: BigInt(0x100700 - bytes.length), length: bytes.length },
+        name,
+      );
+    }
+  });
+
+  it("prefers the candidate that writes exactly the exit's size over a longer one that writes more", () => {
+    mem.write(0x100700, Uint8Array.of(0x48, 0x89, 0x18)); // mov [rax],rbx; its tail: mov [rax],ebx
+    const at = TARGET + 0x20;
+    const regs = { rax: BigInt(at), rbx: 0x0102030418893344n };
+    assert.deepEqual(locateWrite(mem, exitAt(0x100703, at, le(regs.rbx, 4), regs)), { rip: 0x100701n, length: 2 });
+    assert.deepEqual(locateWrite(mem, exitAt(0x100703, at, le(regs.rbx, 8), regs)), { rip: 0x100700n, length: 3 });
+  });
+
   it("survives hostile places: RIP at page 0, unmapped, non-canonical, at the end of RAM", () => {
     for (const rip of [0, 3, 0x7fff_ffff_f000, MEM - 1, MEM + 0x1000]) {
       assert.equal(locateWrite(mem, exitAt(rip, TARGET, Uint8Array.of(0xb8))), undefined, `rip ${rip}`);
