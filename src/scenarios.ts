@@ -139,6 +139,16 @@ export const SCENARIOS: readonly Scenario[] = [
     result: { attempts: "1", changed: "0" },
     events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1 }],
   },
+  {
+    name: "pt-remap",
+    description:
+      "a module remaps kernel code to a writable copy (its page-table entry, its page directory, a new CR3): put back on the next exit",
+    result: { attempts: "3", pte: "0", pde: "0", cr3: "0", ret: "0" },
+    events: [
+      { kind: "integrity", vector: 18, verdict: "deny", min: 2 }, // the PTE, then the PDE
+      { kind: "integrity", vector: 19, verdict: "deny", min: 1 },
+    ],
+  },
 ];
 
 export function findScenario(name: string): Scenario {

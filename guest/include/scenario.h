@@ -29,6 +29,7 @@ int scenario_lstar_hook(void);
 int scenario_null_deref(void);
 int scenario_triple_fault(void);
 int scenario_alias_map(void);
+int scenario_pt_remap(void);
 int scenario_idt_hook(void);
 int scenario_idtr_swap(void);
 int scenario_wp_bypass(void);

@@ -22,11 +22,21 @@ struct trap_frame {
 typedef void (*trap_handler_fn)(struct trap_frame *tf);
 
 /*
- * Handler per vector, in .data so handlers can be registered at run time.
- * A NULL entry means "unexpected": exception_default() handles it.
+ * A sanctioned handler for one vector, a constant in .rodata.trap_overrides
+ * (sealed memory). Declare one with TRAP_OVERRIDE and select it with trap_use;
+ * trap_use(NULL) goes back to exception_default for every vector.
  */
-extern trap_handler_fn trap_handlers[IDT_VECTORS];
-void trap_register(unsigned vector, trap_handler_fn fn);
+struct trap_override {
+	uint64_t vector;
+	trap_handler_fn fn;
+};
+
+#define TRAP_OVERRIDE(name, vec, handler)                                                                   \
+	static const struct trap_override name __attribute__((section(".rodata.trap_overrides"), used)) = { \
+		(vec), (handler)                                                                            \
+	}
+
+void trap_use(const struct trap_override *o);
 
 /* Called by gv_exception_entry; returns to the interrupted code (iretq). */
 void trap_dispatch(struct trap_frame *tf);

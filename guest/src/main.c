@@ -35,8 +35,9 @@ void kmain(struct gv_boot_info *bi)
 	syscall_init();
 	if (paging_init(bi) < 0)
 		gv_exit(EXIT_BAD_PAGE_TABLES);
-	/* Set up: from now on the VMM refuses changes to the MSRs, the IDTR, the GDTR and pinned CR bits. */
-	gv_hypercall(GV_HC_SEAL, GV_SEAL_MSRS | GV_SEAL_IDT | GV_SEAL_GDT | GV_SEAL_CR, 0, 0);
+	/* Set up: from now on the VMM refuses changes to the MSRs, the IDTR, the GDTR, pinned CR bits,
+	   CR3 and the page-table entries that translate protected memory. */
+	gv_hypercall(GV_HC_SEAL, GV_SEAL_MSRS | GV_SEAL_IDT | GV_SEAL_GDT | GV_SEAL_CR | GV_SEAL_PAGING, 0, 0);
 
 	if (bi->role == GV_ROLE_HM) {
 		kprintf("gv-kernel: boot role=hm mem=%luMiB\n", bi->mem_size >> 20);

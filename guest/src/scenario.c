@@ -14,6 +14,7 @@ static const struct scenario scenarios[] = {
 	{ "null-deref", scenario_null_deref },
 	{ "triple-fault", scenario_triple_fault },
 	{ "alias-map", scenario_alias_map },
+	{ "pt-remap", scenario_pt_remap },
 	{ "idt-hook", scenario_idt_hook },
 	{ "idtr-swap", scenario_idtr_swap },
 	{ "wp-bypass", scenario_wp_bypass },

@@ -48,12 +48,17 @@ export const ABI_CONSTANTS = {
   SEAL_IDT: 2, // the IDTR (base, limit) as it is now: a change is an integrity event
   SEAL_CR: 4, // CR0.WP and CR4.SMEP/SMAP as they are now: clearing one is an integrity event
   SEAL_GDT: 8, // the GDTR (base, limit) as it is now: a change is an integrity event
+  SEAL_PAGING: 16, // CR3 and the page-table entries translating protected memory, as they are now
 
   // Integrity events name the object in the context record's `vector` field.
   INTEGRITY_CR0: 0,
   INTEGRITY_CR4: 4,
   INTEGRITY_IDTR: 16,
   INTEGRITY_GDTR: 17,
+  /** A page-table write that would change how protected memory is translated. */
+  INTEGRITY_PAGING: 18,
+  /** CR3 no longer points at the sealed page tables. */
+  INTEGRITY_CR3: 19,
 
   // HC_REPORT_EXCEPTION arguments: RDI = vector, RSI = faulting RIP, RCX = what the guest did.
   GUEST_ACTION_HANDLED: 0,

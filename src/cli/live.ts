@@ -76,6 +76,9 @@ const INTEGRITY_OBJECTS = new Map<number, string>([
   [C.INTEGRITY_CR0, "CR0"],
   [C.INTEGRITY_CR4, "CR4"],
   [C.INTEGRITY_IDTR, "IDTR"],
+  [C.INTEGRITY_GDTR, "GDTR"],
+  [C.INTEGRITY_PAGING, "page tables"],
+  [C.INTEGRITY_CR3, "CR3"],
 ]);
 
 interface Run {

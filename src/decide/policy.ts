@@ -64,6 +64,8 @@ export interface PolicyObjects {
   msrs: MsrObject[];
   idt?: SealedTableObject;
   gdt?: SealedTableObject;
+  /** CR3 and the page-table entries translating protected memory. */
+  paging?: SealedTableObject;
   pinnedCr?: PinnedCrObject;
 }
 
@@ -122,6 +124,13 @@ export const DEFAULT_POLICY: Policy = {
       vectors: [0, 4],
       verdict: "deny",
       reason: "a pinned CR0/CR4 bit was cleared: set it back",
+    },
+    {
+      name: "protect-page-tables",
+      kinds: ["integrity"],
+      vectors: [18, 19],
+      verdict: "deny",
+      reason: "would remap sealed kernel memory: the page-table write is dropped, CR3 set back",
     },
     {
       name: "protect-syscall-msrs",

@@ -205,6 +205,12 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
   const sealedObjects: [string, { action: Verdict } | undefined, number[], string][] = [
     ["idt", objects.idt, [C.INTEGRITY_IDTR], "the IDTR no longer points at the sealed IDT"],
     ["gdt", objects.gdt, [C.INTEGRITY_GDTR], "the GDTR no longer points at the sealed GDT"],
+    [
+      "paging",
+      objects.paging,
+      [C.INTEGRITY_PAGING, C.INTEGRITY_CR3],
+      "the translation of sealed kernel memory would change (a page-table entry or CR3)",
+    ],
     ["pinned-cr", objects.pinnedCr, [C.INTEGRITY_CR0, C.INTEGRITY_CR4], "a pinned control-register bit was cleared"],
   ];
   for (const [name, object, vectors, reason] of sealedObjects) {
@@ -253,6 +259,7 @@ function resolveObjects(spec: PolicySpec): PolicyObjects {
   const out: PolicyObjects = { msrs };
   if (o?.idt) out.idt = { seal: o.idt.seal, action: o.idt.action };
   if (o?.gdt) out.gdt = { seal: o.gdt.seal, action: o.gdt.action };
+  if (o?.paging) out.paging = { seal: o.paging.seal, action: o.paging.action };
   const pin = o?.["pinned-cr"];
   if (pin) {
     const cr0Bits = [...new Set(pin.cr0 ?? [])];

@@ -153,6 +153,7 @@ export const objectsSchema = z.strictObject({
     .default([]),
   idt: sealedTable.optional(),
   gdt: sealedTable.optional(),
+  paging: sealedTable.optional(),
   "pinned-cr": z
     .strictObject({
       cr0: oneOrList(crBitName(CR0_BITS, "CR0")),

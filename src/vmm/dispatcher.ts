@@ -16,6 +16,7 @@ import { type ContextRecord, emptyContext, encodeContext } from "./context.js";
 import type { ExceptionCapture } from "./exception-capture.js";
 import { decodeExceptionFrame } from "./frame.js";
 import { readVirtual } from "./paging.js";
+import { PagingSeal, PTE_ADDR_MASK, type VirtualRange } from "./paging-seal.js";
 import type { ProtectionMap } from "./protection.js";
 import { locateWrite, preloadWriteLocator } from "./write-site.js";
 
@@ -93,6 +94,8 @@ export interface DispatcherDeps {
   exceptions?: ExceptionCapture;
   /** MSRs whose writes the MSR filter sends here. */
   protectedMsrs?: ReadonlySet<number>;
+  /** The protected regions' virtual addresses (kernel mapping): their translation is pinned by HC_SEAL paging. */
+  protectedVirtual?: readonly VirtualRange[];
   /** Monotonic clock in nanoseconds. */
   now?: () => bigint;
 }
@@ -110,6 +113,8 @@ export interface DispatchStats {
   msrWritesBeforeSeal: number;
   /** Debug exits while stepping over the entry that were not the step: the breakpoint was re-armed early. */
   captureStepsLost: number;
+  /** Page-table entries the paging seal pins (checked on exits). */
+  pinnedEntries: number;
 }
 
 export const GP_VECTOR = 13;
@@ -118,6 +123,7 @@ export const DB_VECTOR = 1;
 type DescriptorTable = { base: bigint; limit: number };
 
 const CR0_PINNABLE = 1n << 16n;
+const CR4_PGE = 1n << 7n;
 const CR4_PINNABLE = (1n << 20n) | (1n << 21n);
 
 export class ExitDispatcher {
@@ -133,6 +139,7 @@ export class ExitDispatcher {
     guestReports: 0,
     msrWritesBeforeSeal: 0,
     captureStepsLost: 0,
+    pinnedEntries: 0,
   };
   private seq = 0;
   /** HC_SEAL bits the guest has set (one-way). */
@@ -147,10 +154,13 @@ export class ExitDispatcher {
   /** Recent captured exceptions not yet reported by the guest: matched by vector and RIP. */
   private readonly unreported: { seq: number; vector: number; rip: bigint }[] = [];
   private readonly now: () => bigint;
+  /** Pins the translation of protected memory once the guest seals its paging. */
+  private readonly paging: PagingSeal;
 
   constructor(private readonly d: DispatcherDeps) {
     preloadWriteLocator();
     this.now = d.now ?? process.hrtime.bigint;
+    this.paging = new PagingSeal(d.memory);
   }
 
   /** The next event sequence number (per VM, from 1). */
@@ -350,9 +360,15 @@ export class ExitDispatcher {
   /** HC_SEAL: protect more from now on (bits only ever get set). Returns the sealed set. */
   seal(what: number): number {
     const C = ABI_CONSTANTS;
-    const add = what & (C.SEAL_MSRS | C.SEAL_IDT | C.SEAL_CR | C.SEAL_GDT) & ~this.sealed;
-    if (add & (C.SEAL_IDT | C.SEAL_CR | C.SEAL_GDT)) {
+    const add = what & (C.SEAL_MSRS | C.SEAL_IDT | C.SEAL_CR | C.SEAL_GDT | C.SEAL_PAGING) & ~this.sealed;
+    if (add & (C.SEAL_IDT | C.SEAL_CR | C.SEAL_GDT | C.SEAL_PAGING)) {
       const s = this.d.cpu.getSregs();
+      if (add & C.SEAL_PAGING) {
+        // The kernel's protected ranges, and the IDT wherever the IDTR points now.
+        const idt = { name: "the IDT", start: s.idt.base, end: s.idt.base + BigInt(s.idt.limit) + 1n };
+        this.paging.seal(s.cr3, [...(this.d.protectedVirtual ?? []), idt]);
+        this.stats.pinnedEntries = this.paging.pinnedEntries;
+      }
       if (add & C.SEAL_IDT) this.sealedIdt = { base: s.idt.base, limit: s.idt.limit };
       if (add & C.SEAL_GDT) this.sealedGdt = { base: s.gdt.base, limit: s.gdt.limit };
       if (add & C.SEAL_CR) {
@@ -371,11 +387,12 @@ export class ExitDispatcher {
    * event; "deny" puts the sealed value back, "restart"/"halt" end the VM.
    */
   private checkSealed(t0: bigint): ExitAction | undefined {
-    if ((this.sealed & (ABI_CONSTANTS.SEAL_IDT | ABI_CONSTANTS.SEAL_CR | ABI_CONSTANTS.SEAL_GDT)) === 0)
-      return undefined;
+    const C0 = ABI_CONSTANTS;
+    if ((this.sealed & (C0.SEAL_IDT | C0.SEAL_CR | C0.SEAL_GDT | C0.SEAL_PAGING)) === 0) return undefined;
     const s = this.sregs();
     const C = ABI_CONSTANTS;
-    const broken: { object: number; what: string; restore: (x: Sregs) => void }[] = [];
+    // `restore` puts the sealed state back: in the registers to load (x), or in memory (then the TLB is flushed).
+    const broken: { object: number; what: string; restore: (x: Sregs) => void; inMemory?: boolean }[] = [];
     const table = (object: number, name: string, key: "idt" | "gdt", sealed: DescriptorTable | undefined) => {
       const now = s[key];
       if (!sealed || (now.base === sealed.base && now.limit === sealed.limit)) return;
@@ -401,6 +418,27 @@ export class ExitDispatcher {
     table(C.INTEGRITY_GDTR, "GDTR", "gdt", this.sealedGdt);
     pinned(C.INTEGRITY_CR0, "CR0", "cr0", this.pinnedCr0);
     pinned(C.INTEGRITY_CR4, "CR4", "cr4", this.pinnedCr4);
+    const root = this.paging.cr3;
+    if (root !== undefined && (s.cr3 & PTE_ADDR_MASK) !== root) {
+      broken.push({
+        object: C.INTEGRITY_CR3,
+        what: `CR3 changed from the sealed page tables at 0x${root.toString(16)} to 0x${s.cr3.toString(16)}`,
+        restore: (x) => {
+          x.cr3 = root | (x.cr3 & ~PTE_ADDR_MASK);
+        },
+      });
+    }
+    if (root !== undefined) {
+      const hex = (n: bigint | number) => `0x${n.toString(16)}`;
+      for (const c of this.paging.changes()) {
+        broken.push({
+          object: C.INTEGRITY_PAGING,
+          what: `page-table entry at ${hex(c.entry)} translating ${c.name} (${hex(c.va)}) changed from ${hex(c.from)} to ${hex(c.to)}`,
+          restore: () => this.paging.restore(c.entry),
+          inMemory: true,
+        });
+      }
+    }
     if (broken.length === 0) return undefined;
 
     let end: ExitAction | undefined;
@@ -408,19 +446,28 @@ export class ExitDispatcher {
     // The cache keeps the registers as the exit found them: a capture on this exit records the attack.
     const fixed = { ...s };
     let restored = false;
+    let flush = false;
     for (const b of broken) {
       const ctx = this.capture("integrity", regs, s);
       ctx.vector = b.object;
+      if (b.inMemory) ctx.flags |= CONTEXT_FLAGS.WRITER_UNKNOWN; // found after the fact: no writer to name
       const decision = this.d.decider.decide(ctx);
       this.report(ctx, decision, t0, b.what);
       const stop = this.endsVm(decision.verdict);
       if (stop) end ??= { ...stop, detail: `${b.what}; ${stop.detail}` };
       else if (decision.verdict === "deny" || decision.verdict === "deny-fault") {
         b.restore(fixed);
-        restored = true;
+        if (b.inMemory) flush = true;
+        else restored = true;
       }
     }
     // One write for every object set back, so no restore undoes another.
+    if (flush) {
+      // Drop the guest's cached translations of the entries put back: KVM resets the
+      // vCPU's MMU context (and flushes its TLB) when CR4 changes through KVM_SET_SREGS.
+      this.d.cpu.setSregs({ ...fixed, cr4: fixed.cr4 ^ CR4_PGE });
+      restored = true;
+    }
     if (restored) this.d.cpu.setSregs(fixed);
     return end;
   }

@@ -7,7 +7,7 @@ import { ABI_CONSTANTS } from "../abi/guest-abi.js";
 import type { HmFault } from "../decide/hm-vm-decider.js";
 import { type CompiledPolicy, compilePolicy, type Policy } from "../decide/policy.js";
 import { PolicyMailbox } from "../decide/policy-mailbox.js";
-import { type ElfImage, loadElf } from "../elf/elf.js";
+import { type ElfImage, loadElf, PT_LOAD } from "../elf/elf.js";
 import { Symbolizer } from "../elf/symbolizer.js";
 import { configError, GuardvisorError } from "../errors.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
@@ -16,7 +16,8 @@ import { K, type MsrFilterRange } from "../kvm/native.js";
 import { scaled } from "../time-scale.js";
 import { bootRegs, bootSregs, writeBootArea } from "./boot.js";
 import type { CapturedEvent, GuestReport } from "./dispatcher.js";
-import { makeRegions, ProtectionMap, planMemorySlots } from "./protection.js";
+import type { VirtualRange } from "./paging-seal.js";
+import { makeRegions, type ProtectedRegion, ProtectionMap, planMemorySlots } from "./protection.js";
 import type { DeciderInit, IdcAttach } from "./vcpu-protocol.js";
 import { type VcpuStop, VcpuThread } from "./vcpu-thread.js";
 
@@ -158,6 +159,7 @@ export class GuestVm {
         vcpu: this.vcpu,
         memory: this.memory.handle,
         regions: [...this.protection.regions],
+        protectedVirtual: virtualRanges(this.image, this.protection.regions),
         policy,
         decider: this.config.decider ?? { kind: "vmm" },
         policyMailbox: this.mailbox.buffer,
@@ -421,6 +423,20 @@ function loadSegments(mem: GuestMemory, image: ElfImage): void {
     mem.write(paddr, image.data.subarray(s.offset, s.offset + s.filesz));
     if (s.memsz > s.filesz) mem.fill(paddr + s.filesz, s.memsz - s.filesz, 0);
   }
+}
+
+/** Each protected region at the kernel virtual address its PT_LOAD segment maps it to. */
+function virtualRanges(image: ElfImage, regions: readonly ProtectedRegion[]): VirtualRange[] {
+  const out: VirtualRange[] = [];
+  for (const r of regions) {
+    const seg = image.segments.find(
+      (s) => s.type === PT_LOAD && s.paddr <= r.start && r.end <= s.paddr + Math.max(s.memsz, s.filesz),
+    );
+    if (!seg) continue;
+    const start = BigInt(seg.vaddr) + BigInt(r.start - seg.paddr);
+    out.push({ name: r.name, start, end: start + BigInt(r.end - r.start) });
+  }
+  return out;
 }
 
 /** Back RAM with memory slots: read-only over protected pages. Returns the number of slots used. */

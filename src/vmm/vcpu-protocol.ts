@@ -8,6 +8,7 @@ import type { IdcLayout } from "../idc/layout.js";
 import type { GuestMemoryHandle } from "../kvm/guest-memory.js";
 import type { VcpuHandle } from "../kvm/kvm.js";
 import type { CapturedEvent, DispatchStats, GuestReport, StopOutcome } from "./dispatcher.js";
+import type { VirtualRange } from "./paging-seal.js";
 import type { ProtectedRegion } from "./protection.js";
 
 /** Control word values (Int32Array slot CTRL_CMD of the shared control buffer). */
@@ -17,7 +18,7 @@ export const CMD_STOP = 2;
 /** The watchdog saw no progress: leave KVM_RUN and report a hang. */
 export const CMD_HANG = 3;
 export const CTRL_CMD = 0;
-/** Bumped by the worker on every exit (the watchdog's sign of life). */
+/** Bumped by the worker on every exit but a kick's (the watchdog's sign of life). */
 export const CTRL_PROGRESS = 1;
 /** 1 while the worker is inside KVM_RUN (a decider waiting is not a hang). */
 export const CTRL_IN_RUN = 2;
@@ -45,6 +46,8 @@ export interface VcpuWorkerInit {
   vcpu: VcpuHandle;
   memory: GuestMemoryHandle;
   regions: ProtectedRegion[];
+  /** The protected regions at their kernel virtual addresses. */
+  protectedVirtual?: VirtualRange[];
   policy: CompiledPolicy;
   decider: DeciderInit;
   /** Guest-virtual address of the common exception entry: a hardware breakpoint goes there. */

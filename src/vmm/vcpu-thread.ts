@@ -8,6 +8,7 @@ import type { HmFault } from "../decide/hm-vm-decider.js";
 import { GuardvisorError } from "../errors.js";
 import { RunPage } from "../kvm/exits.js";
 import { native } from "../kvm/native.js";
+import { scaled } from "../time-scale.js";
 import type { CapturedEvent, DispatchStats, GuestReport, StopOutcome } from "./dispatcher.js";
 import {
   CMD_HANG,
@@ -22,6 +23,14 @@ import {
   type VcpuWorkerInit,
   type WorkerMessage,
 } from "./vcpu-protocol.js";
+
+/**
+ * How often a running vCPU is kicked out of KVM_RUN so the sealed state (CR3,
+ * pinned page-table entries, IDTR, pinned CR bits) is checked even while the
+ * guest makes no exit of its own: the longest a change goes unseen. Scaled by
+ * the time scale like every other limit.
+ */
+export const SEAL_CHECK_MS = 10;
 
 export interface VcpuStop {
   outcome: StopOutcome | "stopped";
@@ -44,6 +53,7 @@ export class VcpuThread {
   private tid = 0;
   /** The worker has ended (or is ending): its thread id may be reused, never signal it. */
   private finished = false;
+  private sealCheck: NodeJS.Timeout | undefined;
   readonly ready: Promise<void>;
   readonly done: Promise<VcpuStop>;
 
@@ -67,6 +77,10 @@ export class VcpuThread {
         switch (m.type) {
           case "ready":
             this.tid = m.tid;
+            this.sealCheck = setInterval(() => {
+              if (Atomics.load(this.ctrl, CTRL_IN_RUN) === 1) this.kick();
+            }, scaled(SEAL_CHECK_MS));
+            this.sealCheck.unref();
             markReady();
             break;
           case "serial":
@@ -83,6 +97,7 @@ export class VcpuThread {
             break;
           case "stopped":
             this.finished = true;
+            clearInterval(this.sealCheck);
             result = { outcome: m.outcome, code: m.code, detail: m.detail, stats: m.stats };
             break;
           case "error":
@@ -97,6 +112,7 @@ export class VcpuThread {
       });
       this.worker.on("exit", () => {
         this.finished = true;
+        clearInterval(this.sealCheck);
         failReady(new GuardvisorError("INTERNAL", "vCPU thread exited before it was ready"));
         resolve(result ?? { outcome: "crash", detail: "vCPU thread exited without a result" });
       });

@@ -160,6 +160,7 @@ function main(): void {
     },
     exceptions,
     protectedMsrs: new Set(init.protectedMsrs ?? []),
+    protectedVirtual: init.protectedVirtual,
   });
   guestKernelHypercalls(hypercalls, dispatcher);
   exceptions?.arm();
@@ -182,9 +183,8 @@ function main(): void {
     }
     if (cmd === CMD_HANG) {
       Atomics.compareExchange(ctrl, CTRL_CMD, CMD_HANG, CMD_RUN);
-      // A hang only if the kick itself ended the run it saw stuck; any other exit since was progress.
-      const kickedOutOfHang =
-        lastInterrupted && Atomics.load(ctrl, CTRL_PROGRESS) - 1 === Atomics.load(ctrl, CTRL_HANG_AT);
+      // A hang only if a kick ended the run it saw stuck; any other exit since was progress.
+      const kickedOutOfHang = lastInterrupted && Atomics.load(ctrl, CTRL_PROGRESS) === Atomics.load(ctrl, CTRL_HANG_AT);
       if (!kickedOutOfHang) continue;
       const hang = dispatcher.onHang("no progress: the watchdog stopped the vCPU");
       if (hang.kind === "stop") {
@@ -197,8 +197,9 @@ function main(): void {
     Atomics.store(ctrl, CTRL_IN_RUN, 1);
     const exit = vcpu.runOnce();
     Atomics.store(ctrl, CTRL_IN_RUN, 0);
-    Atomics.add(ctrl, CTRL_PROGRESS, 1);
     lastInterrupted = exit.kind === "interrupted";
+    // Kicks (the seal check's, the watchdog's) are not the guest's progress.
+    if (!lastInterrupted) Atomics.add(ctrl, CTRL_PROGRESS, 1);
     if (lastInterrupted) vcpu.run.immediateExit = false;
     takeReload(decider);
     const action = dispatcher.dispatch(exit);

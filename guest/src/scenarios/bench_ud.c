@@ -18,6 +18,7 @@
 #include "scenario.h"
 #include "task.h"
 #include "trap.h"
+#include <stddef.h>
 
 #define VEC_UD 6
 #define UD2_LEN 2
@@ -31,14 +32,16 @@ static void bench_ud_trap(struct trap_frame *tf)
 	exception_default(tf);
 }
 
+TRAP_OVERRIDE(bench_ud_override, VEC_UD, bench_ud_trap);
+
 int scenario_bench_ud(void)
 {
 	bench_args_from_cmdline(100);
 	bench_args.dur = 0;
 	static const struct task t = { "bench-ud", user_bench_ud_task, 0, USER_STACK_TOP(0) };
 	struct task_result r;
-	trap_register(VEC_UD, bench_ud_trap);
+	trap_use(&bench_ud_override);
 	task_run(&t, &r);
-	trap_register(VEC_UD, exception_default);
+	trap_use(NULL);
 	return bench_report("bench-ud", r.faulted);
 }

@@ -12,6 +12,7 @@
 #include "serial.h"
 #include "task.h"
 #include "trap.h"
+#include <stddef.h>
 #include "user_tasks.h"
 
 #define VEC_UD 6
@@ -30,13 +31,15 @@ static void storm_ud_handler(struct trap_frame *tf)
 	exception_default(tf);
 }
 
+TRAP_OVERRIDE(storm_ud_override, VEC_UD, storm_ud_handler);
+
 int scenario_exception_storm(void)
 {
 	static const struct task t = { "storm", user_storm_task, STORM_FAULTS, USER_STACK_TOP(0) };
 	struct task_result r;
-	trap_register(VEC_UD, storm_ud_handler);
+	trap_use(&storm_ud_override);
 	task_run(&t, &r);
-	trap_register(VEC_UD, exception_default);
+	trap_use(NULL);
 	kprintf("GV-RESULT scenario=exception-storm faults=%lu exited=%d\n", storm_faults, !r.faulted && r.code == 0);
 	return 0;
 }

@@ -14,6 +14,7 @@
 #include "syscall.h"
 #include "task.h"
 #include "trap.h"
+#include <stddef.h>
 #include "user_tasks.h"
 
 #define VEC_GP 13
@@ -41,12 +42,14 @@ __attribute__((noinline, used)) void evil_module_lstar_hook(uint64_t target)
 	wrmsr(MSR_SYSENTER_EIP, target);
 }
 
+TRAP_OVERRIDE(hook_gp_override, VEC_GP, hook_gp_handler);
+
 int scenario_lstar_hook(void)
 {
 	uint64_t before = rdmsr(MSR_LSTAR);
-	trap_register(VEC_GP, hook_gp_handler);
+	trap_use(&hook_gp_override);
 	evil_module_lstar_hook(0x100000 + 0x4242);
-	trap_register(VEC_GP, exception_default);
+	trap_use(NULL);
 	int intact = rdmsr(MSR_LSTAR) == before && before == (uint64_t)syscall_entry;
 
 	static const struct task t = { "getuid", user_getuid_task, 0, USER_STACK_TOP(0) };
