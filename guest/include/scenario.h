@@ -11,6 +11,10 @@
 struct scenario {
 	const char *name;
 	int (*run)(void);
+	/* Optional: runs before the seal, for page-table changes the scenario needs
+	   (after the seal the VMM puts back entries that translate protected memory).
+	   Negative: the scenario cannot run. */
+	int (*setup)(void);
 };
 
 /* How many times the VMM has restarted this guest (boot command line `restart=N`). */
@@ -30,6 +34,7 @@ int scenario_null_deref(void);
 int scenario_triple_fault(void);
 int scenario_alias_map(void);
 int scenario_pt_remap(void);
+int scenario_allowlist_abuse(void);
 int scenario_idt_hook(void);
 int scenario_idtr_swap(void);
 int scenario_wp_bypass(void);
@@ -37,6 +42,7 @@ int scenario_hang(void);
 int scenario_exception_storm(void);
 int scenario_legit_patch(void);
 int scenario_bench_write(void);
+int scenario_bench_write_setup(void);
 int scenario_bench_ud(void);
 int scenario_bench_benign(void);
 

@@ -1,6 +1,7 @@
 /*
  * kmain: check the boot info, set up the CPU (GDT/TSS, IDT, syscalls, user
- * pages), print the boot line and run the scenario named on the command line.
+ * pages), print the boot line, run the scenario's setup, seal and run the
+ * scenario named on the command line.
  * Everything here runs in ring 0, which is emulated (slow) on some hosts, so
  * the path is kept short: the boot tables, IDT and most descriptors are used
  * as built (no copying, no clearing; .bss comes zeroed).
@@ -20,10 +21,18 @@
 #define EXIT_BAD_BOOT_INFO 0xE1
 #define EXIT_BAD_PAGE_TABLES 0xE2
 #define EXIT_UNKNOWN_SCENARIO 2
+#define EXIT_SCENARIO_SETUP 3
 
 #define SCENARIO_NAME_MAX 64
 
 __attribute__((noreturn)) void kmain(struct gv_boot_info *bi);
+
+/* Set up: from now on the VMM refuses changes to the MSRs, the IDTR, the GDTR, pinned CR bits,
+   CR3 and the page-table entries that translate protected memory. */
+static void seal(void)
+{
+	gv_hypercall(GV_HC_SEAL, GV_SEAL_MSRS | GV_SEAL_IDT | GV_SEAL_GDT | GV_SEAL_CR | GV_SEAL_PAGING, 0, 0);
+}
 
 void kmain(struct gv_boot_info *bi)
 {
@@ -35,11 +44,9 @@ void kmain(struct gv_boot_info *bi)
 	syscall_init();
 	if (paging_init(bi) < 0)
 		gv_exit(EXIT_BAD_PAGE_TABLES);
-	/* Set up: from now on the VMM refuses changes to the MSRs, the IDTR, the GDTR, pinned CR bits,
-	   CR3 and the page-table entries that translate protected memory. */
-	gv_hypercall(GV_HC_SEAL, GV_SEAL_MSRS | GV_SEAL_IDT | GV_SEAL_GDT | GV_SEAL_CR | GV_SEAL_PAGING, 0, 0);
 
 	if (bi->role == GV_ROLE_HM) {
+		seal();
 		kprintf("gv-kernel: boot role=hm mem=%luMiB\n", bi->mem_size >> 20);
 		gv_exit((uint32_t)hm_main(bi));
 	}
@@ -61,5 +68,8 @@ void kmain(struct gv_boot_info *bi)
 		kprintf("GV-RESULT scenario=%s error=unknown\n", name);
 		gv_exit(EXIT_UNKNOWN_SCENARIO);
 	}
+	if (s->setup && s->setup() < 0)
+		gv_exit(EXIT_SCENARIO_SETUP);
+	seal();
 	gv_exit((uint32_t)s->run());
 }
