@@ -97,6 +97,18 @@ export const SCENARIOS: readonly Scenario[] = [
     policy: "policies/legit-patch.yaml",
   },
   {
+    name: "allowlist-abuse",
+    description:
+      "a module calls the sanctioned patcher on other code, stosb-s the patch site, runs a remapped copy of the patcher: all denied",
+    result: { call: "0", stos: "0", remap: "0", legit: "1" },
+    events: [
+      { kind: "protected-write", region: ".text", verdict: "deny", min: 6 }, // 1 call, 4 stosb, 1 remapped
+      { kind: "integrity", vector: 18, verdict: "deny", min: 1 },
+      { kind: "protected-write", region: ".text", verdict: "allow", min: 1 },
+    ],
+    policy: "policies/legit-patch.yaml",
+  },
+  {
     name: "exception-storm",
     description: "a ring-3 task raises 10,000 #UD faults: all captured, folded into one event with a count",
     result: { faults: "10000", exited: "1" },

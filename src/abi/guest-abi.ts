@@ -187,6 +187,13 @@ export const CONTEXT_FLAGS = {
    * guest resumes): no rule with a RIP range matches it.
    */
   WRITER_UNKNOWN: 8,
+  /**
+   * The writing instruction was found, but it is not sealed kernel code at its
+   * own address: its virtual address is outside the protected ranges, or it
+   * translates to another physical page (code mapped over a sanctioned
+   * routine's address). No rule with a RIP range matches it either.
+   */
+  WRITER_UNTRUSTED: 16,
 } as const;
 
 export const REG_NAMES = [

@@ -24,8 +24,9 @@ export function ruleMatches(r: CompiledRule, c: ContextRecord): boolean {
   if (((r.cplMask >> (c.cpl & 3)) & 1) === 0) return false;
   const rip = c.regs.rip;
   if (rip < r.ripFrom || rip >= r.ripTo) return false;
-  // A rule about who wrote never matches a write whose writer is unknown.
-  if (c.flags & CONTEXT_FLAGS.WRITER_UNKNOWN && (r.ripFrom !== 0n || r.ripTo !== RIP_ANY_TO)) return false;
+  // A rule about who wrote never matches a write whose writer is unknown or untrusted.
+  const unnamed = CONTEXT_FLAGS.WRITER_UNKNOWN | CONTEXT_FLAGS.WRITER_UNTRUSTED;
+  if (c.flags & unnamed && (r.ripFrom !== 0n || r.ripTo !== RIP_ANY_TO)) return false;
   if (r.msr >= 0 && r.msr !== c.msrIndex) return false;
   if (r.gpa) {
     // The whole write [gpa, gpa + access_len) lies in [from, to), tested without computing gpa + access_len.

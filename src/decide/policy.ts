@@ -130,7 +130,7 @@ export const DEFAULT_POLICY: Policy = {
       kinds: ["integrity"],
       vectors: [18, 19],
       verdict: "deny",
-      reason: "would remap sealed kernel memory: the page-table write is dropped, CR3 set back",
+      reason: "would remap sealed kernel memory: the page-table entry or CR3 is set back",
     },
     {
       name: "protect-syscall-msrs",

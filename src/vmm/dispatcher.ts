@@ -15,7 +15,7 @@ import { cplOf, type Regs, type Sregs } from "../kvm/structs.js";
 import { type ContextRecord, emptyContext, encodeContext } from "./context.js";
 import type { ExceptionCapture } from "./exception-capture.js";
 import { decodeExceptionFrame } from "./frame.js";
-import { readVirtual } from "./paging.js";
+import { readVirtual, translate } from "./paging.js";
 import { PagingSeal, PTE_ADDR_MASK, type VirtualRange } from "./paging-seal.js";
 import type { ProtectionMap } from "./protection.js";
 import { locateWrite, preloadWriteLocator } from "./write-site.js";
@@ -168,6 +168,12 @@ export class ExitDispatcher {
     return this.seq;
   }
 
+  /**
+   * This exit found the sealed translation changed (and maybe put it back):
+   * the guest ran through remapped pages, so no writer on it is trusted.
+   */
+  private remapSeen = false;
+
   /** The special registers, read at most once per exit (the sealed-state check and a capture share them). */
   private cachedSregs: Sregs | undefined;
   private sregs(): Sregs {
@@ -184,6 +190,7 @@ export class ExitDispatcher {
     const t0 = this.now();
     this.stats.exits++;
     this.cachedSregs = undefined;
+    this.remapSeen = false;
     const console = (exit.kind === "io-out" || exit.kind === "io-in") && exit.port >= 0x3f8 && exit.port <= 0x3ff;
     // A dead vCPU (triple fault, failed entry) is a crash, whatever its registers say now.
     const dead =
@@ -275,8 +282,14 @@ export class ExitDispatcher {
         // The exit comes after the write retired: record the instruction that made it.
         const site = locateWrite(this.d.memory, { regs, sregs, gpa, data });
         const ctx = this.capture("protected-write", site ? { ...regs, rip: site.rip } : regs, sregs);
-        const note = site ? undefined : "the writing instruction was not found: rip is where the guest resumes";
-        if (!site) ctx.flags |= CONTEXT_FLAGS.WRITER_UNKNOWN;
+        let note: string | undefined;
+        if (!site) {
+          ctx.flags |= CONTEXT_FLAGS.WRITER_UNKNOWN;
+          note = "the writing instruction was not found: rip is where the guest resumes";
+        } else if (this.remapSeen || !this.sealedCodeAt(site.rip, sregs.cr3)) {
+          ctx.flags |= CONTEXT_FLAGS.WRITER_UNTRUSTED;
+          note = "the writing instruction is not sealed kernel code at its own address: no writer rule applies";
+        }
         ctx.gpa = gpa;
         ctx.regionId = target.region.id;
         ctx.regionOffset = target.offset;
@@ -287,6 +300,21 @@ export class ExitDispatcher {
         return action;
       }
     }
+  }
+
+  /**
+   * Is the code at virtual `rip` the kernel's sealed code, where the kernel's
+   * own mapping puts it? Not when `rip` lies outside every protected range, or
+   * when the page tables map it to another physical page (code mapped over a
+   * sanctioned routine's address). Without the kernel's ranges, nothing can be told: yes.
+   */
+  private sealedCodeAt(rip: bigint, cr3: bigint): boolean {
+    const ranges = this.d.protectedVirtual;
+    if (!ranges) return true;
+    const r = ranges.find((v) => v.gpa !== undefined && rip >= v.start && rip < v.end);
+    if (!r || r.gpa === undefined) return false;
+    const pa = translate(this.d.memory, cr3, rip);
+    return pa !== undefined && BigInt(pa) === BigInt(r.gpa) + (rip - r.start);
   }
 
   /** A debug exit: the exception-entry breakpoint, the step over it, or not ours. */
@@ -440,6 +468,7 @@ export class ExitDispatcher {
       }
     }
     if (broken.length === 0) return undefined;
+    this.remapSeen = broken.some((b) => b.object === C.INTEGRITY_PAGING || b.object === C.INTEGRITY_CR3);
 
     let end: ExitAction | undefined;
     const regs = this.d.cpu.getRegs();

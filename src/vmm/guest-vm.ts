@@ -286,17 +286,24 @@ export class GuestVm {
     const limit = this.config.hangTimeoutMs ?? 0;
     if (limit <= 0) return undefined;
     let last = -1;
-    let since = Date.now();
+    let stuckMs = 0;
+    let prev = Date.now();
     const t = setInterval(
       () => {
         const p = thread.progress();
         const now = Date.now();
-        if (p.exits !== last || !p.inRun) {
+        const dt = now - prev;
+        prev = now;
+        if (p.exits !== last) {
           last = p.exits;
-          since = now;
-        } else if (now - since > limit) {
-          since = now;
-          thread.hang(p.exits);
+          stuckMs = 0;
+        } else if (p.inRun) {
+          // Only time inside KVM_RUN counts: a decider waiting, or a seal-check kick, is not the guest hanging.
+          stuckMs += dt;
+          if (stuckMs > limit) {
+            stuckMs = 0;
+            thread.hang(p.exits);
+          }
         }
       },
       Math.min(100, Math.max(10, limit / 10)),
@@ -434,7 +441,7 @@ function virtualRanges(image: ElfImage, regions: readonly ProtectedRegion[]): Vi
     );
     if (!seg) continue;
     const start = BigInt(seg.vaddr) + BigInt(r.start - seg.paddr);
-    out.push({ name: r.name, start, end: start + BigInt(r.end - r.start) });
+    out.push({ name: r.name, start, end: start + BigInt(r.end - r.start), gpa: r.start });
   }
   return out;
 }

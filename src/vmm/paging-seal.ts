@@ -25,6 +25,8 @@ export interface VirtualRange {
   readonly name: string;
   readonly start: bigint;
   readonly end: bigint;
+  /** The guest-physical address `start` is loaded at (the kernel's own mapping), when known. */
+  readonly gpa?: number;
 }
 
 export interface PinnedEntry {

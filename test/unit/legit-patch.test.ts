@@ -40,11 +40,11 @@ describe("legit-patch policy on the built gv-kernel", () => {
   const text = regions.find((r) => r.name === ".text");
   const target = sym("gv_patch_target").value + 1;
 
-  function writeFrom(rip: number, flags = 0) {
+  function writeFrom(rip: number, flags = 0, gpa = target) {
     const c = emptyContext("protected-write");
     c.flags = flags;
     c.regionId = text?.id ?? 0;
-    c.gpa = target;
+    c.gpa = gpa;
     c.data = Uint8Array.of(2);
     c.regs.rip = BigInt(rip);
     return decider.decide(c);
@@ -65,6 +65,18 @@ describe("legit-patch policy on the built gv-kernel", () => {
     const d = writeFrom(p.value, CONTEXT_FLAGS.WRITER_UNKNOWN);
     assert.equal(d.verdict, "deny", "a stosb ending at the routine's first byte is not the routine");
     assert.notEqual(d.rule, "allow-legit-patch");
+  });
+
+  it("denies gv_legit_patch a write anywhere but the patch site, or one running past it", () => {
+    const p = sym("gv_legit_patch");
+    assert.equal(writeFrom(p.value, 0, target - 1).verdict, "deny", "the opcode byte");
+    assert.equal(writeFrom(p.value, 0, sym("rogue_patch").value).verdict, "deny", "other code");
+    assert.equal(writeFrom(p.value, 0, target + 4).verdict, "deny", "the ret after the immediate");
+  });
+
+  it("denies a writer that is not the sealed routine at its own address", () => {
+    const p = sym("gv_legit_patch");
+    assert.equal(writeFrom(p.value, CONTEXT_FLAGS.WRITER_UNTRUSTED).verdict, "deny");
   });
 
   it("denies the same write from rogue_patch or just past gv_legit_patch", () => {

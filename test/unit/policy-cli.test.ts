@@ -48,7 +48,7 @@ describe("guardvisor policy (CLI)", () => {
     assert.equal(ok.status, 0, ok.stderr);
     assert.match(
       ok.stdout,
-      /legit-patch\.yaml: ok: policy legit-patch, mode enforce, 1 rule, 1 exception, 1 region\n$/,
+      /legit-patch\.yaml: ok: policy legit-patch, mode enforce, 2 rules, 1 exception, 1 region\n$/,
     );
     const missing = cli([
       "policy",
@@ -71,7 +71,7 @@ describe("guardvisor policy (CLI)", () => {
     assert.equal(r.status, 0, r.stderr);
     assert.match(
       r.stdout,
-      /legit\.gvrt: policy legit-patch \(mode enforce, 2 rules\), \d+ bytes, hash 0x[0-9a-f]{8}\n$/,
+      /legit\.gvrt: policy legit-patch \(mode enforce, 3 rules\), \d+ bytes, hash 0x[0-9a-f]{8}\n$/,
     );
     const table = new Uint8Array(readFileSync(out));
     const expected = compilePolicyFile(join(SHIPPED, "legit-patch.yaml"), kernel);
@@ -82,11 +82,15 @@ describe("guardvisor policy (CLI)", () => {
     const loaded = { ...expected.compiled, rules: back.rules, defaults: back.defaults };
     const w = emptyContext("protected-write");
     w.regionId = 1;
-    w.gpa = SYMBOLS.gv_check_credentials.value - DELTA;
+    w.gpa = SYMBOLS.gv_patch_target.value + 1 - DELTA;
     w.data = new Uint8Array(4);
     w.regs.rip = BigInt(SYMBOLS.gv_legit_patch.value + 8);
     assert.equal(evaluate(loaded, w).verdict, "allow");
     w.regs.rip = BigInt(SYMBOLS.kmain.value);
+    assert.equal(evaluate(loaded, w).verdict, "deny");
+    // The routine itself may not write outside its patch site.
+    w.regs.rip = BigInt(SYMBOLS.gv_legit_patch.value + 8);
+    w.gpa = SYMBOLS.gv_check_credentials.value - DELTA;
     assert.equal(evaluate(loaded, w).verdict, "deny");
   });
 

@@ -33,6 +33,7 @@ export const SYMBOLS = {
   gv_legit_patch: { value: TEXT + 0x100, size: 0x40 },
   gv_check_credentials: { value: TEXT + 0x200, size: 0x20 },
   gv_init_msrs: { value: TEXT + 0x300, size: 0x30 },
+  gv_patch_target: { value: TEXT + 0x400, size: 0x10 },
   syscall_table: { value: RODATA + 0x40, size: 0x40 },
   counter: { value: DATA, size: 8 },
 } as const;
@@ -64,6 +65,7 @@ export function testKernelBytes(opts: { withLegitPatch?: boolean } = {}): Uint8A
       ...(withLegit ? [fn("gv_legit_patch")] : []),
       fn("gv_check_credentials"),
       fn("gv_init_msrs"),
+      fn("gv_patch_target"),
       { name: "syscall_table", ...SYMBOLS.syscall_table, type: STT_OBJECT },
       { name: "counter", ...SYMBOLS.counter, type: STT_OBJECT },
     ],

@@ -47,12 +47,12 @@ const resolveFails = (text: string, message: string | RegExp, k = kernel) =>
 describe("policy files: allowlist exceptions", () => {
   const legit = loadPolicyFile(join(SHIPPED, "legit-patch.yaml"));
   const p = compilePolicy(resolvePolicy(legit, kernel), regions);
-  const target = SYMBOLS.gv_check_credentials.value;
+  const target = SYMBOLS.gv_patch_target.value + 1;
   const { value: start, size } = SYMBOLS.gv_legit_patch;
 
-  it("allows a write to .text from inside the originator routine", () => {
+  it("allows a write to the patch site from inside the originator routine", () => {
     for (const rip of [start, start + 1, start + size - 1]) {
-      const d = evaluate(p, write(target, rip));
+      const d = evaluate(p, write(target, rip, 4));
       assert.equal(d.verdict, "allow", `rip 0x${rip.toString(16)}`);
       assert.equal(d.rule, "allow-legit-patch");
     }
@@ -60,9 +60,20 @@ describe("policy files: allowlist exceptions", () => {
 
   it("denies the same write from anywhere else", () => {
     for (const rip of [start - 1, start + size, SYMBOLS.kmain.value, SYMBOLS.gv_check_credentials.value]) {
-      const d = evaluate(p, write(target, rip));
+      const d = evaluate(p, write(target, rip, 4));
       assert.equal(d.verdict, "deny", `rip 0x${rip.toString(16)}`);
       assert.equal(d.rule, "protect-kernel-regions");
+    }
+  });
+
+  it("does not let the originator write past the patch site or elsewhere in .text", () => {
+    for (const [addr, len] of [
+      [target, 8],
+      [target - 1, 4],
+      [SYMBOLS.gv_check_credentials.value, 4],
+    ] as const) {
+      const d = evaluate(p, write(addr, start, len));
+      assert.equal(d.verdict, "deny", `0x${addr.toString(16)}+${len}`);
     }
   });
 

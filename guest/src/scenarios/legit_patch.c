@@ -11,13 +11,17 @@
 #include "serial.h"
 #include <stdint.h>
 
-/* mov $1, %eax; ret — the immediate is byte 1. */
-__attribute__((noinline, noipa, used, aligned(16))) int gv_patch_target(void)
+/*
+ * mov $1, %eax; ret — the immediate is byte 1. The target and the patch
+ * routine each start a page of their own, so the allowlist-abuse scenario can
+ * remap the routine's page and leave the target's alone.
+ */
+__attribute__((noinline, noipa, used, aligned(4096))) int gv_patch_target(void)
 {
 	return 1;
 }
 
-__attribute__((noinline, used)) void gv_legit_patch(volatile uint8_t *imm, uint8_t value)
+__attribute__((noinline, used, aligned(4096))) void gv_legit_patch(volatile uint8_t *imm, uint8_t value)
 {
 	*imm = value;
 }

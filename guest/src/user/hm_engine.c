@@ -86,8 +86,8 @@ static int rule_matches(const struct gv_rule *r, const struct gv_context *c)
 	uint64_t rip = c->regs[GV_REG_RIP];
 	if (rip < r->rip_from || rip >= r->rip_to)
 		return 0;
-	/* A rule about who wrote never matches a write whose writer is unknown. */
-	if ((c->flags & GV_CTXF_WRITER_UNKNOWN) && (r->rip_from != 0 || r->rip_to != ~(uint64_t)0))
+	/* A rule about who wrote never matches a write whose writer is unknown or untrusted. */
+	if ((c->flags & (GV_CTXF_WRITER_UNKNOWN | GV_CTXF_WRITER_UNTRUSTED)) && (r->rip_from != 0 || r->rip_to != ~(uint64_t)0))
 		return 0;
 	if ((r->flags & GV_RULE_MATCH_MSR) && r->msr != c->msr_index)
 		return 0;
