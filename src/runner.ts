@@ -98,6 +98,8 @@ export interface SummaryEvent {
   count?: number;
   region: string | null;
   symbol: string | null;
+  /** Where it happened (hex): for a protected write, the writing instruction when it was found. */
+  rip: string;
   verdict: Verdict;
   decidedBy: string;
   latencyUs: number;
@@ -533,6 +535,7 @@ function toSummary(e: CapturedEvent, g: GuestVm): SummaryEvent {
     ...(e.note ? { note: e.note } : {}),
     region: g.regionName(e.regionId) ?? null,
     symbol: e.kind === "protected-write" ? g.symbolizePhys(e.gpa) : g.symbolizer.format(Number(e.rip)),
+    rip: `0x${e.rip.toString(16)}`,
     verdict: e.verdict,
     decidedBy: e.decidedBy,
     latencyUs: Math.round(e.latencyUs * 10) / 10,
@@ -557,18 +560,31 @@ export function checkScenario(s: Scenario, sum: RunSummary, result: Record<strin
   }
   if (s.events.length === 0 && sum.events.length > 0) problems.push(`${sum.events.length} events, expected none`);
   for (const want of s.events) {
-    const n = sum.events
-      .filter(
-        (e) =>
-          e.kind === want.kind &&
-          e.verdict === want.verdict &&
-          (!want.region || e.region === want.region) &&
-          (want.vector === undefined || e.vector === want.vector),
-      )
-      .reduce((sum, e) => sum + (e.count ?? 1), 0);
+    const matching = sum.events.filter(
+      (e) =>
+        e.kind === want.kind &&
+        e.verdict === want.verdict &&
+        (!want.region || e.region === want.region) &&
+        (want.vector === undefined || e.vector === want.vector),
+    );
+    const n = matching.reduce((sum, e) => sum + (e.count ?? 1), 0);
+    const where = `${want.region ? ` in ${want.region}` : ""}${want.vector === undefined ? "" : ` on vector ${want.vector}`}`;
     if (n < want.min) {
-      const where = `${want.region ? ` in ${want.region}` : ""}${want.vector === undefined ? "" : ` on vector ${want.vector}`}`;
       problems.push(`${n} ${want.kind} events${where} with verdict ${want.verdict}, expected at least ${want.min}`);
+    }
+    if (want.max !== undefined && n > want.max) {
+      problems.push(`${n} ${want.kind} events${where} with verdict ${want.verdict}, expected at most ${want.max}`);
+    }
+    if (want.writer !== undefined) {
+      const writer = result?.[want.writer];
+      const expected = writer !== undefined && /^0x[0-9a-f]+$/i.test(writer) ? BigInt(writer) : undefined;
+      for (const e of matching) {
+        if (expected === undefined || BigInt(e.rip) !== expected) {
+          problems.push(
+            `${want.kind} event #${e.seq} names the instruction at ${e.rip}, expected ${want.writer}=${writer}`,
+          );
+        }
+      }
     }
   }
   return problems;

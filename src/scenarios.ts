@@ -12,6 +12,10 @@ export interface ExpectedEvents {
   vector?: number;
   verdict: Verdict;
   min: number;
+  /** At most this many (a store decided once per instruction: exactly one). */
+  max?: number;
+  /** A GV-RESULT key holding the writing instruction's address (hex): every such event must name it. */
+  writer?: string;
 }
 
 export interface Scenario {
@@ -102,7 +106,7 @@ export const SCENARIOS: readonly Scenario[] = [
       "a module calls the sanctioned patcher on other code, stosb-s the patch site, runs a remapped copy of the patcher: all denied",
     result: { call: "0", stos: "0", remap: "0", legit: "1" },
     events: [
-      { kind: "protected-write", region: ".text", verdict: "deny", min: 6 }, // 1 call, 4 stosb, 1 remapped
+      { kind: "protected-write", region: ".text", verdict: "deny", min: 3, max: 3 }, // the call, the rep stosb (decided once), the remapped copy
       { kind: "integrity", vector: 18, verdict: "deny", min: 1 },
       { kind: "protected-write", region: ".text", verdict: "allow", min: 1 },
     ],
@@ -160,6 +164,90 @@ export const SCENARIOS: readonly Scenario[] = [
       { kind: "integrity", vector: 18, verdict: "deny", min: 2 }, // the PTE, then the PDE
       { kind: "integrity", vector: 19, verdict: "deny", min: 1 },
     ],
+  },
+  {
+    name: "store-rep-movsb",
+    description: "a module copies 16 bytes into kernel code with cld; rep movsb",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-rep-stosq-df",
+    description: "a module fills 3 qwords of kernel code downwards with std; rep stosq",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-lock-add",
+    description: "a module increments a qword of kernel code with lock add",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-xchg",
+    description: "a module swaps RAX with a qword of kernel code (xchg, implicitly locked)",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-bts",
+    description: "a module sets a clear bit of kernel code with lock bts",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-cmpxchg",
+    description: "a module overwrites a qword of kernel code with lock cmpxchg (RAX matches, so it would write)",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-movnti",
+    description: "a module writes kernel code with the non-temporal movnti",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-push",
+    description: "a module points RSP into .rodata and pushes a value there (interrupts off)",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".rodata", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-call",
+    description: "a module points RSP into .rodata and makes a call: the return address is the write",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".rodata", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-movdqu",
+    description: "a module writes 16 bytes of kernel code with the SSE store movdqu (unaligned)",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-movntdq",
+    description: "a module writes 16 aligned bytes of kernel code with the non-temporal movntdq",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-fxsave",
+    description: "a module saves its FPU/SSE state (512 bytes, fxsave) over kernel code",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-cross-page",
+    description: "a module writes 8 bytes of kernel code across a page boundary (two protected pages)",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-straddle",
+    description: "a module writes 8 bytes starting 4 bytes below .text: only the last 4 are protected",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
   },
 ];
 

@@ -45,5 +45,20 @@ int scenario_bench_write(void);
 int scenario_bench_write_setup(void);
 int scenario_bench_ud(void);
 int scenario_bench_benign(void);
+/* store_forms.c: one store form each against protected memory. */
+int scenario_store_rep_movsb(void);
+int scenario_store_rep_stosq_df(void);
+int scenario_store_lock_add(void);
+int scenario_store_xchg(void);
+int scenario_store_bts(void);
+int scenario_store_cmpxchg(void);
+int scenario_store_movnti(void);
+int scenario_store_push(void);
+int scenario_store_call(void);
+int scenario_store_movdqu(void);
+int scenario_store_movntdq(void);
+int scenario_store_fxsave(void);
+int scenario_store_cross_page(void);
+int scenario_store_straddle(void);
 
 #endif /* GV_SCENARIO_H */

@@ -25,6 +25,20 @@ static const struct scenario scenarios[] = {
 	{ "bench-write", scenario_bench_write, scenario_bench_write_setup },
 	{ "bench-ud", scenario_bench_ud, NULL },
 	{ "bench-benign", scenario_bench_benign, NULL },
+	{ "store-rep-movsb", scenario_store_rep_movsb, NULL },
+	{ "store-rep-stosq-df", scenario_store_rep_stosq_df, NULL },
+	{ "store-lock-add", scenario_store_lock_add, NULL },
+	{ "store-xchg", scenario_store_xchg, NULL },
+	{ "store-bts", scenario_store_bts, NULL },
+	{ "store-cmpxchg", scenario_store_cmpxchg, NULL },
+	{ "store-movnti", scenario_store_movnti, NULL },
+	{ "store-push", scenario_store_push, NULL },
+	{ "store-call", scenario_store_call, NULL },
+	{ "store-movdqu", scenario_store_movdqu, NULL },
+	{ "store-movntdq", scenario_store_movntdq, NULL },
+	{ "store-fxsave", scenario_store_fxsave, NULL },
+	{ "store-cross-page", scenario_store_cross_page, NULL },
+	{ "store-straddle", scenario_store_straddle, NULL },
 };
 
 static int str_eq(const char *a, const char *b)

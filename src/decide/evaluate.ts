@@ -31,7 +31,7 @@ export function ruleMatches(r: CompiledRule, c: ContextRecord): boolean {
   if (r.gpa) {
     // The whole write [gpa, gpa + access_len) lies in [from, to), tested without computing gpa + access_len.
     const gpa = BigInt(c.gpa);
-    if (gpa < r.gpa.from || gpa >= r.gpa.to || BigInt(c.data.length) > r.gpa.to - gpa) return false;
+    if (gpa < r.gpa.from || gpa >= r.gpa.to || BigInt(c.accessLen ?? c.data.length) > r.gpa.to - gpa) return false;
   }
   return true;
 }

@@ -391,6 +391,20 @@ export class Vcpu {
     wrapNative("KVM_SET_VCPU_EVENTS", () => native().setVcpuEvents(this.fd, this.eventsBuf));
   }
 
+  /** Withdraw the exception KVM has queued for the guest, when it is `vector` (KVM_GET/SET_VCPU_EVENTS). */
+  cancelException(vector: number): void {
+    const L = kernelLayout("kvm_vcpu_events");
+    this.settle();
+    wrapNative("KVM_GET_VCPU_EVENTS", () => native().getVcpuEvents(this.fd, this.eventsBuf));
+    const v = new DataView(this.eventsBuf.buffer);
+    if (v.getUint8(L.off("exception.injected")) === 0 || v.getUint8(L.off("exception.nr")) !== vector) return;
+    v.setUint8(L.off("exception.injected"), 0);
+    v.setUint8(L.off("exception.has_error_code"), 0);
+    v.setUint32(L.off("exception.error_code"), 0, true);
+    v.setUint32(L.off("flags"), 0, true);
+    wrapNative("KVM_SET_VCPU_EVENTS", () => native().setVcpuEvents(this.fd, this.eventsBuf));
+  }
+
   /** KVM_SET_GUEST_DEBUG with a control word and DR0..DR7. */
   setGuestDebug(control: number, debugregs: readonly bigint[] = []): void {
     this.settle();

@@ -20,8 +20,14 @@ export interface ContextRecord {
   msrValue: bigint;
   gpa: number;
   regionOffset: number;
-  /** The bytes the guest tried to write (at most 8). */
+  /** The bytes the guest tried to write: the piece KVM handed over (at most 8). */
   data: Uint8Array;
+  /**
+   * How many bytes the writing instruction writes from `gpa` on, when more
+   * than `data` holds (a 16-byte vector store, FXSAVE, a REP string store);
+   * absent: `data.length`.
+   */
+  accessLen?: number;
   regs: Regs;
   cr0: bigint;
   cr2: bigint;
@@ -71,6 +77,10 @@ export function encodeContext(c: ContextRecord, out?: Uint8Array, at = 0): Uint8
     throw new GuardvisorError("INTERNAL", "context record does not fit the buffer");
   }
   if (c.data.length > 8 || c.insn.length > 16) throw new GuardvisorError("INTERNAL", "context record field too long");
+  const accessLen = c.accessLen ?? c.data.length;
+  if (!Number.isInteger(accessLen) || accessLen < c.data.length || accessLen > 0xffffffff) {
+    throw new GuardvisorError("INTERNAL", "context record: access length out of range");
+  }
   buf.fill(0, at, at + CONTEXT_RECORD.size);
   const v = new DataView(buf.buffer, buf.byteOffset + at, CONTEXT_RECORD.size);
   v.setUint32(O("magic"), ABI_CONSTANTS.CTX_MAGIC, true);
@@ -84,7 +94,7 @@ export function encodeContext(c: ContextRecord, out?: Uint8Array, at = 0): Uint8
   v.setUint32(O("vector"), c.vector, true);
   v.setBigUint64(O("error_code"), BigInt.asUintN(64, c.errorCode), true);
   v.setUint32(O("msr_index"), c.msrIndex, true);
-  v.setUint32(O("access_len"), c.data.length, true);
+  v.setUint32(O("access_len"), accessLen, true);
   v.setBigUint64(O("msr_value"), BigInt.asUintN(64, c.msrValue), true);
   v.setBigUint64(O("gpa"), BigInt(c.gpa), true);
   v.setBigUint64(O("region_offset"), BigInt(c.regionOffset), true);
@@ -117,7 +127,8 @@ export function decodeContext(buf: Uint8Array, at = 0): ContextRecord {
   if (!kind) throw new GuardvisorError("GUEST_FAULT", "context record: unknown event kind");
   const accessLen = v.getUint32(O("access_len"), true);
   const insnLen = v.getUint32(O("insn_len"), true);
-  if (accessLen > 8 || insnLen > 16) throw new GuardvisorError("GUEST_FAULT", "context record: length out of range");
+  if (insnLen > 16) throw new GuardvisorError("GUEST_FAULT", "context record: length out of range");
+  const dataLen = Math.min(accessLen, 8);
   const big = (name: string) => v.getBigUint64(O(name), true);
   const safe = (name: string) => {
     const x = big(name);
@@ -143,7 +154,8 @@ export function decodeContext(buf: Uint8Array, at = 0): ContextRecord {
     msrValue: big("msr_value"),
     gpa: safe("gpa"),
     regionOffset: safe("region_offset"),
-    data: buf.slice(base + O("data"), base + O("data") + accessLen),
+    data: buf.slice(base + O("data"), base + O("data") + dataLen),
+    ...(accessLen > dataLen ? { accessLen } : {}),
     regs,
     cr0: big("cr0"),
     cr2: big("cr2"),

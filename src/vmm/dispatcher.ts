@@ -17,8 +17,9 @@ import type { ExceptionCapture } from "./exception-capture.js";
 import { decodeExceptionFrame } from "./frame.js";
 import { readVirtual, translate } from "./paging.js";
 import { PagingSeal, PTE_ADDR_MASK, type VirtualRange } from "./paging-seal.js";
-import type { ProtectionMap } from "./protection.js";
-import { locateWrite, preloadWriteLocator } from "./write-site.js";
+import type { ProtectedRegion, ProtectionMap } from "./protection.js";
+import { StorePieces } from "./store-pieces.js";
+import { type LocatedStore, locateStore, preloadWriteLocator, storesAt } from "./write-site.js";
 
 /** The vCPU as the dispatcher sees it. */
 export interface CpuAccess {
@@ -27,6 +28,8 @@ export interface CpuAccess {
   getSregs(): Sregs;
   setSregs(s: Sregs): void;
   injectException(vector: number, errorCode?: number): void;
+  /** Withdraw an exception KVM queued for the guest, when it is `vector`. */
+  cancelException(vector: number): void;
   setMsrResult(error: 0 | 1): void;
   /** KVM_SET_MSRS for one MSR (an allowed write to a filtered MSR). */
   /** Write an MSR; false when KVM refuses the value (a non-canonical address, reserved bits). */
@@ -123,6 +126,12 @@ export const DB_VECTOR = 1;
 type DescriptorTable = { base: bigint; limit: number };
 
 const CR0_PINNABLE = 1n << 16n;
+/** KVM_INTERNAL_ERROR_EMULATION: KVM could not emulate the instruction at RIP. */
+const KVM_INTERNAL_ERROR_EMULATION = 1;
+/** #UD: what KVM queues for the guest on an emulation failure. */
+const UD_VECTOR = 6;
+/** The longest store whose physical extent a context records (longer: the piece, unbounded). */
+const MAX_EXTENT = 64 * 1024;
 const CR4_PGE = 1n << 7n;
 const CR4_PINNABLE = (1n << 20n) | (1n << 21n);
 
@@ -156,11 +165,13 @@ export class ExitDispatcher {
   private readonly now: () => bigint;
   /** Pins the translation of protected memory once the guest seals its paging. */
   private readonly paging: PagingSeal;
+  private readonly pieces: StorePieces;
 
   constructor(private readonly d: DispatcherDeps) {
     preloadWriteLocator();
     this.now = d.now ?? process.hrtime.bigint;
     this.paging = new PagingSeal(d.memory);
+    this.pieces = new StorePieces(d.memory);
   }
 
   /** The next event sequence number (per VM, from 1). */
@@ -198,6 +209,8 @@ export class ExitDispatcher {
       exit.kind === "internal-error" ||
       exit.kind === "fail-entry" ||
       exit.kind === "system-event";
+    // Only a write (or a kick, which runs no guest code) can carry on a store's pieces.
+    if (exit.kind !== "mmio-write" && exit.kind !== "interrupted") this.pieces.clear();
     if (!dead && (!console || (this.stats.exits & 63) === 0)) {
       const broken = this.checkSealed(t0);
       if (broken) return broken;
@@ -241,6 +254,10 @@ export class ExitDispatcher {
       case "shutdown":
         return this.onCrash("triple fault (KVM_EXIT_SHUTDOWN)", t0);
       case "internal-error":
+        if (exit.suberror === KVM_INTERNAL_ERROR_EMULATION) {
+          const store = this.onUnemulatedStore(t0);
+          if (store) return store;
+        }
         return this.onCrash(`KVM internal error, suberror ${exit.suberror}`, t0);
       case "fail-entry":
         return { kind: "stop", outcome: "crash", detail: `VM entry failed, reason 0x${exit.reason.toString(16)}` };
@@ -266,40 +283,180 @@ export class ExitDispatcher {
   /** A write that hit a read-only page (or no RAM at all). */
   private onWrite(gpa: number, data: Uint8Array, t0: bigint): ExitAction {
     const target = this.d.protection.classifyWrite(gpa, data.length);
-    switch (target.kind) {
-      case "shared-page":
-      case "writable":
-        // Unprotected bytes on a read-only page: perform the write for the guest.
+    if (target.kind === "unbacked") {
+      this.pieces.clear();
+      this.stats.unbackedWrites++;
+      return CONTINUE;
+    }
+    const regs = this.d.cpu.getRegs();
+    // A later piece of a store already decided: its verdict, no new event.
+    const follows = this.pieces.follow(regs, gpa, data.length);
+    if (follows !== undefined) {
+      if (follows) this.d.memory.write(gpa, data);
+      return CONTINUE;
+    }
+    const sregs = this.sregs();
+    if (target.kind !== "protected") {
+      // Unprotected bytes on a read-only page: performed for the guest, unless
+      // the same store goes on into protected bytes (a piece of 8 bytes, or
+      // one ending at a page end, may have more after it).
+      const more = data.length === 8 || (gpa + data.length) % 0x1000 === 0;
+      const store = more ? locateStore(this.d.memory, { regs, sregs, gpa, data }) : undefined;
+      const ahead = store && !store.repeating ? this.protectedAhead(store, sregs.cr3) : undefined;
+      if (!store || !ahead) {
         this.stats.sharedPageWrites++;
         this.d.memory.write(gpa, data);
         return CONTINUE;
-      case "unbacked":
-        this.stats.unbackedWrites++;
-        return CONTINUE;
-      case "protected": {
-        const regs = this.d.cpu.getRegs();
-        const sregs = this.sregs();
-        // The exit comes after the write retired: record the instruction that made it.
-        const site = locateWrite(this.d.memory, { regs, sregs, gpa, data });
-        const ctx = this.capture("protected-write", site ? { ...regs, rip: site.rip } : regs, sregs);
-        let note: string | undefined;
-        if (!site) {
-          ctx.flags |= CONTEXT_FLAGS.WRITER_UNKNOWN;
-          note = "the writing instruction was not found: rip is where the guest resumes";
-        } else if (this.remapSeen || !this.sealedCodeAt(site.rip, sregs.cr3)) {
-          ctx.flags |= CONTEXT_FLAGS.WRITER_UNTRUSTED;
-          note = "the writing instruction is not sealed kernel code at its own address: no writer rule applies";
-        }
-        ctx.gpa = gpa;
-        ctx.regionId = target.region.id;
-        ctx.regionOffset = target.offset;
-        ctx.data = data.slice(0, 8);
-        const decision = this.d.decider.decide(ctx);
-        const action = this.apply(decision.verdict, () => this.d.memory.write(gpa, data));
-        this.report(ctx, decision, t0, note);
-        return action;
       }
+      return this.decideStore(gpa, data, regs, sregs, store, ahead, t0);
     }
+    // The exit comes after the write retired: record the instruction that made it.
+    const store = locateStore(this.d.memory, { regs, sregs, gpa, data });
+    return this.decideStore(gpa, data, regs, sregs, store, target, t0);
+  }
+
+  /** The first protected bytes `store` writes after the exit's piece, if any. */
+  private protectedAhead(store: LocatedStore, cr3: bigint): { region: ProtectedRegion; offset: number } | undefined {
+    const end = store.write.va + BigInt(store.write.size);
+    for (let va = store.write.va + BigInt(store.offset); va < end; ) {
+      const inPage = 0x1000n - (va & 0xfffn);
+      const n = end - va < inPage ? end - va : inPage;
+      const pa = translate(this.d.memory, cr3, va);
+      const t = pa === undefined ? undefined : this.d.protection.classifyWrite(pa, Number(n));
+      if (t?.kind === "protected") return t;
+      va += n;
+    }
+    return undefined;
+  }
+
+  /**
+   * Decide a store once: this piece and the pieces of the same instruction
+   * still to come take the verdict (StorePieces). `store` undefined: the
+   * writing instruction was not found.
+   */
+  private decideStore(
+    gpa: number,
+    data: Uint8Array,
+    regs: Regs,
+    sregs: Sregs,
+    store: LocatedStore | undefined,
+    target: { region: ProtectedRegion; offset: number },
+    t0: bigint,
+  ): ExitAction {
+    const ctx = this.capture("protected-write", store ? { ...regs, rip: store.site.rip } : regs, sregs);
+    const notes: string[] = [];
+    if (!store) {
+      ctx.flags |= CONTEXT_FLAGS.WRITER_UNKNOWN;
+      notes.push("the writing instruction was not found: rip is where the guest resumes");
+    } else if (this.remapSeen || !this.sealedCodeAt(store.site.rip, sregs.cr3)) {
+      ctx.flags |= CONTEXT_FLAGS.WRITER_UNTRUSTED;
+      notes.push("the writing instruction is not sealed kernel code at its own address: no writer rule applies");
+    }
+    ctx.regionId = target.region.id;
+    ctx.regionOffset = target.offset;
+    ctx.data = data.slice(0, 8);
+    ctx.gpa = gpa;
+    if (store) this.setExtent(ctx, store, sregs.cr3);
+    const decision = this.d.decider.decide(ctx);
+    const perform = decision.verdict === "allow" || decision.verdict === "log";
+    let action: ExitAction;
+    let resume = regs;
+    if ((decision.verdict === "deny-fault" || decision.verdict === "kill-task") && store) {
+      // A fault at the writing instruction, as the CPU's own would leave it.
+      resume = { ...regs, ...store.before };
+      this.d.cpu.setRegs(resume);
+      this.d.cpu.injectException(GP_VECTOR, 0);
+      action = CONTINUE;
+      if (store.repeating) store = undefined; // no more elements: the guest takes the fault
+    } else {
+      action = this.apply(decision.verdict, () => this.d.memory.write(gpa, data));
+    }
+    if (store) {
+      const va = store.write.va + BigInt(store.offset);
+      this.pieces.start(store, va, data.length, resume, sregs.cr3, perform);
+    } else this.pieces.clear();
+    this.report(ctx, decision, t0, notes.length ? notes.join("; ") : undefined);
+    return action;
+  }
+
+  /**
+   * The whole write in the context: from its first byte (gpa) for as many
+   * bytes as the instruction writes, when that is physically contiguous;
+   * otherwise the exit's piece with a length no bounded rule can hold.
+   */
+  private setExtent(ctx: ContextRecord, store: LocatedStore, cr3: bigint): void {
+    const { va, size } = store.write;
+    if (size <= ctx.data.length && store.offset === 0) return;
+    const start = translate(this.d.memory, cr3, va);
+    let contiguous = start !== undefined && size <= MAX_EXTENT;
+    for (let at = 0x1000 - Number(va & 0xfffn); contiguous && at < size; at += 0x1000) {
+      contiguous = translate(this.d.memory, cr3, va + BigInt(at)) === (start as number) + at;
+    }
+    if (contiguous && start !== undefined) {
+      ctx.gpa = start;
+      ctx.accessLen = size;
+    } else ctx.accessLen = 0xffffffff;
+  }
+
+  /**
+   * KVM could not emulate the instruction at RIP (FXSAVE, XSAVE, AVX stores
+   * to read-only memory): the guest has not run it. When it would write a
+   * protected byte it is a protected write, decided here: on deny it is
+   * skipped (RIP past it, nothing written: the guest sees it as done with no
+   * effect), on deny-fault it faults with #GP at RIP. Allowed, it cannot be
+   * carried out (KVM cannot emulate it): it is skipped too, and the event says
+   * so. Undefined when it writes no protected byte: a crash, as before.
+   */
+  private onUnemulatedStore(t0: bigint): ExitAction | undefined {
+    const regs = this.d.cpu.getRegs();
+    const sregs = this.sregs();
+    const insn = storesAt(this.d.memory, regs, sregs);
+    if (!insn) return undefined;
+    for (const w of insn.writes) {
+      const store: LocatedStore = {
+        site: insn.site,
+        write: w,
+        offset: 0,
+        repeating: false,
+        element: w.size,
+        before: {},
+      };
+      const hit = this.protectedAhead(store, sregs.cr3);
+      if (!hit) continue;
+      // KVM queued #UD for the guest with the exit: Guardvisor decides instead.
+      this.d.cpu.cancelException(UD_VECTOR);
+      const ctx = this.capture("protected-write", regs, sregs);
+      const notes = ["KVM cannot emulate this store: decided from the instruction at RIP before it ran"];
+      if (this.remapSeen || !this.sealedCodeAt(regs.rip, sregs.cr3)) {
+        ctx.flags |= CONTEXT_FLAGS.WRITER_UNTRUSTED;
+        notes.push("the writing instruction is not sealed kernel code at its own address: no writer rule applies");
+      }
+      ctx.regionId = hit.region.id;
+      ctx.regionOffset = hit.offset;
+      ctx.gpa = translate(this.d.memory, sregs.cr3, w.va) ?? 0;
+      this.setExtent(ctx, store, sregs.cr3);
+      const decision = this.d.decider.decide(ctx);
+      let action = CONTINUE;
+      switch (decision.verdict) {
+        case "deny-fault":
+        case "kill-task":
+          this.d.cpu.injectException(GP_VECTOR, 0);
+          break;
+        case "allow":
+        case "log":
+          notes.push("not carried out: KVM cannot emulate it; skipped");
+          this.d.cpu.setRegs({ ...regs, rip: regs.rip + BigInt(insn.site.length) });
+          break;
+        case "deny":
+          this.d.cpu.setRegs({ ...regs, rip: regs.rip + BigInt(insn.site.length) });
+          break;
+        default:
+          action = this.apply(decision.verdict, () => {});
+      }
+      this.report(ctx, decision, t0, notes.join("; "));
+      return action;
+    }
+    return undefined;
   }
 
   /**

@@ -127,6 +127,7 @@ function main(): void {
     getSregs: () => vcpu.getSregs(),
     setSregs: (x: Parameters<Vcpu["setSregs"]>[0]) => vcpu.setSregs(x),
     injectException: (v: number, e?: number) => vcpu.injectException(v, e),
+    cancelException: (v: number) => vcpu.cancelException(v),
     setMsrResult: (e: 0 | 1) => vcpu.run.setMsrResult(e),
     setMsr: (index: number, value: bigint) => vcpu.trySetMsrs([[index, value]]) === 1,
   };

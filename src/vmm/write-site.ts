@@ -21,9 +21,10 @@
  *  - a REP string store AT RIP with RCX not yet 0: KVM exits once per
  *    iteration and leaves RIP on the instruction until the last.
  * Among the candidates, one writing exactly the exit's size wins over one
- * writing more; then a REP string store at RIP; then the longest (the one
- * starting earliest): a shorter suffix that also decodes is a tail of the
- * executed instruction, not an instruction of its own.
+ * writing more, unless the exit may be one piece of a larger store (8 bytes,
+ * or at a page boundary); then a REP string store at RIP; then the longest
+ * (the one starting earliest): a shorter suffix that also decodes is a tail
+ * of the executed instruction, not an instruction of its own.
  * When none explains it: a near CALL leaves RIP at its target, so an 8-byte
  * write at RSP is tried as a return address: the call ending there whose
  * target is RIP. Last, RIP itself with the registers taken as before the
@@ -47,6 +48,29 @@ export interface WriteSite {
   rip: bigint;
   /** Its length in bytes. */
   length: number;
+}
+
+/** A located store: the instruction, everything it writes, and how to fault it precisely. */
+export interface LocatedStore {
+  site: WriteSite;
+  /**
+   * The virtual bytes the instruction writes from this exit on, lowest
+   * first: one operand, or for a REP string store this element and the
+   * iterations still to come (RCX of them, upwards or, with DF set, downwards).
+   */
+  write: { va: bigint; size: number };
+  /** Where the exit's bytes lie in `write` (bytes from its start). */
+  offset: number;
+  /** A REP string store with iterations left: KVM exits once per element, RIP staying on it. */
+  repeating: boolean;
+  /** The operand's size (a string store's element). */
+  element: number;
+  /**
+   * The registers the instruction moved, as they were before it (RSP for a
+   * push or call; RDI, RSI and RCX for one string element): a fault at the
+   * instruction puts them back, as the CPU's own fault would leave them.
+   */
+  before: Partial<Regs>;
 }
 
 /** What a protected-write exit tells: where the guest resumes and what it wrote. */
@@ -196,28 +220,60 @@ function isStringStore(lib: Iced, insn: Insn): boolean {
  * the instruction at RIP, which for REP is the case while RCX is not yet 0.
  * Returns the element's size when it explains the write.
  */
-function stringStore(lib: Iced, insn: Insn, mem: GuestMemory, x: WriteExit, atRip: boolean): number | undefined {
+function stringStore(lib: Iced, insn: Insn, mem: GuestMemory, x: WriteExit, atRip: boolean): Hit | undefined {
   const bits = insn.op0Kind === lib.OpKind.MemoryESRDI ? 64 : 32;
   const size = lib.MemorySizeExt.size(insn.memorySize);
   if (size === 0) return undefined;
   const rep = insn.hasRepPrefix || insn.hasRepnePrefix;
-  const left = BigInt.asUintN(bits, x.regs.rcx) !== 0n;
-  if (rep ? left !== atRip : atRip) return undefined;
-  const step = (x.regs.rflags & DF) !== 0n ? BigInt(size) : -BigInt(size);
-  const off = offsetIn(mem, x, BigInt.asUintN(bits, x.regs.rdi + step), size); // ES base: 0 in 64-bit mode
+  const rcx = BigInt.asUintN(bits, x.regs.rcx);
+  if (rep ? (rcx !== 0n) !== atRip : atRip) return undefined;
+  const down = (x.regs.rflags & DF) !== 0n;
+  const step = down ? BigInt(size) : -BigInt(size);
+  const va = BigInt.asUintN(bits, x.regs.rdi + step); // ES base: 0 in 64-bit mode
+  const off = offsetIn(mem, x, va, size);
   if (off === undefined) return undefined;
   const src = insn.op1Kind;
-  if (src === lib.OpKind.MemorySegRSI || src === lib.OpKind.MemorySegESI) {
+  const movs = src === lib.OpKind.MemorySegRSI || src === lib.OpKind.MemorySegESI;
+  if (movs) {
     // MOVS: the element it copied is before RSI likewise. One we cannot read (not RAM) is not told.
-    const va = segmentBase(lib, x.sregs, insn.memorySegment) + BigInt.asUintN(bits, x.regs.rsi + step);
-    const copied = readVirtual(mem, x.sregs.cr3, BigInt.asUintN(64, va), size);
+    const from = segmentBase(lib, x.sregs, insn.memorySegment) + BigInt.asUintN(bits, x.regs.rsi + step);
+    const copied = readVirtual(mem, x.sregs.cr3, BigInt.asUintN(64, from), size);
     if (copied.length === size && x.data.some((b, i) => copied[off + i] !== b)) return undefined;
   } else if (src === lib.OpKind.Register && insn.op1Register !== lib.Register.DX) {
     // STOS: AL, AX, EAX or RAX (INS stores what it read from port DX: not told).
     const value = operandValue(lib, x.regs, insn.op1Register);
     if (value !== undefined && !valueIs(value, off, x.data)) return undefined;
   }
-  return size;
+  // This element, then the RCX still to come (capped: the extent is for deciding, not for walking).
+  const left = rep ? (rcx < MAX_REP_LEFT ? Number(rcx) : Number(MAX_REP_LEFT)) : 0;
+  const before: Partial<Regs> = { rdi: x.regs.rdi + step };
+  if (movs) before.rsi = x.regs.rsi + step;
+  if (rep) before.rcx = x.regs.rcx + 1n;
+  return {
+    size,
+    va: down ? BigInt.asUintN(64, va - BigInt(left * size)) : va,
+    off: down ? left * size + off : off,
+    extent: size * (left + 1),
+    repeating: rep && rcx !== 0n,
+    before,
+  };
+}
+
+/** Iterations of a REP store counted into its extent at most (about 16 MiB of qwords). */
+const MAX_REP_LEFT = 1n << 21n;
+
+/** What a candidate writes, when it explains the exit. */
+interface Hit {
+  /** The operand's (element's) size. */
+  size: number;
+  /** The lowest virtual byte of the whole write (REP: with the iterations to come). */
+  va: bigint;
+  /** The exit's bytes' offset from `va`. */
+  off: number;
+  /** Bytes from `va` on that the instruction writes. */
+  extent: number;
+  repeating: boolean;
+  before: Partial<Regs>;
 }
 
 // Reused across calls (one per thread): allocating them per candidate costs more than decoding.
@@ -227,7 +283,7 @@ let reused: Insn | undefined;
 /**
  * Does the decoded instruction explain the exit's write? `after`: the
  * registers are those after it ran (else before: the fallback at RIP).
- * Returns the size of the write that holds the exit's bytes, or undefined.
+ * Returns what it writes, or undefined.
  */
 function explains(
   lib: Iced,
@@ -236,7 +292,7 @@ function explains(
   x: WriteExit,
   after: boolean,
   atRip: boolean,
-): number | undefined {
+): Hit | undefined {
   if (after && isStringStore(lib, insn)) return stringStore(lib, insn, mem, x, atRip);
   if (after && (atRip || insn.isCallFar || insn.isCallFarIndirect)) return undefined;
   factory ??= new lib.InstructionInfoFactory();
@@ -251,7 +307,11 @@ function explains(
       if (va === undefined) continue;
       const size = lib.MemorySizeExt.size(m.memorySize);
       const off = offsetIn(mem, x, va, size);
-      if (off !== undefined && valueMatches(lib, insn, x, off, after)) return size;
+      if (off !== undefined && valueMatches(lib, insn, x, off, after)) {
+        const moved = after && insn.stackPointerIncrement !== 0;
+        const before: Partial<Regs> = moved ? { rsp: x.regs.rsp - BigInt(insn.stackPointerIncrement) } : {};
+        return { size, va, off, extent: size, repeating: false, before };
+      }
     }
     return undefined;
   } finally {
@@ -276,8 +336,32 @@ function codeAround(mem: GuestMemory, cr3: bigint, rip: bigint): { bytes: Uint8A
 
 /** A located candidate, and whether it writes exactly the exit's size. */
 interface Found {
-  site: WriteSite;
+  store: LocatedStore;
   exact: boolean;
+}
+
+function found(rip: bigint, length: number, hit: Hit, exitLength: number): Found {
+  return {
+    store: {
+      site: { rip, length },
+      write: { va: hit.va, size: hit.extent },
+      offset: hit.off,
+      repeating: hit.repeating,
+      element: hit.size,
+      before: { ...hit.before, rip },
+    },
+    exact: hit.size === exitLength,
+  };
+}
+
+/**
+ * Can the exit's bytes be one piece of a larger store? KVM hands a store over
+ * in pieces of at most 8 bytes, split at page boundaries: then a candidate
+ * writing more is no less likely than one writing exactly the piece.
+ */
+function maybePiece(x: WriteExit): boolean {
+  const start = x.gpa % 0x1000;
+  return x.data.length === 8 || start === 0 || start + x.data.length === 0x1000;
 }
 
 /**
@@ -296,20 +380,21 @@ function endingAt(
   x: WriteExit,
   calls: boolean,
 ): Found | undefined {
-  let larger: WriteSite | undefined;
+  let larger: Found | undefined;
+  const piece = maybePiece(x);
   for (let back = before; back >= 1; back--) {
     decoder.position = before - back;
     decoder.ip = BigInt.asUintN(64, end - BigInt(back));
     decoder.decodeOut(insn);
     if (insn.isInvalid || insn.length !== back) continue;
     if (calls && !insn.isCallNear && !insn.isCallNearIndirect) continue;
-    const size = explains(lib, insn, mem, x, true, false);
-    if (size === undefined) continue;
-    const site = { rip: BigInt.asUintN(64, end - BigInt(back)), length: back };
-    if (size === x.data.length) return { site, exact: true };
-    larger ??= site;
+    const hit = explains(lib, insn, mem, x, true, false);
+    if (hit === undefined) continue;
+    const f = found(BigInt.asUintN(64, end - BigInt(back)), back, hit, x.data.length);
+    if (f.exact || piece) return f;
+    larger ??= f;
   }
-  return larger && { site: larger, exact: false };
+  return larger;
 }
 
 /** The instruction at RIP, registers taken as after it ran (`after`: a REP string store mid-run) or before. */
@@ -326,17 +411,19 @@ function fromRip(
   decoder.ip = x.regs.rip;
   decoder.decodeOut(insn);
   if (insn.isInvalid) return undefined;
-  const size = explains(lib, insn, mem, x, after, after);
-  return size === undefined
-    ? undefined
-    : { site: { rip: x.regs.rip, length: insn.length }, exact: size === x.data.length };
+  const hit = explains(lib, insn, mem, x, after, after);
+  if (hit === undefined) return undefined;
+  const f = found(x.regs.rip, insn.length, hit, x.data.length);
+  // Registers taken as before it (not after): it has not run, there is nothing to put back.
+  if (!after) f.store.before = { rip: x.regs.rip };
+  return f;
 }
 
 /**
  * A near call: RIP is its target, and the 8 bytes written at RSP are its
  * return address, so the call is the instruction that ends there.
  */
-function callBehind(lib: Iced, insn: Insn, mem: GuestMemory, x: WriteExit): WriteSite | undefined {
+function callBehind(lib: Iced, insn: Insn, mem: GuestMemory, x: WriteExit): LocatedStore | undefined {
   if (x.data.length !== 8) return undefined;
   let ret = 0n;
   for (let i = 7; i >= 0; i--) ret = (ret << 8n) | BigInt(x.data[i] ?? 0);
@@ -345,7 +432,7 @@ function callBehind(lib: Iced, insn: Insn, mem: GuestMemory, x: WriteExit): Writ
   if (before === 0) return undefined;
   const decoder = new lib.Decoder(64, bytes, lib.DecoderOptions.None);
   try {
-    return endingAt(lib, decoder, insn, before, ret, mem, x, true)?.site;
+    return endingAt(lib, decoder, insn, before, ret, mem, x, true)?.store;
   } finally {
     decoder.free();
   }
@@ -357,6 +444,11 @@ function callBehind(lib: Iced, insn: Insn, mem: GuestMemory, x: WriteExit): Writ
  * order).
  */
 export function locateWrite(mem: GuestMemory, x: WriteExit): WriteSite | undefined {
+  return locateStore(mem, x)?.site;
+}
+
+/** locateWrite, with what the instruction writes in all and the registers it moved. */
+export function locateStore(mem: GuestMemory, x: WriteExit): LocatedStore | undefined {
   const lib = loadIced();
   if (!lib) return undefined;
   reused ??= new lib.Instruction();
@@ -373,12 +465,12 @@ export function locateWrite(mem: GuestMemory, x: WriteExit): WriteSite | undefin
   try {
     const hasRip = bytes.length > before;
     const rep = hasRip ? fromRip(lib, decoder, insn, before, mem, x, true) : undefined;
-    if (rep?.exact) return rep.site;
+    if (rep?.exact) return rep.store;
     const ending = endingAt(lib, decoder, insn, before, x.regs.rip, mem, x, false);
-    if (ending?.exact) return ending.site;
-    const found = rep?.site ?? ending?.site ?? callBehind(lib, insn, mem, x);
-    if (found || !hasRip) return found;
-    return fromRip(lib, decoder, insn, before, mem, x, false)?.site;
+    if (ending?.exact) return ending.store;
+    const located = rep?.store ?? ending?.store ?? callBehind(lib, insn, mem, x);
+    if (located || !hasRip) return located;
+    return fromRip(lib, decoder, insn, before, mem, x, false)?.store;
   } catch {
     return undefined;
   } finally {
@@ -405,6 +497,68 @@ export function preloadWriteLocator(): void {
       m.free();
     }
     info.free();
+  } finally {
+    decoder.free();
+  }
+}
+
+/** What an XSAVE-family store writes at most, when its size depends on XCR0. */
+const XSAVE_MAX = 4096;
+
+/**
+ * The instruction at RIP, before it ran (KVM stopped on it: it could not
+ * emulate it): its length and the virtual ranges it would write, or
+ * undefined when there is no readable, decodable instruction there.
+ */
+export function storesAt(
+  mem: GuestMemory,
+  regs: Regs,
+  sregs: Sregs,
+): { site: WriteSite; writes: { va: bigint; size: number }[] } | undefined {
+  const lib = loadIced();
+  if (!lib) return undefined;
+  const bytes = readVirtual(mem, sregs.cr3, regs.rip, MAX_INSN);
+  if (bytes.length === 0) return undefined;
+  reused ??= new lib.Instruction();
+  const insn = reused;
+  const decoder = new lib.Decoder(64, bytes, lib.DecoderOptions.None);
+  try {
+    decoder.ip = regs.rip;
+    decoder.decodeOut(insn);
+    if (insn.isInvalid) return undefined;
+    const site = { rip: regs.rip, length: insn.length };
+    const x: WriteExit = { regs, sregs, gpa: 0, data: new Uint8Array(0) };
+    const writes: { va: bigint; size: number }[] = [];
+    if (isStringStore(lib, insn)) {
+      const bits = insn.op0Kind === lib.OpKind.MemoryESRDI ? 64 : 32;
+      const size = lib.MemorySizeExt.size(insn.memorySize);
+      const rep = insn.hasRepPrefix || insn.hasRepnePrefix;
+      const rcx = BigInt.asUintN(bits, regs.rcx);
+      const n = rep ? Number(rcx < MAX_REP_LEFT ? rcx : MAX_REP_LEFT) : 1;
+      const rdi = BigInt.asUintN(bits, regs.rdi);
+      const down = (regs.rflags & DF) !== 0n;
+      if (n > 0 && size > 0) writes.push({ va: down ? rdi - BigInt((n - 1) * size) : rdi, size: n * size });
+      return { site, writes };
+    }
+    factory ??= new lib.InstructionInfoFactory();
+    const info = factory.info(insn);
+    let used: Used[] = [];
+    try {
+      used = info.usedMemory() as Used[];
+      const writeKinds = writeAccesses(lib);
+      for (const m of used) {
+        if (!writeKinds.has(m.access)) continue;
+        const va = address(lib, insn, m, x, false);
+        if (va === undefined) continue;
+        writes.push({ va, size: lib.MemorySizeExt.size(m.memorySize) || XSAVE_MAX });
+      }
+    } finally {
+      for (const m of used) m.free();
+      info.free();
+    }
+    return { site, writes };
+  } catch {
+    return undefined;
   } finally {
     decoder.free();
   }

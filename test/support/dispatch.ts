@@ -76,6 +76,11 @@ export class FakeCpu implements CpuAccess {
   injectException = (v: number, e?: number) => {
     this.injected.push([v, e]);
   };
+  /** An exception KVM queued with the exit (tests set it), and what the VMM withdrew. */
+  queued: number | undefined;
+  cancelException = (v: number) => {
+    if (this.queued === v) this.queued = undefined;
+  };
   setMsrResult = (e: 0 | 1) => {
     this.msrResult = e;
   };
@@ -93,9 +98,10 @@ export class FakeCpu implements CpuAccess {
 
 export const MEM = 4 << 20;
 
-export function dispatchFixture() {
+/** Guest memory with protected regions (by default .text [0x100000, 0x100800)) and a dispatcher factory. */
+export function dispatchFixture(protectedRanges = [{ name: ".text", start: 0x100000, end: 0x100800 }]) {
   const mem = GuestMemory.allocate(MEM);
-  const regions = makeRegions([{ name: ".text", start: 0x100000, end: 0x100800 }], MEM);
+  const regions = makeRegions(protectedRanges, MEM);
   function setup(policy: Policy = DEFAULT_POLICY, extra: Partial<DispatcherDeps> = {}, cpu = new FakeCpu()) {
     const events: CapturedEvent[] = [];
     const reports: GuestReport[] = [];

@@ -67,9 +67,20 @@ describe("context record", () => {
     bad((v) => v.setUint32(0, 0), /magic/);
     bad((v) => v.setUint32(CONTEXT_RECORD.offset("version"), 99, true), /version/);
     bad((v) => v.setUint32(CONTEXT_RECORD.offset("kind"), 99, true), /kind/);
-    bad((v) => v.setUint32(CONTEXT_RECORD.offset("access_len"), 9, true), /length/);
     bad((v) => v.setUint32(CONTEXT_RECORD.offset("insn_len"), 17, true), /length/);
     bad((v) => v.setBigUint64(CONTEXT_RECORD.offset("gpa"), 1n << 60n, true), /gpa/);
     assert.throws(() => decodeContext(good.subarray(0, 10)), /truncated/);
+  });
+
+  it("carries a write longer than its data: access_len whole, data its first 8 bytes", () => {
+    const c = emptyContext("protected-write");
+    c.data = Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8);
+    c.accessLen = 512;
+    const back = decodeContext(encodeContext(c));
+    assert.equal(back.accessLen, 512);
+    assert.deepEqual(back.data, c.data);
+    const short = decodeContext(encodeContext({ ...c, accessLen: undefined }));
+    assert.equal(short.accessLen, undefined);
+    assert.throws(() => encodeContext({ ...c, accessLen: 4 }), /access length/);
   });
 });

@@ -10,6 +10,7 @@ const ud: SummaryEvent = {
   vector: 6,
   region: null,
   symbol: "user_storm_task+0x12",
+  rip: "0x200012",
   verdict: "log",
   decidedBy: "hm-vm",
   latencyUs: 80,

@@ -13,6 +13,7 @@ function ev(seq: number, over: Partial<LiveEvent> = {}): LiveEvent {
     kind: "protected-write",
     region: ".text",
     symbol: "gv_check_credentials+0x4",
+    rip: "0x100123",
     verdict: "deny",
     decidedBy: "hm-vm",
     latencyUs: 58.2,

@@ -12,6 +12,7 @@ const ev = (seq: number, over: Partial<LiveEvent> = {}): LiveEvent => ({
   kind: "protected-write",
   region: ".text",
   symbol: "gv_check_credentials",
+  rip: "0x100123",
   verdict: "deny",
   decidedBy: "hm-vm",
   latencyUs: 50,
