@@ -54,6 +54,13 @@ export interface RunOptions {
   auditPath?: string;
   /** Make the health VM misbehave (tests and demos). */
   injectHmFault?: InjectSpec;
+  /**
+   * Soak: each guest runs its scenario again and again, taking the given
+   * scenarios in turn, until this long has passed (then the running rounds end).
+   */
+  durationMs?: number;
+  /** Crash the health VM at a random request, again after every restart (a soak). */
+  hmChaos?: boolean;
   /** Health-VM answer deadline. */
   hmTimeoutMs?: number;
   /** Watchdog: a guest vCPU without an exit for this long is hung (0: off). */
@@ -122,11 +129,30 @@ export interface RunSummary {
   events: SummaryEvent[];
 }
 
+/** What a soak run (--duration) did, over every round of every guest. */
+export interface SoakSummary {
+  durationS: number;
+  /** Scenario runs that completed, and those whose checks failed (with the first problems). */
+  rounds: number;
+  roundsFailed: number;
+  problems: string[];
+  /** Events by who decided them. */
+  events: Record<string, number>;
+  /** Requests the guests published to the health VM, and those settled (answered or failed safe) once each. */
+  requests: { published: number; settled: number };
+  hmRestarts: number;
+  /** Every protected region of every round intact at its end. */
+  intact: boolean;
+  /** The VMM process's resident set size after the first round and at the end. */
+  rssMiB: { start: number; end: number };
+}
+
 /** With several guests: the single-guest fields per guest; healthVm stays top-level. */
 export interface MultiRunSummary {
   decider: DeciderName;
   guests: (Omit<RunSummary, "decider" | "healthVm"> & { vm: string })[];
   healthVm: HealthVmSummary;
+  soak?: SoakSummary;
 }
 
 export interface RunReport {
@@ -184,11 +210,21 @@ function readKernel(path: string): Uint8Array {
  */
 export function checkRunOptions(opts: RunOptions): void {
   guestScenarios(opts);
+  checkSoak(opts);
   validateMemMiB(opts.memMiB ?? DEFAULT_MEM_MIB);
   readKernel(opts.kernelPath ?? defaultKernelPath());
 }
 
-/** The scenario each guest runs (undefined: a custom kernel). */
+function checkSoak(opts: RunOptions): void {
+  const d = opts.durationMs;
+  if (d !== undefined && (!Number.isInteger(d) || d < 1000 || d > 7 * 24 * 3600 * 1000)) {
+    throw configError("--duration", `${d / 1000} s: must be 1 to 604800 seconds`);
+  }
+  if (d !== undefined && opts.kernelPath) throw configError("--duration", "soaks run built-in scenarios, not --kernel");
+  if (opts.hmChaos && opts.injectHmFault) throw configError("--hm-chaos", "not with --inject-hm-fault");
+}
+
+/** The scenario each guest runs first (undefined: a custom kernel). */
 function guestScenarios(opts: RunOptions): (Scenario | undefined)[] {
   const names = opts.scenarios ?? (opts.scenario ? [opts.scenario] : []);
   if (names.length === 0 && !opts.kernelPath)
@@ -200,11 +236,14 @@ function guestScenarios(opts: RunOptions): (Scenario | undefined)[] {
   if (!Number.isInteger(n) || n < 1 || n > C.IDC_MAX_GUESTS) {
     throw configError("--guests", `${n}: must be 1 to ${C.IDC_MAX_GUESTS}`);
   }
-  if (names.length > 1 && names.length !== n) {
-    throw configError("--guests", `${n} guests but ${names.length} scenarios: give one scenario, or one per guest`);
+  if (names.length > 1 && names.length !== n && opts.durationMs === undefined) {
+    throw configError(
+      "--guests",
+      `${n} guests but ${names.length} scenarios: give one scenario, or one per guest (or a mix with --duration)`,
+    );
   }
   const found = names.map(findScenario);
-  return Array.from({ length: n }, (_, g) => (found.length === 0 ? undefined : found[found.length === 1 ? 0 : g]));
+  return Array.from({ length: n }, (_, g) => (found.length === 0 ? undefined : found[g % found.length]));
 }
 
 function outcomeOf(stop: VcpuStop): GuestOutcome {
@@ -231,6 +270,8 @@ export async function runGuest(opts: RunOptions): Promise<RunReport> {
 /** Run one or more guests, sharing one health VM, to their end. */
 export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
   const scenarios = guestScenarios(opts);
+  checkSoak(opts);
+  const soak = opts.durationMs === undefined ? undefined : new Soak(opts, scenarios.length);
   const memSize = validateMemMiB(opts.memMiB ?? DEFAULT_MEM_MIB);
   const kernelPath = opts.kernelPath ?? defaultKernelPath();
   const kernel = readKernel(kernelPath);
@@ -264,6 +305,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         backend: new VmEngineBackend(kvm, hmKernel, defaultKernelPath(), HM_MEM_MIB, opts.onHmSerial),
         nguests: scenarios.length,
         inject: opts.injectHmFault,
+        ...(opts.hmChaos ? { chaos: randomCrash } : {}),
         timeoutMs: opts.hmTimeoutMs,
         onRestart: (r) => {
           audit?.append({
@@ -297,10 +339,11 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         repeats: count,
       }),
     );
-    const deadline = Date.now() + timeoutMs;
+    // A soak's rounds start until its duration is up; the last ones then have the usual time limit.
+    const deadline = Date.now() + (soak ? soak.durationMs : 0) + timeoutMs;
     /** One guest from boot to its end, restarted (a new VM, `restart=N`) when a verdict says so. */
     const runLife = async (g: number): Promise<GuestLife> => {
-      const scenario = scenarios[g];
+      let scenario = scenarios[g];
       let guestPolicy = policyFor(scenario);
       const life: GuestLife = {
         restarts: 0,
@@ -402,6 +445,21 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         life.changed.push(...integrity.changed);
         life.serial.push(...vm.serial);
         life.last = { stop, integrity, vm };
+        if (soak && scenario && stop.outcome === "exit" && !stop.timedOut && !aborted) {
+          // A soak round done: check it, keep its counts, and start the next scenario in a new VM.
+          soak.round(scenario, life.intact, events[g] ?? [], life.serial, stop.code ?? 0, life.restarts);
+          if (soak.over()) return life;
+          scenario = soak.next(g);
+          guestPolicy = reloaded ?? policyFor(scenario);
+          scenarios[g] = scenario;
+          events[g] = [];
+          life.serial = [];
+          life.intact = true;
+          life.restarts = 0;
+          life.restartTimes = [];
+          await vm.destroy();
+          continue;
+        }
         if (stop.outcome !== "restart" || stop.timedOut || aborted) return life;
         const rp = guestPolicy.restart;
         const restartLimit = rp?.limit ?? DEFAULT_RESTART_LIMIT;
@@ -481,6 +539,10 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
       requests: hmStatus?.requests ?? 0,
       faults: (hmStatus?.faults ?? []).map((f) => ({ reason: f.reason, detail: f.detail, downMs: f.downMs })),
     };
+    if (soak) {
+      // A soak's summary keeps counts, not every fault.
+      healthVm.faults = healthVm.faults.slice(-10);
+    }
     const guests = lives.map((life, g): RunReport => {
       const last = life.last as NonNullable<GuestLife["last"]>;
       const stop = last.stop;
@@ -515,6 +577,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         decider,
         guests: guests.map(({ summary: { decider: _d, healthVm: _h, ...rest } }, g) => ({ vm: `guest${g}`, ...rest })),
         healthVm,
+        ...(soak ? { soak: soak.summary(health, healthVm.restarts) } : {}),
       },
     };
   } finally {
@@ -523,6 +586,92 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
     await health?.stop();
     audit?.close();
     kvm.close();
+  }
+}
+
+/** A random crash of the health VM within its next 1..20 requests. */
+function randomCrash(answered: number): InjectSpec {
+  return { mode: C.INJECT_CRASH, at: answered + 1 + Math.floor(Math.random() * 20), slowUs: 0 };
+}
+
+/** The rounds of a soak run (--duration): what each guest runs next, and the counts. */
+class Soak {
+  readonly durationMs: number;
+  private readonly end: number;
+  private readonly mix: Scenario[];
+  private readonly turns: number[];
+  private rounds = 0;
+  private failed = 0;
+  private readonly problems: string[] = [];
+  private readonly byDecider: Record<string, number> = {};
+  private intact = true;
+  private rssStart: number | undefined;
+
+  constructor(opts: RunOptions, nguests: number) {
+    this.durationMs = opts.durationMs ?? 0;
+    this.end = Date.now() + this.durationMs;
+    const names = opts.scenarios ?? (opts.scenario ? [opts.scenario] : []);
+    this.mix = names.map(findScenario);
+    this.turns = new Array(nguests).fill(0);
+  }
+
+  over(): boolean {
+    return Date.now() >= this.end;
+  }
+
+  /** Guest g's next scenario: the mix in turn, each guest starting at its own place. */
+  next(g: number): Scenario {
+    this.turns[g] = (this.turns[g] ?? 0) + 1;
+    return this.mix[(g + (this.turns[g] ?? 0)) % this.mix.length] as Scenario;
+  }
+
+  round(sc: Scenario, intact: boolean, events: SummaryEvent[], serial: string[], code: number, restarts: number): void {
+    this.rounds++;
+    this.intact &&= intact;
+    for (const e of events) this.byDecider[e.decidedBy] = (this.byDecider[e.decidedBy] ?? 0) + (e.count ?? 1);
+    const sum: RunSummary = {
+      scenario: sc.name,
+      decider: "hm-vm",
+      // A fail-safe verdict may be the policy's restart (integrity, crash): a restart then is by design.
+      guest: {
+        outcome: "completed",
+        restarts: events.some((e) => e.decidedBy === "failsafe") ? (sc.restarts ?? 0) : restarts,
+        exitCode: code,
+      },
+      integrity: { protectedBytes: 0, intact },
+      healthVm: { restarts: 0, requests: 0, faults: [] },
+      events,
+    };
+    // Under random health-VM crashes a verdict may be fail-safe: the scenario's own checks
+    // on the guest (its result line, its bytes) must hold, event verdicts may differ.
+    const problems = checkScenario({ ...sc, events: [] }, { ...sum, events: [] }, parseResultLine(serial));
+    if (problems.length > 0) {
+      this.failed++;
+      if (this.problems.length < 10) this.problems.push(`${sc.name}: ${problems.join("; ")}`);
+    }
+    this.rssStart ??= process.memoryUsage().rss;
+  }
+
+  summary(health: HealthManager | undefined, hmRestarts: number): SoakSummary {
+    const requests = { published: 0, settled: 0 };
+    for (let g = 0; g < this.turns.length; g++) {
+      const c = health?.requestCounts(g);
+      requests.published += c?.published ?? 0;
+      requests.settled += c?.settled ?? 0;
+    }
+    const mib = (b: number) => Math.round((b / (1024 * 1024)) * 10) / 10;
+    const rss = process.memoryUsage().rss;
+    return {
+      durationS: Math.round(this.durationMs / 1000),
+      rounds: this.rounds,
+      roundsFailed: this.failed,
+      problems: this.problems,
+      events: this.byDecider,
+      requests,
+      hmRestarts,
+      intact: this.intact,
+      rssMiB: { start: mib(this.rssStart ?? rss), end: mib(rss) },
+    };
   }
 }
 

@@ -108,6 +108,8 @@ interface RunFlags {
   exceptionEntry?: string | bigint;
   hangTimeout: number;
   hmTimeout: number;
+  duration?: number;
+  hmChaos?: boolean;
   metricsPort?: number;
   /** false with --no-lab. */
   lab: boolean;
@@ -155,6 +157,24 @@ function printMulti(r: MultiRunReport): void {
   printHealthVm(r.summary.healthVm);
 }
 
+function printSoak(r: MultiRunReport): void {
+  const s = r.summary.soak;
+  if (!s) return;
+  const out = process.stdout;
+  const events = Object.entries(s.events)
+    .map(([by, n]) => `${n} by ${by}`)
+    .join(", ");
+  out.write(`soak: ${s.durationS} s, ${r.guests.length} guests, ${s.rounds} scenario runs, ${s.roundsFailed} failed\n`);
+  for (const p of s.problems) out.write(`  - ${p}\n`);
+  out.write(`events: ${events || "none"}\n`);
+  out.write(
+    `requests: ${s.requests.published} published, ${s.requests.settled} settled, ${s.requests.published - s.requests.settled} not settled\n`,
+  );
+  out.write(`health VM: ${r.summary.healthVm.requests} requests answered, ${s.hmRestarts} restarts\n`);
+  out.write(`integrity: ${s.intact ? "every region intact in every run" : "CHANGED"}\n`);
+  out.write(`RSS: ${s.rssMiB.start} MiB after the first run, ${s.rssMiB.end} MiB at the end\n`);
+}
+
 function printHealthVm(h: RunReport["summary"]["healthVm"]): void {
   const out = process.stdout;
   out.write(`health VM: ${h.requests} requests answered, ${h.restarts} restarts\n`);
@@ -176,6 +196,8 @@ function commonRunOptions(flags: RunFlags): RunOptions {
         : flags.injectHmFault,
     hangTimeoutMs: flags.hangTimeout,
     hmTimeoutMs: flags.hmTimeout,
+    durationMs: flags.duration === undefined ? undefined : flags.duration * 1000,
+    hmChaos: flags.hmChaos,
     exceptionEntry: flags.exceptionEntry,
     policy: flags.policy ? resolvePolicy(loadPolicyFile(flags.policy), readPolicyKernel(kernelPath)) : undefined,
   };
@@ -265,6 +287,12 @@ function checkRunFlags(flags: RunFlags): void {
   if (flags.injectHmFault && flags.decider !== "hm-vm") {
     throw new GuardvisorError("CONFIG_INVALID", "--inject-hm-fault: needs --decider hm-vm");
   }
+  if (flags.hmChaos && flags.decider !== "hm-vm") {
+    throw new GuardvisorError("CONFIG_INVALID", "--hm-chaos: needs --decider hm-vm");
+  }
+  if ((flags.duration !== undefined || flags.hmChaos) && flags.scenario?.includes("all")) {
+    throw new GuardvisorError("CONFIG_INVALID", "--duration, --hm-chaos: give the scenarios to mix, not all");
+  }
   if (flags.scenario?.includes("all")) {
     if (flags.scenario.length > 1 || flags.guests !== undefined) {
       throw new GuardvisorError("CONFIG_INVALID", "--scenario all: give it alone, without --guests");
@@ -305,6 +333,14 @@ async function runCommand(flags: RunFlags): Promise<number> {
   } finally {
     process.off("SIGHUP", onHup);
     await observers.close();
+  }
+  const soak = report.summary.soak;
+  if (soak) {
+    // A soak is judged on all its rounds, not on the last one's events (verdicts may be fail-safe).
+    if (flags.json) process.stdout.write(`${JSON.stringify(report.summary)}\n`);
+    else printSoak(report);
+    const ok = soak.roundsFailed === 0 && soak.intact && soak.requests.published === soak.requests.settled;
+    return ok ? EXIT.OK : EXIT.RUN_FAILED;
   }
   const single = report.guests.length === 1 ? report.guests[0] : undefined;
   if (flags.json) process.stdout.write(`${JSON.stringify(single ? single.summary : report.summary)}\n`);
@@ -363,6 +399,12 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
       "make the health VM crash, hang, answer garbage, answer late, or scribble over the IDC ring counters and crash, at its N-th request (crash|hang|garbage|slow|scribble[@N])",
       parseInject,
     )
+    .option(
+      "--duration <seconds>",
+      "soak: run the scenarios again and again (each guest taking them in turn) for this long; the summary counts every run",
+      intOption("--duration"),
+    )
+    .option("--hm-chaos", "crash the health VM at a random request (1..20), again after every restart")
     .option("--json", "print one JSON summary object on stdout when the run ends")
     .option("--audit <file>", "append one JSON line per event, with full context, to this file")
     .option("--mem <MiB>", "guest RAM in MiB (even, 4..4096)", intOption("--mem"), DEFAULT_MEM_MIB)

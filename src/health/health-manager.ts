@@ -46,6 +46,12 @@ export interface HealthVmOptions {
   spinUs?: number;
   restartLimit?: number;
   inject?: InjectSpec;
+  /**
+   * Arm a new fault at boot and after every restart (a soak's random
+   * crashes), given the requests answered so far (the engine counts on from
+   * there); with it, the restart limit does not apply.
+   */
+  chaos?: (answered: number) => InjectSpec;
   onRestart?: (r: HmRestart) => void;
 }
 
@@ -105,7 +111,7 @@ export class HealthManager {
     this.restartLimit = opts.restartLimit ?? HM_DEFAULTS.restartLimit;
     this.idcMemory = opts.backend.allocateIdc(this.layout);
     this.region = new IdcRegion(this.idcMemory.bytes.buffer as ArrayBuffer, this.layout);
-    this.region.initialize(new Array(opts.nguests).fill(undefined), opts.inject);
+    this.region.initialize(new Array(opts.nguests).fill(undefined), opts.inject ?? opts.chaos?.(0));
   }
 
   /** Boot the health VM and wait until its engine is serving. */
@@ -150,6 +156,12 @@ export class HealthManager {
       guest: f.guest,
       seq: f.seq,
     });
+  }
+
+  /** Guest g's requests: published to the rings, and settled (answered or failed safe). */
+  requestCounts(g: number): { published: number; settled: number } {
+    const c = this.region.counters;
+    return { published: Number(c.published(g)), settled: Number(c.settled(g)) };
   }
 
   status(): HealthVmStatus {
@@ -257,8 +269,9 @@ export class HealthManager {
       if (poison && poison.seq > 0n) this.region.markWithdrawn(poison.guest, poison.seq);
       for (let g = 0; g < this.layout.nguests; g++) record.resent += this.region.rewindRing(g);
       this.region.resetHmState();
-      this.region.setInject({ mode: C.INJECT_NONE, at: 0, slowUs: 0 });
-      if (this.restartsLog.length > this.restartLimit) {
+      const answered = Number(this.region.hmStatus().requests);
+      this.region.setInject(this.opts.chaos?.(answered) ?? { mode: C.INJECT_NONE, at: 0, slowUs: 0 });
+      if (!this.opts.chaos && this.restartsLog.length > this.restartLimit) {
         this.control.markFailed();
         record.detail += `; restart limit ${this.restartLimit} reached: every decision is fail-safe now`;
         log.info({ reason, generation, restarts: this.restartsLog.length }, "health VM restart limit reached");

@@ -210,6 +210,22 @@ describe("a store KVM cannot emulate", () => {
     assert.equal(cpu2.regs.rip, BigInt(CODE + 3));
   });
 
+  it("a 32-byte AVX store and XSAVE are decided on every byte they would write", () => {
+    for (const [name, code, len] of [
+      ["vmovdqu [rdi], ymm0", [0xc5, 0xfe, 0x7f, 0x07], 32],
+      ["xsave [rdi]", [0x0f, 0xae, 0x27], 4096], // its size depends on XCR0: counted at its largest
+    ] as const) {
+      mem.write(CODE, Uint8Array.from(code));
+      const cpu = at(CODE, { rdi: BigInt(TEXT + 0x40) });
+      const { d, events } = setup(DEFAULT_POLICY, {}, cpu);
+      d.dispatch(internal);
+      assert.equal(events[0]?.kind, "protected-write", name);
+      const ctx = decodeContext(events[0]!.record);
+      assert.equal(ctx.accessLen, len, name);
+      assert.equal(cpu.regs.rip, BigInt(CODE + code.length), `${name} skipped`);
+    }
+  });
+
   it("that touches no protected byte (or is no store) stays a crash", () => {
     mem.write(CODE, fxsave);
     const { d, events } = setup(DEFAULT_POLICY, {}, at(CODE, { rdi: 0x200000n }));
