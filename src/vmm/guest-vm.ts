@@ -188,8 +188,9 @@ export class GuestVm {
       },
     );
     const thread = this.thread;
+    const limit = timeout(VCPU_START_MS, false);
     try {
-      const started = await Promise.race([thread.ready.then(() => true), sleep(VCPU_START_MS).then(() => false)]);
+      const started = await Promise.race([thread.ready.then(() => true), limit.promise]);
       if (!started) {
         throw new GuardvisorError("INTERNAL", `the vCPU thread did not start within ${VCPU_START_MS / 1000} s`);
       }
@@ -197,6 +198,8 @@ export class GuestVm {
       // The caller frees the memory and the vCPU next: the thread must be gone first.
       await thread.terminate();
       throw e;
+    } finally {
+      limit.cancel();
     }
   }
 
@@ -350,7 +353,8 @@ export class GuestVm {
     if (this.released) return;
     if (this.thread && !this.stopped) {
       this.thread.stop();
-      const ended = await Promise.race([this.thread.done, sleep(2000).then(() => undefined)]);
+      const limit = timeout(2000, undefined);
+      const ended = await Promise.race([this.thread.done, limit.promise]).finally(limit.cancel);
       if (!ended) await this.thread.terminate();
     }
     this.released = true;
@@ -468,6 +472,15 @@ function configureVcpu(kvm: Kvm, h: VcpuHandle, entry: number): void {
   cpu.setRegs(bootRegs(entry));
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms).unref());
+/**
+ * A promise of `value` after `ms`, and cancel() to clear its timer once it is
+ * no longer needed: a pending timer keeps its promise's reactions alive, and
+ * with them what they reach (this VM, its thread, its memory) until it fires.
+ */
+function timeout<T>(ms: number, value: T): { promise: Promise<T>; cancel: () => void } {
+  let timer: NodeJS.Timeout | undefined;
+  const promise = new Promise<T>((r) => {
+    timer = setTimeout(() => r(value), ms).unref();
+  });
+  return { promise, cancel: () => clearTimeout(timer) };
 }
