@@ -103,10 +103,11 @@ export const SCENARIOS: readonly Scenario[] = [
   {
     name: "allowlist-abuse",
     description:
-      "a module calls the sanctioned patcher on other code, stosb-s the patch site, runs a remapped copy of the patcher: all denied",
-    result: { call: "0", stos: "0", remap: "0", legit: "1" },
+      "a module calls the sanctioned patcher on other code and with an unlisted value, stosb-s the patch site, runs a remapped copy of the patcher: all denied",
+    result: { call: "0", value: "0", stos: "0", remap: "0", legit: "1" },
     events: [
-      { kind: "protected-write", region: ".text", verdict: "deny", min: 3, max: 3 }, // the call, the rep stosb (decided once), the remapped copy
+      // the call elsewhere, the unlisted value, the rep stosb (decided once), the remapped copy
+      { kind: "protected-write", region: ".text", verdict: "deny", min: 4, max: 4 },
       { kind: "integrity", vector: 18, verdict: "deny", min: 1 },
       { kind: "protected-write", region: ".text", verdict: "allow", min: 1 },
     ],

@@ -95,10 +95,11 @@ export const ABI_CONSTANTS = {
 
   // Compiled rule table.
   RULES_MAGIC: 0x54525647, // "GVRT"
-  RULES_VERSION: 2,
+  RULES_VERSION: 3,
   RULES_MAX: 128,
   RULE_MATCH_MSR: 1, // rule flag: match msr_index == msr
   RULE_MATCH_GPA: 2, // rule flag: match writes lying wholly in [gpa_from, gpa_to)
+  RULE_MATCH_VALUE: 4, // rule flag: match writes of at most 8 bytes whose value (little-endian) is `value`
   RULE_DEFAULT: 0xffffffff, // rule index reported when no rule matched
 } as const;
 
@@ -198,6 +199,12 @@ export const CONTEXT_FLAGS = {
    * routine's address). No rule with a RIP range matches it either.
    */
   WRITER_UNTRUSTED: 16,
+  /**
+   * `data` holds only part of what the instruction writes (one piece of a
+   * split store, or nothing KVM could hand over): no rule on the value written
+   * matches it.
+   */
+  DATA_PARTIAL: 32,
 } as const;
 
 export const REG_NAMES = [
@@ -285,7 +292,11 @@ export const RULE = defineStruct("gv_rule", "One compiled rule; the first match 
   { name: "kind_mask", type: "u32", doc: "bit (1 << GV_EVENT_*)" },
   { name: "vector_mask", type: "u32", doc: "bit per vector 0..31" },
   { name: "cpl_mask", type: "u32", doc: "bit per CPL 0..3" },
-  { name: "flags", type: "u32", doc: "GV_RULE_MATCH_MSR | GV_RULE_MATCH_GPA; other bits must be 0" },
+  {
+    name: "flags",
+    type: "u32",
+    doc: "GV_RULE_MATCH_MSR | GV_RULE_MATCH_GPA | GV_RULE_MATCH_VALUE; other bits must be 0",
+  },
   { name: "msr", type: "u32", doc: "with GV_RULE_MATCH_MSR: msr_index must equal it" },
   { name: "verdict", type: "u32" },
   { name: "region_mask", type: "u64", doc: "bit per region id 1..63; 0 = any" },
@@ -297,6 +308,11 @@ export const RULE = defineStruct("gv_rule", "One compiled rule; the first match 
     doc: "with GV_RULE_MATCH_GPA: gpa_from <= gpa < gpa_to and access_len <= gpa_to - gpa",
   },
   { name: "gpa_to", type: "u64", doc: "exclusive; both 0 without GV_RULE_MATCH_GPA" },
+  {
+    name: "value",
+    type: "u64",
+    doc: "with GV_RULE_MATCH_VALUE: access_len <= 8 and the bytes written, little-endian, equal it; else 0",
+  },
 ]);
 
 export const SHARED_STRUCTS = [

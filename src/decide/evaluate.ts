@@ -33,7 +33,17 @@ export function ruleMatches(r: CompiledRule, c: ContextRecord): boolean {
     const gpa = BigInt(c.gpa);
     if (gpa < r.gpa.from || gpa >= r.gpa.to || BigInt(c.accessLen ?? c.data.length) > r.gpa.to - gpa) return false;
   }
+  if (r.value !== undefined && writtenValue(c) !== r.value) return false;
   return true;
+}
+
+/** The value a write of at most 8 bytes stores (little-endian), or undefined for a longer one. */
+function writtenValue(c: ContextRecord): bigint | undefined {
+  const n = c.accessLen ?? c.data.length;
+  if (n > 8 || c.flags & CONTEXT_FLAGS.DATA_PARTIAL) return undefined;
+  let v = 0n;
+  for (let i = n - 1; i >= 0; i--) v = (v << 8n) | BigInt(c.data[i] ?? 0);
+  return v;
 }
 
 export function evaluate(p: CompiledPolicy, c: ContextRecord): Decision {

@@ -27,6 +27,8 @@ export interface PolicyRule {
    * or address range inside a protected region); any when absent.
    */
   gpa?: { from: number; to: number };
+  /** The value written (at most 8 bytes, little-endian) must be this; any when absent. */
+  value?: bigint;
   verdict: Verdict;
   reason: string;
 }
@@ -162,6 +164,8 @@ export interface CompiledRule {
    * (`GV_RULE_MATCH_GPA`); any when absent.
    */
   gpa?: { from: bigint; to: bigint };
+  /** The value written (at most 8 bytes, little-endian) must be this (`GV_RULE_MATCH_VALUE`); any when absent. */
+  value?: bigint;
   verdict: Verdict;
 }
 
@@ -210,6 +214,7 @@ export function compilePolicy(p: Policy, regions: readonly ProtectedRegion[]): C
       verdict: effectiveVerdict(p.mode, r.verdict),
     };
     if (r.gpa) rule.gpa = { from: BigInt(r.gpa.from), to: BigInt(r.gpa.to) };
+    if (r.value !== undefined) rule.value = r.value;
     return rule;
   });
   const defaults = { ...p.defaults };

@@ -19,7 +19,7 @@ const VERDICT_BY_NUMBER = new Map<number, Verdict>(Object.entries(VERDICTS).map(
 const H = (n: string) => RULE_TABLE_HEADER.offset(n);
 const R = (n: string) => RULE.offset(n);
 const U64_MAX = 0xffffffffffffffffn;
-const KNOWN_FLAGS = C.RULE_MATCH_MSR | C.RULE_MATCH_GPA;
+const KNOWN_FLAGS = C.RULE_MATCH_MSR | C.RULE_MATCH_GPA | C.RULE_MATCH_VALUE;
 
 export interface RuleTableContent {
   rules: CompiledRule[];
@@ -63,7 +63,11 @@ export function encodeRuleTable(t: RuleTableContent): Uint8Array {
     v.setUint32(at + R("kind_mask"), r.kindMask, true);
     v.setUint32(at + R("vector_mask"), r.vectorMask, true);
     v.setUint32(at + R("cpl_mask"), r.cplMask, true);
-    v.setUint32(at + R("flags"), (r.msr >= 0 ? C.RULE_MATCH_MSR : 0) | (r.gpa ? C.RULE_MATCH_GPA : 0), true);
+    const flags =
+      (r.msr >= 0 ? C.RULE_MATCH_MSR : 0) |
+      (r.gpa ? C.RULE_MATCH_GPA : 0) |
+      (r.value !== undefined ? C.RULE_MATCH_VALUE : 0);
+    v.setUint32(at + R("flags"), flags, true);
     v.setUint32(at + R("msr"), Math.max(r.msr, 0), true);
     v.setUint32(at + R("verdict"), VERDICTS[r.verdict], true);
     v.setBigUint64(at + R("region_mask"), r.regionMask, true);
@@ -71,6 +75,7 @@ export function encodeRuleTable(t: RuleTableContent): Uint8Array {
     v.setBigUint64(at + R("rip_to"), r.ripTo, true);
     v.setBigUint64(at + R("gpa_from"), r.gpa?.from ?? 0n, true);
     v.setBigUint64(at + R("gpa_to"), r.gpa?.to ?? 0n, true);
+    v.setBigUint64(at + R("value"), BigInt.asUintN(64, r.value ?? 0n), true);
   });
   v.setUint32(H("magic"), C.RULES_MAGIC, true);
   v.setUint32(H("version"), C.RULES_VERSION, true);
@@ -121,6 +126,7 @@ export function decodeRuleTable(buf: Uint8Array): RuleTableContent {
     if (flags & C.RULE_MATCH_GPA) {
       rule.gpa = { from: v.getBigUint64(at + R("gpa_from"), true), to: v.getBigUint64(at + R("gpa_to"), true) };
     }
+    if (flags & C.RULE_MATCH_VALUE) rule.value = v.getBigUint64(at + R("value"), true);
     rules.push(rule);
   }
   return { rules, defaults };

@@ -436,6 +436,7 @@ function checkCrossReferences(
     if ((x.region === undefined) === (x.msr === undefined)) {
       throw fail(at, "give exactly one of region (what the originator may write) or msr");
     }
+    if (x.value && !x.region) throw fail([...at, "value"], "value needs region (it limits what a write stores)");
     checkRegionRefs(at, x.region);
   });
 
@@ -453,6 +454,7 @@ function checkCrossReferences(
     only("vector", ["cpu-exception", "integrity"], "cpu-exception (or integrity)");
     only("msr", ["msr-write"], "msr-write");
     only("region", ["protected-write", "integrity"], "protected-write (or integrity)");
+    only("value", ["protected-write"], "protected-write");
     if (r.region?.some(isRange) && events.some((e) => e !== "protected-write")) {
       throw fail([...at, "region"], "a symbol or address region needs event: protected-write only");
     }

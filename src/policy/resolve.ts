@@ -169,7 +169,9 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
     const victim = x.region ? `region ${x.region.join(", ")}` : `MSR ${x.msr!.map(msrName).join(", ")}`;
     const reason = x.reason ?? `exception: ${x.originator.join(", ")} may write ${victim}`;
     for (const [group, rip, msr] of expand(groupsOf(x.region), rips, x.msr)) {
-      rules.push({ name: x.name, kinds, ...group, rip, msr, verdict: x.action, reason });
+      for (const value of x.value ?? [undefined]) {
+        rules.push({ name: x.name, kinds, ...group, rip, msr, value, verdict: x.action, reason });
+      }
     }
   });
 
@@ -186,7 +188,7 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
       if (r.cpl) rule.cpl = [...new Set(r.cpl)];
       if (range) rule.rip = range;
       if (msr !== undefined) rule.msr = msr;
-      rules.push(rule);
+      for (const value of r.value ?? [undefined]) rules.push(value === undefined ? rule : { ...rule, value });
     }
   });
 

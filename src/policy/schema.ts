@@ -93,6 +93,17 @@ const msr = parsed(
 
 const symbol = z.string().min(1).max(256);
 
+/** A value written (at most 8 bytes, little-endian): an integer, or up to 16 hex digits after 0x. */
+const writtenValue = parsed(
+  (v) => {
+    if (typeof v === "number") return Number.isSafeInteger(v) && v >= 0 ? BigInt(v) : undefined;
+    if (typeof v === "string" && /^0x[0-9a-f]{1,16}$/i.test(v)) return BigInt(v);
+    return undefined;
+  },
+  (v) =>
+    `${describeValue(v)} is not a value: expected an integer from 0 to 2^53-1, or up to 16 hex digits such as "0x2"`,
+);
+
 function crBitName(table: Readonly<Record<string, number>>, reg: string) {
   return parsed(
     (v) => (typeof v === "string" && crBit(table, v) !== undefined ? v.toUpperCase() : undefined),
@@ -122,6 +133,7 @@ export const ruleSchema = z.strictObject({
   msr: oneOrList(msr),
   originator: oneOrList(symbol),
   rip: z.strictObject({ from: address, to: address }).optional(),
+  value: oneOrList(writtenValue),
   action: verdict,
   reason: text.optional(),
 });
@@ -132,6 +144,7 @@ export const exceptionSchema = z.strictObject({
   originator: requiredOneOrList(symbol),
   region: oneOrList(z.string()),
   msr: oneOrList(msr),
+  value: oneOrList(writtenValue),
   action: z.enum(["allow", "log"]).default("allow"),
   reason: text.optional(),
 });

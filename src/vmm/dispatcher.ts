@@ -357,6 +357,7 @@ export class ExitDispatcher {
     ctx.data = data.slice(0, 8);
     ctx.gpa = gpa;
     if (store) this.setExtent(ctx, store, sregs.cr3);
+    if ((ctx.accessLen ?? ctx.data.length) > ctx.data.length) ctx.flags |= CONTEXT_FLAGS.DATA_PARTIAL;
     const decision = this.d.decider.decide(ctx);
     const perform = decision.verdict === "allow" || decision.verdict === "log";
     let action: ExitAction;
@@ -435,6 +436,7 @@ export class ExitDispatcher {
       ctx.regionOffset = hit.offset;
       ctx.gpa = translate(this.d.memory, sregs.cr3, w.va) ?? 0;
       this.setExtent(ctx, store, sregs.cr3);
+      ctx.flags |= CONTEXT_FLAGS.DATA_PARTIAL; // nothing of what it would write is known
       const decision = this.d.decider.decide(ctx);
       let action = CONTINUE;
       switch (decision.verdict) {

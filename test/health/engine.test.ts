@@ -26,6 +26,7 @@ function pick<T>(r: () => number, xs: readonly T[]): T {
 }
 
 const GPAS = [0x100000n, 0x100ff8n, 0x101000n, 0x200000n];
+const VALUES = [0n, 1n, 2n, 0x0201n, 0x8877665544332211n, 0xffffffffffffffffn];
 
 function randomGpaRange(r: () => number): { from: bigint; to: bigint } {
   const from = pick(r, GPAS) + BigInt(Math.floor(r() * 16));
@@ -48,6 +49,7 @@ function randomRule(r: () => number, index: number): CompiledRule {
     ripTo,
     msr: r() < 0.7 ? -1 : pick(r, MSRS),
     gpa: r() < 0.6 ? undefined : randomGpaRange(r),
+    ...(r() < 0.3 ? { value: pick(r, VALUES) } : {}),
     verdict: pick(r, VERDICT_NAMES),
   };
 }
@@ -88,6 +90,15 @@ function randomContext(r: () => number, seq: number, p: CompiledPolicy): Context
   // Writes at and across the edges of a rule's gpa range, 1 to 8 bytes wide.
   c.gpa = Number(g ? pick(r, [g.from - 1n, g.from, g.to - 1n, g.to - 4n, g.to]) : pick(r, GPAS));
   c.data = new Uint8Array(1 + Math.floor(r() * 8));
+  // A value some rule names, written whole, split, or as part of a longer store.
+  const valued = p.rules.filter((x) => x.value !== undefined);
+  if (valued.length > 0 && r() < 0.5) {
+    const v = pick(r, valued).value ?? 0n;
+    const n = pick(r, [1, 2, 4, 8]);
+    c.data = Uint8Array.from({ length: n }, (_, i) => Number((v >> BigInt(8 * i)) & 0xffn));
+    if (r() < 0.2) c.accessLen = pick(r, [n + 1, 16, 512]);
+    if (r() < 0.2) c.flags |= CONTEXT_FLAGS.DATA_PARTIAL;
+  }
   // Sometimes the writer was not found: rules with a RIP range must then not match.
   if (r() < 0.25) c.flags |= CONTEXT_FLAGS.WRITER_UNKNOWN;
   return c;

@@ -71,7 +71,7 @@ describe("guardvisor policy (CLI)", () => {
     assert.equal(r.status, 0, r.stderr);
     assert.match(
       r.stdout,
-      /legit\.gvrt: policy legit-patch \(mode enforce, 3 rules\), \d+ bytes, hash 0x[0-9a-f]{8}\n$/,
+      /legit\.gvrt: policy legit-patch \(mode enforce, 4 rules\), \d+ bytes, hash 0x[0-9a-f]{8}\n$/,
     );
     const table = new Uint8Array(readFileSync(out));
     const expected = compilePolicyFile(join(SHIPPED, "legit-patch.yaml"), kernel);
@@ -83,7 +83,7 @@ describe("guardvisor policy (CLI)", () => {
     const w = emptyContext("protected-write");
     w.regionId = 1;
     w.gpa = SYMBOLS.gv_patch_target.value + 1 - DELTA;
-    w.data = new Uint8Array(4);
+    w.data = Uint8Array.of(2, 0, 0, 0);
     w.regs.rip = BigInt(SYMBOLS.gv_legit_patch.value + 8);
     assert.equal(evaluate(loaded, w).verdict, "allow");
     w.regs.rip = BigInt(SYMBOLS.kmain.value);

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import type { EventKind } from "../../src/abi/guest-abi.js";
+import { CONTEXT_FLAGS, type EventKind } from "../../src/abi/guest-abi.js";
 import { evaluate } from "../../src/decide/evaluate.js";
 import { compilePolicy, DEFAULT_POLICY, effectiveVerdict } from "../../src/decide/policy.js";
 import { decodeRuleTable } from "../../src/decide/rule-table.js";
@@ -26,6 +26,7 @@ function write(vaddrTarget: number, rip: number, len = 8, regionId = TEXT_ID): C
   c.gpa = phys(vaddrTarget);
   c.regionId = regionId;
   c.data = new Uint8Array(len);
+  c.data[0] = 2; // a value legit-patch.yaml lists
   c.regs.rip = BigInt(rip);
   return c;
 }
@@ -75,6 +76,26 @@ describe("policy files: allowlist exceptions", () => {
       const d = evaluate(p, write(addr, start, len));
       assert.equal(d.verdict, "deny", `0x${addr.toString(16)}+${len}`);
     }
+  });
+
+  it("lets the originator store only the listed values, written whole", () => {
+    for (const [bytes, verdict] of [
+      [[1], "allow"],
+      [[2, 0, 0, 0], "allow"],
+      [[3], "deny"],
+      [[0x77, 0, 0, 0], "deny"],
+      [[2, 0, 0, 1], "deny"],
+    ] as const) {
+      const c = write(target, start, bytes.length);
+      c.data = Uint8Array.from(bytes);
+      assert.equal(evaluate(p, c).verdict, verdict, `value ${bytes}`);
+    }
+    // One piece of a split store, or a store longer than 8 bytes: its value is not known whole.
+    const piece = write(target, start, 1);
+    piece.data = Uint8Array.of(2);
+    piece.accessLen = 2;
+    piece.flags |= CONTEXT_FLAGS.DATA_PARTIAL;
+    assert.equal(evaluate(p, piece).verdict, "deny");
   });
 
   it("does not let the originator write other regions", () => {

@@ -85,7 +85,7 @@ describe("binary rule table", () => {
     corrupt((v) => v.setUint32(RULE_TABLE_HEADER.offset("nrules"), 100000, true), /at most/);
     corrupt((v) => v.setUint32(RULE_TABLE_HEADER.size + RULE.offset("verdict"), 99, true), /rule 0: verdict 99/);
     corrupt((v) => v.setUint8(RULE_TABLE_HEADER.offset("defaults") + 1, 0), /default for protected-write/);
-    corrupt((v) => v.setUint32(RULE_TABLE_HEADER.size + RULE.offset("flags"), 4, true), /rule 0: unknown flags 0x4/);
+    corrupt((v) => v.setUint32(RULE_TABLE_HEADER.size + RULE.offset("flags"), 8, true), /rule 0: unknown flags 0x8/);
     assert.throws(() => decodeRuleTable(good.subarray(0, 8)), /truncated header/);
   });
 

@@ -5,6 +5,8 @@
  *
  *   call:  it calls gv_legit_patch with another target (kernel code
  *          elsewhere): the writer is the routine, the target is not the site;
+ *   value: it calls gv_legit_patch on the patch site with a value the
+ *          policy does not list (only 1 and 2 are allowed);
  *   stos:  a `rep stosb` of its own over the patch site: the string store is
  *          located (from RDI, RCX and DF), and it is not the routine;
  *   remap: it maps a copy of the routine's page at the routine's address and
@@ -13,8 +15,8 @@
  *
  * Each write is denied; the routine's own patching still works afterwards.
  *
- * GV-RESULT scenario=allowlist-abuse call=<0|1> stos=<0|1> remap=<0|1> legit=<0|1>
- * where call/stos/remap say whether that attack changed a byte, and legit
+ * GV-RESULT scenario=allowlist-abuse call=<0|1> value=<0|1> stos=<0|1> remap=<0|1> legit=<0|1>
+ * where call/value/stos/remap say whether that attack changed a byte, and legit
  * whether the sanctioned patch still took effect.
  */
 #include "gv_abi.h"
@@ -61,6 +63,9 @@ int scenario_allowlist_abuse(void)
 	gv_legit_patch(elsewhere, 0xcc);
 	int call = *elsewhere != other;
 
+	gv_legit_patch(site, 0x77);
+	int value = *site != imm || gv_patch_target() != 1;
+
 	evil_module_stos(site, 0x66, 4);
 	int stos = *site != imm || gv_patch_target() != 1;
 
@@ -70,6 +75,7 @@ int scenario_allowlist_abuse(void)
 	gv_legit_patch(site, 2);
 	int legit = gv_patch_target() == 2;
 
-	kprintf("GV-RESULT scenario=allowlist-abuse call=%d stos=%d remap=%d legit=%d\n", call, stos, remap, legit);
+	kprintf("GV-RESULT scenario=allowlist-abuse call=%d value=%d stos=%d remap=%d legit=%d\n", call, value, stos, remap,
+		legit);
 	return 0;
 }

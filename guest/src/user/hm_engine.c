@@ -95,6 +95,16 @@ static int rule_matches(const struct gv_rule *r, const struct gv_context *c)
 	if ((r->flags & GV_RULE_MATCH_GPA) &&
 	    (c->gpa < r->gpa_from || c->gpa >= r->gpa_to || c->access_len > r->gpa_to - c->gpa))
 		return 0;
+	/* The value written: whole (not one piece of a split store), at most 8 bytes, little-endian. */
+	if (r->flags & GV_RULE_MATCH_VALUE) {
+		if (c->access_len > 8 || (c->flags & GV_CTXF_DATA_PARTIAL))
+			return 0;
+		uint64_t v = 0;
+		for (uint32_t i = c->access_len; i > 0; i--)
+			v = (v << 8) | c->data[i - 1];
+		if (v != r->value)
+			return 0;
+	}
 	return 1;
 }
 
@@ -107,7 +117,7 @@ static int evaluate(const struct gv_rule_table *t, uint32_t size, const struct g
 		return -1;
 	const struct gv_rule *rules = (const struct gv_rule *)(t + 1);
 	for (uint32_t i = 0; i < t->nrules; i++)
-		if (rules[i].flags & ~(uint32_t)(GV_RULE_MATCH_MSR | GV_RULE_MATCH_GPA))
+		if (rules[i].flags & ~(uint32_t)(GV_RULE_MATCH_MSR | GV_RULE_MATCH_GPA | GV_RULE_MATCH_VALUE))
 			return -1; /* a table from a newer compiler: refuse rather than misread it */
 	for (uint32_t i = 0; i < t->nrules; i++) {
 		if (rule_matches(&rules[i], c)) {
