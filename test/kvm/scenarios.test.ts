@@ -73,7 +73,16 @@ describe("scenarios on KVM", { skip: skipWithoutKvm }, () => {
     );
     assert.ok(denied.length >= 3);
     for (const e of s.events) {
-      assert.deepEqual(Object.keys(e).sort(), ["decidedBy", "kind", "latencyUs", "region", "rip", "seq", "symbol", "verdict"]);
+      assert.deepEqual(Object.keys(e).sort(), [
+        "decidedBy",
+        "kind",
+        "latencyUs",
+        "region",
+        "rip",
+        "seq",
+        "symbol",
+        "verdict",
+      ]);
     }
   });
 
