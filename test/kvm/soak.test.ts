@@ -12,7 +12,7 @@ import { skipWithoutKvm } from "../support/kvm.js";
 
 describe("soak on KVM", { skip: skipWithoutKvm }, () => {
   it("run --guests 3 --scenario (a mix) --duration S --hm-chaos --json: every request settled, every run passing", () => {
-    const seconds = Math.ceil(scaled(8000) / 1000);
+    const seconds = Math.ceil(scaled(3000) / 1000);
     const mix = ["text-patch", "store-movdqu", "syscall-hook", "benign"].flatMap((s) => ["--scenario", s]);
     const r = cli(
       ["run", "--guests", "3", ...mix, "--duration", String(seconds), "--hm-chaos", "--json"],
