@@ -239,6 +239,18 @@ export const SCENARIOS: readonly Scenario[] = [
     events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
   },
   {
+    name: "store-xsave",
+    description: "a module turns XSAVE on and saves its x87/SSE/AVX state (832 bytes, xsave) over kernel code",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
+    name: "store-vmovdqu-ymm",
+    description: "a module turns AVX on and writes 32 bytes of kernel code with vmovdqu from a YMM register",
+    result: { changed: "0" },
+    events: [{ kind: "protected-write", region: ".text", verdict: "deny", min: 1, max: 1, writer: "writer" }],
+  },
+  {
     name: "store-cross-page",
     description: "a module writes 8 bytes of kernel code across a page boundary (two protected pages)",
     result: { changed: "0" },

@@ -58,6 +58,8 @@ int scenario_store_call(void);
 int scenario_store_movdqu(void);
 int scenario_store_movntdq(void);
 int scenario_store_fxsave(void);
+int scenario_store_xsave(void);
+int scenario_store_vmovdqu_ymm(void);
 int scenario_store_cross_page(void);
 int scenario_store_straddle(void);
 

@@ -37,6 +37,8 @@ static const struct scenario scenarios[] = {
 	{ "store-movdqu", scenario_store_movdqu, NULL },
 	{ "store-movntdq", scenario_store_movntdq, NULL },
 	{ "store-fxsave", scenario_store_fxsave, NULL },
+	{ "store-xsave", scenario_store_xsave, NULL },
+	{ "store-vmovdqu-ymm", scenario_store_vmovdqu_ymm, NULL },
 	{ "store-cross-page", scenario_store_cross_page, NULL },
 	{ "store-straddle", scenario_store_straddle, NULL },
 };

@@ -18,6 +18,9 @@
  *   store-movdqu        16-byte SSE store to an unaligned .text address
  *   store-movntdq       16-byte non-temporal SSE store to an aligned .text address
  *   store-fxsave        fxsave: 512 bytes to an aligned .text address
+ *   store-xsave         xsave (x87, SSE, AVX state: 832 bytes) to an aligned
+ *                       .text address, after turning XSAVE on (CR4.OSXSAVE, XCR0)
+ *   store-vmovdqu-ymm   a 32-byte AVX store to a .text address
  *   store-cross-page    an 8-byte mov 4 bytes before a page boundary in .text:
  *                       it spans two protected pages
  *   store-straddle      an 8-byte mov at __text_start - 4: 4 ordinary RAM bytes
@@ -74,7 +77,7 @@ extern const uint8_t gv_store_rodata_target[RODATA_TARGET_SIZE];
 extern const char store_rep_movsb_insn[], store_rep_stosq_df_insn[], store_lock_add_insn[], store_xchg_insn[],
 	store_bts_insn[], store_cmpxchg_insn[], store_movnti_insn[], store_push_insn[], store_call_insn[],
 	store_movdqu_insn[], store_movntdq_insn[], store_fxsave_insn[], store_cross_page_insn[],
-	store_straddle_insn[];
+	store_straddle_insn[], store_xsave_insn[], store_vmovdqu_ymm_insn[];
 
 /* Where each form writes, as offsets into its target (disjoint, for clarity). */
 #define OFF_REP_MOVSB 0x000 /* 16 bytes */
@@ -87,6 +90,8 @@ extern const char store_rep_movsb_insn[], store_rep_stosq_df_insn[], store_lock_
 #define OFF_MOVDQU 0x1b3 /* 16 bytes, deliberately unaligned */
 #define OFF_MOVNTDQ 0x1d0 /* 16 bytes, 16-aligned */
 #define OFF_FXSAVE 0x200 /* 512 bytes, 16-aligned */
+#define OFF_XSAVE 0x400 /* 832 bytes, 64-aligned */
+#define OFF_VMOVDQU_YMM 0x780 /* 32 bytes */
 #define OFF_CROSS_PAGE (PAGE_SIZE - 4) /* 8 bytes over the boundary of the target's two pages */
 #define OFF_PUSH 0x000 /* in the .rodata target: RSP = +0x08 */
 #define OFF_CALL 0x040 /* in the .rodata target: RSP = +0x48 */
@@ -94,8 +99,9 @@ extern const char store_rep_movsb_insn[], store_rep_stosq_df_insn[], store_lock_
 #define PATTERN 0x1122334455667788ULL /* no byte of it is 0xcc or 0x5a */
 #define BTS_BIT 5 /* clear in 0xcc */
 #define FXSAVE_SIZE 512
+#define XSAVE_SIZE 832 /* legacy area, header, AVX (XCR0 = x87 | SSE | AVX) */
 
-static uint8_t before[FXSAVE_SIZE];
+static uint8_t before[XSAVE_SIZE];
 
 static void *text_at(size_t off)
 {
@@ -291,6 +297,48 @@ __attribute__((noipa)) static void evil_module_store_fxsave(void *dst)
 			 : "memory");
 }
 
+__attribute__((noipa)) static void evil_module_store_xsave(void *dst)
+{
+	__asm__ volatile(".globl store_xsave_insn\n"
+			 "store_xsave_insn:\n\t"
+			 "xsave (%0)"
+			 :
+			 : "r"(dst), "a"(7), "d"(0)
+			 : "memory");
+}
+
+/* Whatever YMM0 holds: the store is the attempt. */
+__attribute__((noipa)) static void evil_module_store_vmovdqu_ymm(void *dst)
+{
+	__asm__ volatile(".globl store_vmovdqu_ymm_insn\n"
+			 "store_vmovdqu_ymm_insn:\n\t"
+			 "vmovdqu %%ymm0, (%0)"
+			 :
+			 : "r"(dst)
+			 : "memory");
+}
+
+#define CPUID1_ECX_XSAVE (1u << 26)
+#define CPUID1_ECX_AVX (1u << 28)
+#define CR4_OSXSAVE (1ull << 18)
+
+/*
+ * Turn on XSAVE and AVX (CR4.OSXSAVE, XCR0 = x87 | SSE | AVX), as a kernel
+ * does at boot. 0 when the CPU has them.
+ */
+static int enable_avx(void)
+{
+	uint32_t a = 1, b, c = 0, d;
+	__asm__ volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d));
+	if ((c & (CPUID1_ECX_XSAVE | CPUID1_ECX_AVX)) != (CPUID1_ECX_XSAVE | CPUID1_ECX_AVX))
+		return -1;
+	uint64_t cr4;
+	__asm__ volatile("mov %%cr4, %0" : "=r"(cr4));
+	__asm__ volatile("mov %0, %%cr4" : : "r"(cr4 | CR4_OSXSAVE));
+	__asm__ volatile("xsetbv" : : "c"(0), "a"(7), "d"(0));
+	return 0;
+}
+
 __attribute__((noipa)) static void evil_module_store_cross_page(void *dst)
 {
 	__asm__ volatile(".globl store_cross_page_insn\n"
@@ -387,6 +435,26 @@ int scenario_store_cross_page(void)
 {
 	void *t = text_at(OFF_CROSS_PAGE);
 	return run_store("cross-page", evil_module_store_cross_page, t, t, 8, store_cross_page_insn);
+}
+
+int scenario_store_xsave(void)
+{
+	if (enable_avx() < 0) {
+		kprintf("GV-RESULT scenario=store-xsave error=no-xsave\n");
+		return 1;
+	}
+	void *t = text_at(OFF_XSAVE);
+	return run_store("xsave", evil_module_store_xsave, t, t, XSAVE_SIZE, store_xsave_insn);
+}
+
+int scenario_store_vmovdqu_ymm(void)
+{
+	if (enable_avx() < 0) {
+		kprintf("GV-RESULT scenario=store-vmovdqu-ymm error=no-avx\n");
+		return 1;
+	}
+	void *t = text_at(OFF_VMOVDQU_YMM);
+	return run_store("vmovdqu-ymm", evil_module_store_vmovdqu_ymm, t, t, 32, store_vmovdqu_ymm_insn);
 }
 
 /* Only the 4 bytes at __text_start are protected; the 4 below it are ordinary RAM. */
