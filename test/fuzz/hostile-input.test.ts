@@ -2,7 +2,7 @@
  * Fuzzing every input a guest or a misbehaving health VM controls, with
  * fast-check: exception frames on the guest stack, the code and registers
  * behind a protected write, exits through the dispatcher, IDC answers and
- * ring counters, kernel ELF images, audit logs. Each target states what must
+ * ring counters, kernel ELF images, audit logs, policy files. Each target states what must
  * hold for every input: no exception escapes (or only a GuardvisorError
  * naming the problem), and what is accepted is in range.
  *
@@ -24,7 +24,11 @@ import { loadElf } from "../../src/elf/elf.js";
 import { GuardvisorError } from "../../src/errors.js";
 import { IdcRegion } from "../../src/idc/channel.js";
 import { idcLayout } from "../../src/idc/layout.js";
+import { packageRoot } from "../../src/kvm/native.js";
 import { type Regs, zeroRegs } from "../../src/kvm/structs.js";
+import { readPolicyKernel } from "../../src/policy/compile-file.js";
+import { parsePolicyText } from "../../src/policy/load.js";
+import { resolvePolicy } from "../../src/policy/resolve.js";
 import { defaultKernelPath } from "../../src/runner.js";
 import { writePageTables } from "../../src/vmm/boot.js";
 import { emptyContext } from "../../src/vmm/context.js";
@@ -279,6 +283,34 @@ describe("fuzz: audit logs", () => {
         },
       ),
       params(),
+    );
+  });
+});
+
+describe("fuzz: policy files", () => {
+  const shipped = readFileSync(join(packageRoot(), "policies", "legit-patch.yaml"), "utf8");
+  const kernel = readPolicyKernel(defaultKernelPath());
+  it("a mutated policy loads and resolves, or fails with one CONFIG_INVALID naming where", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.nat({ max: shipped.length - 1 }), fc.nat({ max: 40 }), fc.string({ maxLength: 12 })), {
+          minLength: 1,
+          maxLength: 4,
+        }),
+        (edits) => {
+          let text = shipped;
+          for (const [at, cut, put] of edits) text = text.slice(0, at) + put + text.slice(at + cut);
+          try {
+            const p = resolvePolicy(parsePolicyText(text, "fuzz.yaml"), kernel);
+            compilePolicy(p, makeRegions(kernel.regions, 32 << 20));
+          } catch (e) {
+            assert.ok(e instanceof GuardvisorError, `not a GuardvisorError: ${(e as Error)?.stack ?? String(e)}`);
+            assert.equal(e.code, "CONFIG_INVALID");
+            assert.match(e.message, /^fuzz\.yaml(:\d+:\d+)?: /);
+          }
+        },
+      ),
+      params(Math.max(50, RUNS / 4)),
     );
   });
 });
