@@ -238,7 +238,6 @@ IOCTL_INT(CheckExtension, KVM_CHECK_EXTENSION)
 IOCTL_INT(CreateVm, KVM_CREATE_VM)
 IOCTL_INT(GetVcpuMmapSize, KVM_GET_VCPU_MMAP_SIZE)
 IOCTL_INT(CreateVcpu, KVM_CREATE_VCPU)
-IOCTL_INT(SetTssAddr, KVM_SET_TSS_ADDR)
 IOCTL_INT(GetTscKhz, KVM_GET_TSC_KHZ)
 
 /* ---------- ioctls with a fixed-size struct in a caller's buffer ---------- */
@@ -272,7 +271,6 @@ IOCTL_BUF(GetVcpuEvents, KVM_GET_VCPU_EVENTS, struct kvm_vcpu_events)
 IOCTL_BUF(SetVcpuEvents, KVM_SET_VCPU_EVENTS, struct kvm_vcpu_events)
 IOCTL_BUF(SetGuestDebug, KVM_SET_GUEST_DEBUG, struct kvm_guest_debug)
 IOCTL_BUF(EnableCap, KVM_ENABLE_CAP, struct kvm_enable_cap)
-IOCTL_BUF(Translate, KVM_TRANSLATE, struct kvm_translation)
 
 /* Variable-length structs: the header says how many entries follow; check the buffer holds them. */
 static napi_value ioctl_var(napi_env env, napi_callback_info info, unsigned long req, const char *name,
@@ -291,9 +289,6 @@ static napi_value ioctl_var(napi_env env, napi_callback_info info, unsigned long
   return ret_i32(env, r);
 }
 
-static napi_value GetMsrs(napi_env env, napi_callback_info info) {
-  return ioctl_var(env, info, KVM_GET_MSRS, "KVM_GET_MSRS", sizeof(struct kvm_msrs), sizeof(struct kvm_msr_entry));
-}
 static napi_value SetMsrs(napi_env env, napi_callback_info info) {
   return ioctl_var(env, info, KVM_SET_MSRS, "KVM_SET_MSRS", sizeof(struct kvm_msrs), sizeof(struct kvm_msr_entry));
 }
@@ -614,10 +609,6 @@ static napi_value make_layouts(napi_env env) {
   OFF(kvm_cpuid2, struct kvm_cpuid2, "entries", entries);
   new_layout(env, layouts, "kvm_cpuid_entry2", sizeof(struct kvm_cpuid_entry2));
 
-  LAYOUT(kvm_translation, struct kvm_translation);
-  OFF(kvm_translation, struct kvm_translation, "linear_address", linear_address);
-  OFF(kvm_translation, struct kvm_translation, "physical_address", physical_address);
-  OFF(kvm_translation, struct kvm_translation, "valid", valid);
   return layouts;
 }
 
@@ -658,7 +649,6 @@ static napi_value Init(napi_env env, napi_value exports) {
       FN("getVcpuMmapSize", GetVcpuMmapSize),
       FN("getSupportedCpuid", GetSupportedCpuid),
       FN("createVcpu", CreateVcpu),
-      FN("setTssAddr", SetTssAddr),
       FN("getTscKhz", GetTscKhz),
       FN("setUserMemoryRegion", SetUserMemoryRegion),
       FN("enableCap", EnableCap),
@@ -668,13 +658,11 @@ static napi_value Init(napi_env env, napi_value exports) {
       FN("setRegs", SetRegs),
       FN("getSregs", GetSregs),
       FN("setSregs", SetSregs),
-      FN("getMsrs", GetMsrs),
       FN("setMsrs", SetMsrs),
       FN("getVcpuEvents", GetVcpuEvents),
       FN("setVcpuEvents", SetVcpuEvents),
       FN("setGuestDebug", SetGuestDebug),
       FN("setCpuid2", SetCpuid2),
-      FN("translate", Translate),
       FN("mmapAnonymous", MmapAnonymous),
       FN("mmapFd", MmapFd),
       FN("munmap", Munmap),

@@ -17,6 +17,7 @@ import { HealthManager, type HmRestart } from "./health/health-manager.js";
 import type { InjectSpec } from "./idc/channel.js";
 import { Kvm } from "./kvm/kvm.js";
 import { packageRoot } from "./kvm/native.js";
+import { guestName } from "./names.js";
 import { readPolicyKernel } from "./policy/compile-file.js";
 import { loadPolicyFile } from "./policy/load.js";
 import { type PolicyKernel, resolvePolicy } from "./policy/resolve.js";
@@ -329,7 +330,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
     const repeats = new RepeatLog((g, ev, count, lastMs) =>
       audit?.append({
         time: new Date(lastMs).toISOString(),
-        vm: `guest${g}`,
+        vm: guestName(g),
         kind: "repeat",
         of: ev.seq,
         event: ev.kind,
@@ -387,7 +388,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
             else life.unmatchedReports++;
             audit?.append({
               time: new Date().toISOString(),
-              vm: `guest${g}`,
+              vm: guestName(g),
               kind: "guest-report",
               seq: ev?.seq ?? null,
               vector: r.vector,
@@ -417,7 +418,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
             list.push(s);
             foldPrev = { raw: e, summary: s };
             bySeq.set(e.seq, s);
-            audit?.append(auditRecord(n, self, `guest${g}`));
+            audit?.append(auditRecord(n, self, guestName(g)));
             opts.onEvent?.(s, g);
           },
         });
@@ -429,7 +430,9 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
             guestPolicy = reloaded;
           } catch (e) {
             // Checked against the guests running then, not this one (an MSR this VM does not filter).
-            life.serial.push(`--- guardvisor: guest${g} keeps policy ${guestPolicy.name}: ${(e as Error).message} ---`);
+            life.serial.push(
+              `--- guardvisor: ${guestName(g)} keeps policy ${guestPolicy.name}: ${(e as Error).message} ---`,
+            );
           }
         }
         opts.onGuestState?.(g, "running");
@@ -481,7 +484,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         life.restarts++;
         life.restartTimes.push(now);
         opts.onGuestState?.(g, "restarting");
-        life.serial.push(`--- guardvisor: guest${g} restarted (${life.restarts}): ${stop.detail} ---`);
+        life.serial.push(`--- guardvisor: ${guestName(g)} restarted (${life.restarts}): ${stop.detail} ---`);
         await vm.destroy();
       }
     };
@@ -491,7 +494,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
       const hash = policyHashOf(compiled.table);
       audit?.append({
         time: new Date().toISOString(),
-        vm: `guest${g}`,
+        vm: guestName(g),
         kind: "policy-reload",
         policy: p.name,
         hash: `0x${hash.toString(16)}`,
@@ -575,7 +578,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
       guests,
       summary: {
         decider,
-        guests: guests.map(({ summary: { decider: _d, healthVm: _h, ...rest } }, g) => ({ vm: `guest${g}`, ...rest })),
+        guests: guests.map(({ summary: { decider: _d, healthVm: _h, ...rest } }, g) => ({ vm: guestName(g), ...rest })),
         healthVm,
         ...(soak ? { soak: soak.summary(health, healthVm.restarts) } : {}),
       },

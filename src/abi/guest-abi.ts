@@ -81,6 +81,7 @@ export const ABI_CONSTANTS = {
   IDC_SLOTS: 16, // request/response slots per guest
   IDC_MAX_GUESTS: 16,
   IDC_REQ_WITHDRAWN: 1, // request flag: settled by the VMM; skip it without answering
+  IDC_CHECK_WORD: 0x5a5a5a5a, // mixed into a response's check word (gv_idc_response.check)
   HM_STATE_BOOTING: 0,
   HM_STATE_READY: 1,
 
@@ -126,6 +127,13 @@ export const VERDICTS = {
   halt: 8,
 } as const;
 export type Verdict = keyof typeof VERDICTS;
+
+const VERDICT_BY_NUMBER = new Map<number, Verdict>(Object.entries(VERDICTS).map(([k, v]) => [v, k as Verdict]));
+
+/** The verdict a number names, or undefined for a number that names none (it may come from a guest). */
+export function verdictOf(n: number): Verdict | undefined {
+  return VERDICT_BY_NUMBER.get(n);
+}
 
 export const BOOT_INFO = defineStruct(
   "gv_boot_info",
@@ -276,7 +284,7 @@ export const IDC_RESPONSE = defineStruct("gv_idc_response", "A response slot: th
   { name: "verdict", type: "u32", doc: "GV_VERDICT_*" },
   { name: "rule", type: "u32", doc: "matching rule index, or GV_RULE_DEFAULT" },
   { name: "policy_hash", type: "u32", doc: "policy_hash of the rule table the verdict came from" },
-  { name: "check", type: "u32", doc: "seq ^ verdict ^ rule ^ policy_hash ^ 0x5a5a5a5a (low 32 bits)" },
+  { name: "check", type: "u32", doc: "seq ^ verdict ^ rule ^ policy_hash ^ GV_IDC_CHECK_WORD (low 32 bits)" },
 ]);
 
 /** The compiled rule table both deciders load. */

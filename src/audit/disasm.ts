@@ -8,7 +8,7 @@
  * WebAssembly module is loaded on first use, so commands that never
  * disassemble do not pay for it.
  */
-import { type Iced, icedLoadError, loadIced } from "../x86/iced.js";
+import { type Iced, loadIced } from "../x86/iced.js";
 
 /** The most bytes the decoder is given (the context record holds 16). */
 export const MAX_INSN_BYTES = 16;
@@ -20,11 +20,6 @@ export interface DecodedInsn {
   bytes: string;
   /** Intel syntax, e.g. "mov qword ptr [rax],rdx"; "(bad)" when the bytes are not a valid instruction. */
   text: string;
-}
-
-/** Why the decoder is unavailable, or "" when it loaded (or was not tried yet). */
-export function decoderLoadError(): string {
-  return icedLoadError();
 }
 
 /**

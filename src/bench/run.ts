@@ -16,6 +16,7 @@ import { loadElf } from "../elf/elf.js";
 import { GuardvisorError, isGuardvisorError } from "../errors.js";
 import { HealthManager, HM_DEFAULTS } from "../health/health-manager.js";
 import { Kvm } from "../kvm/kvm.js";
+import { guestName } from "../names.js";
 import { defaultKernelPath, HM_MEM_MIB } from "../runner.js";
 import { timeScale } from "../time-scale.js";
 import { MIB } from "../vmm/boot.js";
@@ -330,7 +331,7 @@ class Bench {
       }
     }
     for (const r of runs) this.checkTsc(r.tscKhz, what);
-    return runs.map((r, g) => ({ ...r, what: guests > 1 ? `${what}, guest${g}` : what }));
+    return runs.map((r, g) => ({ ...r, what: guests > 1 ? `${what}, ${guestName(g)}` : what }));
   }
 
   /** A timed Guardvisor run: the guest's numbers and the dispatcher's latencies of the measured events. */

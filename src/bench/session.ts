@@ -13,6 +13,7 @@ import { DEFAULT_POLICY } from "../decide/policy.js";
 import { GuardvisorError } from "../errors.js";
 import type { HealthManager } from "../health/health-manager.js";
 import type { Kvm } from "../kvm/kvm.js";
+import { guestName } from "../names.js";
 import { MIB } from "../vmm/boot.js";
 import type { CapturedEvent } from "../vmm/dispatcher.js";
 import { GuestVm } from "../vmm/guest-vm.js";
@@ -75,7 +76,7 @@ class EventCheck {
     else if (e.decidedBy !== this.spec.decider) problem = `event ${e.seq} decided by ${e.decidedBy}: ${e.reason}`;
     if (problem) {
       this.bad++;
-      if (this.problems.length < MAX_PROBLEMS) this.problems.push(`guest${this.guest}: ${problem}`);
+      if (this.problems.length < MAX_PROBLEMS) this.problems.push(`${guestName(this.guest)}: ${problem}`);
     }
   }
 }
@@ -118,7 +119,7 @@ export async function runGuardvisor(spec: GuestRunSpec): Promise<GuestRunResult[
     if (sampler) clearInterval(sampler);
     return vms.map((vm, g) => {
       const stop = stops[g]!;
-      const who = `${spec.what}, guest${g}`;
+      const who = `${spec.what}, ${guestName(g)}`;
       if (stop.timedOut) {
         throw new GuardvisorError("GUEST_FAULT", `${who}: stopped after the ${spec.timeoutMs / 1000} s time limit`);
       }

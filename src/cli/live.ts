@@ -18,6 +18,7 @@
 import { stripVTControlCharacters } from "node:util";
 import pc from "picocolors";
 import { ABI_CONSTANTS as C } from "../abi/guest-abi.js";
+import { guestName } from "../names.js";
 import { msrName, VECTOR_NAMES } from "../policy/names.js";
 import type { SummaryEvent } from "../runner.js";
 
@@ -184,7 +185,7 @@ export function createLiveView(opts: LiveViewOptions): LiveView {
     const by = paintVerdict(e, `(${e.decidedBy}, ${formatLatency(e.latencyUs)})`);
     const note = e.note ? ` — ${e.note}` : "";
     const times = r.count === 1 ? "" : ` ${c.bold(`×${count(r.count)}`)}`;
-    return `${c.dim(formatClock(at))} ${c.bold(`guest${r.guest}`)} #${r.first.seq} ${what(e).join(" ")} ${verdict} ${by}${note}${times}`;
+    return `${c.dim(formatClock(at))} ${c.bold(guestName(r.guest))} #${r.first.seq} ${what(e).join(" ")} ${verdict} ${by}${note}${times}`;
   };
 
   const rowsOf = (line: string): number => {
@@ -245,7 +246,8 @@ export function createLiveView(opts: LiveViewOptions): LiveView {
     const elapsed = (now() - startedAt) / 1000;
     const guests = [...new Set([...states.keys(), ...perGuest.keys()])].sort((a, b) => a - b);
     const parts = [`${elapsed.toFixed(1)} s`, `${count(total)} event${total === 1 ? "" : "s"}`];
-    for (const g of guests) parts.push(`guest${g} ${states.get(g) ?? "running"} (${count(perGuest.get(g) ?? 0)})`);
+    for (const g of guests)
+      parts.push(`${guestName(g)} ${states.get(g) ?? "running"} (${count(perGuest.get(g) ?? 0)})`);
     const text = parts.join(" · ");
     const cols = (stream.columns && stream.columns > 0 ? stream.columns : 80) - 1;
     const chars = [...text];

@@ -8,6 +8,7 @@ import { GuardvisorError, isGuardvisorError } from "../errors.js";
 import { HM_DEFAULTS } from "../health/health-manager.js";
 import type { InjectSpec } from "../idc/channel.js";
 import { runInLabIfNoKvm } from "../lab/fallback.js";
+import { guestName } from "../names.js";
 import { readPolicyKernel } from "../policy/compile-file.js";
 import { loadPolicyFile } from "../policy/load.js";
 import { resolvePolicy } from "../policy/resolve.js";
@@ -151,7 +152,7 @@ function printMulti(r: MultiRunReport): void {
   const out = process.stdout;
   out.write(`${r.guests.length} guests, decider ${r.summary.decider}\n`);
   r.guests.forEach((g, i) => {
-    out.write(`\n== guest${i}: `);
+    out.write(`\n== ${guestName(i)}: `);
     printReadable(g, false);
   });
   printHealthVm(r.summary.healthVm);
@@ -322,7 +323,7 @@ async function runCommand(flags: RunFlags): Promise<number> {
       control,
       scenarios: flags.scenario,
       guests: flags.guests,
-      onSerial: flags.serial ? (line, g) => observers.print(`guest${g}| ${line}`, process.stderr) : undefined,
+      onSerial: flags.serial ? (line, g) => observers.print(`${guestName(g)}| ${line}`, process.stderr) : undefined,
       onHmSerial: flags.serial ? (line) => observers.print(`hm| ${line}`, process.stderr) : undefined,
       onEvent: observers.onEvent,
       onRepeat: observers.onRepeat,
@@ -346,7 +347,7 @@ async function runCommand(flags: RunFlags): Promise<number> {
   if (flags.json) process.stdout.write(`${JSON.stringify(single ? single.summary : report.summary)}\n`);
   else if (single) printReadable(single);
   else printMulti(report);
-  const problems = report.guests.flatMap((g, i) => g.problems.map((p) => (single ? p : `guest${i}: ${p}`)));
+  const problems = report.guests.flatMap((g, i) => g.problems.map((p) => (single ? p : `${guestName(i)}: ${p}`)));
   const ok = report.guests.every((g) => g.summary.guest.outcome === "completed") && problems.length === 0;
   if (!ok && flags.json && problems.length > 0) {
     process.stderr.write(`guardvisor: scenario check failed: ${problems.join("; ")}\n`);

@@ -3,8 +3,9 @@
  * metrics endpoint, behind the runner's callbacks. `run` starts them before
  * the guests and closes them before printing its summary.
  */
-import { guestName, Metrics } from "../metrics/metrics.js";
+import { Metrics } from "../metrics/metrics.js";
 import { type MetricsServer, startMetricsServer } from "../metrics/server.js";
+import { guestName } from "../names.js";
 import { createLiveView, type LiveEvent, type LiveHealthRestart, type LiveStream, type LiveView } from "./live.js";
 
 export interface ObserveOptions {

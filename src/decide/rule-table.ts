@@ -11,11 +11,11 @@ import {
   RULE_TABLE_HEADER,
   VERDICTS,
   type Verdict,
+  verdictOf,
 } from "../abi/guest-abi.js";
 import { GuardvisorError } from "../errors.js";
 import type { CompiledRule } from "./policy.js";
 
-const VERDICT_BY_NUMBER = new Map<number, Verdict>(Object.entries(VERDICTS).map(([k, v]) => [v, k as Verdict]));
 const H = (n: string) => RULE_TABLE_HEADER.offset(n);
 const R = (n: string) => RULE.offset(n);
 const U64_MAX = 0xffffffffffffffffn;
@@ -98,7 +98,7 @@ export function decodeRuleTable(buf: Uint8Array): RuleTableContent {
   if (n > C.RULES_MAX) throw bad(`${n} rules, at most ${C.RULES_MAX}`);
   if (buf.length < ruleTableSize(n)) throw bad("truncated rules");
   const verdict = (x: number, where: string): Verdict => {
-    const vd = VERDICT_BY_NUMBER.get(x);
+    const vd = verdictOf(x);
     if (!vd) throw bad(`${where}: verdict ${x} out of range`);
     return vd;
   };

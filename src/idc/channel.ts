@@ -20,14 +20,13 @@ import {
   IDC_REQUEST,
   IDC_RESPONSE,
   RULE_TABLE_HEADER,
-  VERDICTS,
   type Verdict,
+  verdictOf,
 } from "../abi/guest-abi.js";
 import { GuardvisorError } from "../errors.js";
 import { type ContextRecord, encodeContext } from "../vmm/context.js";
 import type { IdcLayout } from "./layout.js";
 
-const VERDICT_BY_NUMBER = new Map<number, Verdict>(Object.entries(VERDICTS).map(([k, v]) => [v, k as Verdict]));
 const HDR = (n: string) => IDC_HEADER.offset(n);
 const CTL = (n: string) => IDC_GUEST_CTL.offset(n);
 const REQ = (n: string) => IDC_REQUEST.offset(n);
@@ -39,7 +38,7 @@ export type ResponseState =
   | { state: "invalid"; why: string; unknownPolicy?: boolean };
 
 export function responseCheck(seq: bigint, verdict: number, rule: number, policyHash: number): number {
-  return (Number(seq & 0xffffffffn) ^ verdict ^ rule ^ policyHash ^ 0x5a5a5a5a) >>> 0;
+  return (Number(seq & 0xffffffffn) ^ verdict ^ rule ^ policyHash ^ C.IDC_CHECK_WORD) >>> 0;
 }
 
 /** A compiled policy as the channel validates answers against it. */
@@ -363,7 +362,7 @@ export class IdcChannel {
     if (check !== responseCheck(seq, vnum, rule, policyHash)) {
       return { state: "invalid", why: `bad check word for request ${seq}` };
     }
-    const verdict = VERDICT_BY_NUMBER.get(vnum);
+    const verdict = verdictOf(vnum);
     if (!verdict) return { state: "invalid", why: `verdict ${vnum} out of range` };
     const policy = this.policies.get(policyHash);
     if (policy === undefined) {

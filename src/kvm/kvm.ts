@@ -333,21 +333,6 @@ export class Vcpu {
     wrapNative("KVM_SET_CPUID2", () => native().setCpuid2(this.fd, cpuid));
   }
 
-  /** KVM_GET_MSRS for the given indices. */
-  getMsrs(indices: readonly number[]): Map<number, bigint> {
-    const buf = this.msrBuffer(indices.map((i) => [i, 0n]));
-    const n = wrapNative("KVM_GET_MSRS", () => native().getMsrs(this.fd, buf));
-    const E = kernelLayout("kvm_msr_entry");
-    const base = kernelLayout("kvm_msrs").off("entries");
-    const v = new DataView(buf.buffer);
-    const out = new Map<number, bigint>();
-    for (let i = 0; i < n; i++) {
-      const at = base + i * E.size;
-      out.set(v.getUint32(at + E.off("index"), true), v.getBigUint64(at + E.off("data"), true));
-    }
-    return out;
-  }
-
   /** KVM_SET_MSRS. */
   setMsrs(entries: ReadonlyArray<readonly [number, bigint]>): void {
     const n = this.trySetMsrs(entries);

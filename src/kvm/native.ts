@@ -26,7 +26,6 @@ export interface NativeKvm {
   getVcpuMmapSize(kvmFd: number): number;
   getSupportedCpuid(kvmFd: number, buf: Bytes): number;
   createVcpu(vmFd: number, id: number): number;
-  setTssAddr(vmFd: number, addr: number): number;
   getTscKhz(vcpuFd: number): number;
   setUserMemoryRegion(vmFd: number, slot: number, flags: number, gpa: number, size: number, hostAddr: bigint): void;
   enableCap(vmFd: number, buf: Bytes): number;
@@ -36,13 +35,11 @@ export interface NativeKvm {
   setRegs(vcpuFd: number, buf: Bytes): number;
   getSregs(vcpuFd: number, buf: Bytes): number;
   setSregs(vcpuFd: number, buf: Bytes): number;
-  getMsrs(vcpuFd: number, buf: Bytes): number;
   setMsrs(vcpuFd: number, buf: Bytes): number;
   getVcpuEvents(vcpuFd: number, buf: Bytes): number;
   setVcpuEvents(vcpuFd: number, buf: Bytes): number;
   setGuestDebug(vcpuFd: number, buf: Bytes): number;
   setCpuid2(vcpuFd: number, buf: Bytes): number;
-  translate(vcpuFd: number, buf: Bytes): number;
   mmapAnonymous(size: number): bigint;
   mmapFd(fd: number, size: number): bigint;
   munmap(addr: bigint, size: number): void;

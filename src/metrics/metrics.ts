@@ -25,9 +25,6 @@ export interface MetricsEvent {
   latencyUs: number;
 }
 
-/** A guest's name in metrics, summaries and audit records. */
-export const guestName = (guest: number): string => `guest${guest}`;
-
 export interface MetricsOptions {
   /** Monotonic clock in milliseconds, for exits per second (default: performance.now). */
   now?: () => number;

@@ -22,29 +22,6 @@ export function hasCpuErrorCode(vector: number): boolean {
   );
 }
 
-export const VECTOR_NAMES: Record<number, string> = {
-  0: "#DE",
-  1: "#DB",
-  2: "NMI",
-  3: "#BP",
-  4: "#OF",
-  5: "#BR",
-  6: "#UD",
-  7: "#NM",
-  8: "#DF",
-  10: "#TS",
-  11: "#NP",
-  12: "#SS",
-  13: "#GP",
-  14: "#PF",
-  16: "#MF",
-  17: "#AC",
-  18: "#MC",
-  19: "#XM",
-  20: "#VE",
-  21: "#CP",
-};
-
 export interface ExceptionFrame {
   vector: number;
   errorCode: bigint;

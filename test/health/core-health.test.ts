@@ -146,25 +146,35 @@ for (const engine of ENGINES)
     }
 
     it("loses no request and doubles none when the engine crashes with two guests' requests in flight", async () => {
-      await withHealth(engine, { mode: C.INJECT_CRASH, at: 37, slowUs: 0 }, 2, async (hm) => {
-        const all = await decideOn(hm, 2, 60);
-        const flat = all.flat();
-        assert.equal(flat.length, 120);
-        assert.equal(
-          flat.filter((x) => x.decidedBy === "failsafe").length,
-          1,
-          "only the request it died on fails safe",
-        );
-        assert.ok(flat.every((x) => x.verdict === "deny"));
-        assert.equal(hm.status().restarts, 1);
-        for (let g = 0; g < 2; g++) {
-          const ch = hm.region.channel(g);
-          assert.equal(ch.published, 60n);
-          assert.equal(ch.settled, 60n);
-        }
-        // The engine answered every request but the poisoned one (re-sent ones count once more at most).
-        assert.ok(hm.status().requests >= 119, `${hm.status().requests} answered`);
-      });
+      // A deadline long enough that the other guest's request in flight meets the crash (re-sent to the
+      // new engine), not its own deadline, even on a loaded host.
+      const deadline = scaled(1000);
+      await withHealth(
+        engine,
+        { mode: C.INJECT_CRASH, at: 37, slowUs: 0 },
+        2,
+        async (hm) => {
+          const all = await decideOn(hm, 2, 60);
+          const flat = all.flat();
+          assert.equal(flat.length, 120);
+          assert.equal(
+            flat.filter((x) => x.decidedBy === "failsafe").length,
+            1,
+            "only the request it died on fails safe",
+          );
+          assert.ok(flat.every((x) => x.verdict === "deny"));
+          assert.equal(hm.status().restarts, 1);
+          for (let g = 0; g < 2; g++) {
+            const ch = hm.region.channel(g);
+            assert.equal(ch.published, 60n);
+            assert.equal(ch.settled, 60n);
+          }
+          // The engine answered every request but the poisoned one (re-sent ones count once more at most).
+          assert.ok(hm.status().requests >= 119, `${hm.status().requests} answered`);
+        },
+        undefined,
+        deadline,
+      );
     });
 
     it("hot reload: answers switch to the new policy mid-run, none lost or failed safe", async () => {

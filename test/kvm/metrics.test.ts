@@ -6,8 +6,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { createLiveView } from "../../src/cli/live.js";
-import { guestName, Metrics } from "../../src/metrics/metrics.js";
+import { Metrics } from "../../src/metrics/metrics.js";
 import { startMetricsServer } from "../../src/metrics/server.js";
+import { guestName } from "../../src/names.js";
 import { type RunOptions, runGuest, type SummaryEvent } from "../../src/runner.js";
 import { skipWithoutKvm } from "../support/kvm.js";
 import { sample } from "../support/prom.js";

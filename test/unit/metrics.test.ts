@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { register as globalRegistry } from "prom-client";
-import { guestName, LATENCY_BUCKETS_S, Metrics, type MetricsEvent } from "../../src/metrics/metrics.js";
+import { LATENCY_BUCKETS_S, Metrics, type MetricsEvent } from "../../src/metrics/metrics.js";
+import { guestName } from "../../src/names.js";
 import { parseProm, sample } from "../support/prom.js";
 
 const deny = (vm: string, latencyUs: number, decidedBy = "hm-vm"): MetricsEvent => ({

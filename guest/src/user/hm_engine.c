@@ -229,7 +229,7 @@ static int serve(volatile struct gv_idc_header *h, uint32_t g)
 	resp->verdict = verdict;
 	resp->rule = rule;
 	resp->policy_hash = policy_hash;
-	resp->check = (uint32_t)seq ^ verdict ^ rule ^ policy_hash ^ 0x5a5a5a5au;
+	resp->check = (uint32_t)seq ^ verdict ^ rule ^ policy_hash ^ GV_IDC_CHECK_WORD;
 	st64(&resp->seq, seq);
 	st64(&ctl->resp_published, seq);
 	h->hm_requests = n;
