@@ -3,13 +3,13 @@
  * CLI summary (DESIGN.md, CLI): outcome, integrity, and every event. With the
  * hm-vm decider (the default) one health VM serves every guest.
  */
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ABI_CONSTANTS as C, type EventKind, type Verdict } from "./abi/guest-abi.js";
 import { AuditLog, auditRecord } from "./audit.js";
 import type { DeciderName } from "./decide/decider.js";
 import { DEFAULT_POLICY, type Policy } from "./decide/policy.js";
 import { policyHashOf } from "./decide/rule-table.js";
+import { defaultKernelPath, readKernelFile } from "./elf/kernel-file.js";
 import { configError, GuardvisorError } from "./errors.js";
 import { RepeatLog, sameEvent } from "./event-fold.js";
 import { VmEngineBackend } from "./health/backends.js";
@@ -189,21 +189,6 @@ export interface MultiRunReport {
   guests: RunReport[];
 }
 
-export function defaultKernelPath(): string {
-  return join(packageRoot(), "guest", "out", "gv-kernel.elf");
-}
-
-function readKernel(path: string): Uint8Array {
-  try {
-    return readFileSync(path);
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    const why = err.code === "ENOENT" ? "no such file" : (err.message ?? String(e));
-    const hint = path === defaultKernelPath() ? " (build the guest with 'npm run build')" : "";
-    throw new GuardvisorError("IO", `cannot read kernel ${path}: ${why}${hint}`);
-  }
-}
-
 /**
  * The checks a run makes before it needs KVM (scenarios, guest count, memory
  * size, the kernel file): the CLI makes them on the host before it moves a
@@ -213,7 +198,7 @@ export function checkRunOptions(opts: RunOptions): void {
   guestScenarios(opts);
   checkSoak(opts);
   validateMemMiB(opts.memMiB ?? DEFAULT_MEM_MIB);
-  readKernel(opts.kernelPath ?? defaultKernelPath());
+  readKernelFile(opts.kernelPath ?? defaultKernelPath());
 }
 
 function checkSoak(opts: RunOptions): void {
@@ -275,7 +260,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
   const soak = opts.durationMs === undefined ? undefined : new Soak(opts, scenarios.length);
   const memSize = validateMemMiB(opts.memMiB ?? DEFAULT_MEM_MIB);
   const kernelPath = opts.kernelPath ?? defaultKernelPath();
-  const kernel = readKernel(kernelPath);
+  const kernel = readKernelFile(kernelPath);
   const decider = opts.decider ?? DEFAULT_DECIDER;
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
 
@@ -301,7 +286,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
   try {
     if (decider === "hm-vm") {
       // The health VM always runs gv-kernel, whatever kernel the guests run.
-      const hmKernel = kernelPath === defaultKernelPath() ? kernel : readKernel(defaultKernelPath());
+      const hmKernel = kernelPath === defaultKernelPath() ? kernel : readKernelFile(defaultKernelPath());
       health = await HealthManager.start({
         backend: new VmEngineBackend(kvm, hmKernel, defaultKernelPath(), HM_MEM_MIB, opts.onHmSerial),
         nguests: scenarios.length,

@@ -13,11 +13,12 @@
 import { readFileSync } from "node:fs";
 import type { DeciderName } from "../decide/decider.js";
 import { loadElf } from "../elf/elf.js";
+import { defaultKernelPath } from "../elf/kernel-file.js";
 import { GuardvisorError, isGuardvisorError } from "../errors.js";
 import { HealthManager, HM_DEFAULTS } from "../health/health-manager.js";
 import { Kvm } from "../kvm/kvm.js";
 import { guestName } from "../names.js";
-import { defaultKernelPath, HM_MEM_MIB } from "../runner.js";
+import { HM_MEM_MIB } from "../runner.js";
 import { timeScale } from "../time-scale.js";
 import { MIB } from "../vmm/boot.js";
 import { type BaselineOptions, type BaselineRun, runBaseline } from "./baseline.js";

@@ -4,6 +4,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { ABI_CONSTANTS } from "../abi/guest-abi.js";
 import { DECIDERS, type DeciderName } from "../decide/decider.js";
+import { defaultKernelPath } from "../elf/kernel-file.js";
 import { GuardvisorError, isGuardvisorError } from "../errors.js";
 import { HM_DEFAULTS } from "../health/health-manager.js";
 import type { InjectSpec } from "../idc/channel.js";
@@ -18,7 +19,6 @@ import {
   DEFAULT_HANG_TIMEOUT_MS,
   DEFAULT_MEM_MIB,
   DEFAULT_TIMEOUT_MS,
-  defaultKernelPath,
   type MultiRunReport,
   type RunControl,
   type RunOptions,

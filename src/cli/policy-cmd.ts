@@ -5,6 +5,7 @@
 import type { Command } from "commander";
 import { RULE_TABLE_HEADER } from "../abi/guest-abi.js";
 import type { Policy } from "../decide/policy.js";
+import { defaultKernelPath } from "../elf/kernel-file.js";
 import {
   compilePolicyFile,
   compilePolicyForKernel,
@@ -12,7 +13,6 @@ import {
   writeRuleTableFile,
 } from "../policy/compile-file.js";
 import { loadPolicyFile } from "../policy/load.js";
-import { defaultKernelPath } from "../runner.js";
 
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
 

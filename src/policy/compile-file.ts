@@ -2,11 +2,11 @@
  * A policy file compiled against a kernel image: what `guardvisor policy
  * compile` writes and what a run loads.
  */
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { type CompiledPolicy, compilePolicy, type Policy } from "../decide/policy.js";
 import { parseElf } from "../elf/elf.js";
+import { defaultKernelPath, readKernelFile } from "../elf/kernel-file.js";
 import { GuardvisorError } from "../errors.js";
-import { defaultKernelPath } from "../runner.js";
 import { makeRegions, type ProtectedRegion } from "../vmm/protection.js";
 import { loadPolicyFile, type PolicyFile } from "./load.js";
 import { type PolicyKernel, policyKernel, resolvePolicy } from "./resolve.js";
@@ -25,16 +25,7 @@ export interface CompiledPolicyFile {
  * @throws GuardvisorError IO when it cannot be read, ELF_INVALID when it is not a valid image.
  */
 export function readPolicyKernel(path: string): PolicyKernel {
-  let bytes: Uint8Array;
-  try {
-    bytes = readFileSync(path);
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    const why = err.code === "ENOENT" ? "no such file" : (err.message ?? String(e));
-    const hint = path === defaultKernelPath() ? " (build the guest with 'npm run build')" : "";
-    throw new GuardvisorError("IO", `cannot read kernel ${path}: ${why}${hint}`);
-  }
-  return policyKernel(parseElf(bytes), path);
+  return policyKernel(parseElf(readKernelFile(path)), path);
 }
 
 /** Resolves and compiles an already loaded policy file against a kernel. */

@@ -7,8 +7,9 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "n
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
+import { defaultKernelPath } from "../../src/elf/kernel-file.js";
 import { GuardvisorError } from "../../src/errors.js";
-import { defaultKernelPath, runGuest } from "../../src/runner.js";
+import { runGuest } from "../../src/runner.js";
 import { cli } from "../support/cli.js";
 import { skipWithoutKvm } from "../support/kvm.js";
 
