@@ -7,7 +7,7 @@
  */
 import { CONTEXT_FLAGS, REG_NAMES } from "../abi/guest-abi.js";
 import type { Symbolizer } from "../elf/symbolizer.js";
-import { decodeContext } from "../vmm/context.js";
+import { decodeContext } from "../model/context.js";
 import type { CapturedEvent } from "../vmm/dispatcher.js";
 import { bitnessOf, type DecodedInsn, disassemble, hexBytes } from "./disasm.js";
 

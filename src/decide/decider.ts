@@ -2,7 +2,7 @@
  * Deciders rule on events. `vmm` evaluates the compiled policy inside the VMM
  * (on the vCPU's own thread); `hm-vm` asks the health-monitoring VM.
  */
-import type { ContextRecord } from "../vmm/context.js";
+import type { ContextRecord } from "../model/context.js";
 import { type Decision, evaluate } from "./evaluate.js";
 import type { CompiledPolicy } from "./policy.js";
 import { decodeRuleTable } from "./rule-table.js";

@@ -4,7 +4,7 @@
  * matching rule, in order, replaces it.
  */
 import { CONTEXT_FLAGS, EVENT_KINDS, type Verdict } from "../abi/guest-abi.js";
-import type { ContextRecord } from "../vmm/context.js";
+import type { ContextRecord } from "../model/context.js";
 import type { CompiledPolicy, CompiledRule } from "./policy.js";
 
 export interface Decision {

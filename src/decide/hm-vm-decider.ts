@@ -10,8 +10,8 @@
 import type { EventKind } from "../abi/guest-abi.js";
 import { HM_DOWN, HM_FAILED, HM_UP, type HmControl } from "../health/hm-control.js";
 import type { IdcChannel } from "../idc/channel.js";
+import type { ContextRecord } from "../model/context.js";
 import { scaled } from "../time-scale.js";
-import type { ContextRecord } from "../vmm/context.js";
 import type { Decider, DecisionResult, ReloadablePolicy } from "./decider.js";
 import { FAILSAFE_DEFAULTS } from "./policy.js";
 import { acceptedPolicyOf } from "./rule-table.js";

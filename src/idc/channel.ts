@@ -24,7 +24,7 @@ import {
   verdictOf,
 } from "../abi/guest-abi.js";
 import { GuardvisorError } from "../errors.js";
-import { type ContextRecord, encodeContext } from "../vmm/context.js";
+import { type ContextRecord, encodeContext } from "../model/context.js";
 import type { IdcLayout } from "./layout.js";
 
 const HDR = (n: string) => IDC_HEADER.offset(n);

@@ -12,7 +12,7 @@ import type { IoBus } from "../devices/bus.js";
 import type { VcpuExit } from "../kvm/exits.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
 import { cplOf, type Regs, type Sregs } from "../kvm/structs.js";
-import { type ContextRecord, emptyContext, encodeContext } from "./context.js";
+import { type ContextRecord, emptyContext, encodeContext } from "../model/context.js";
 import type { ExceptionCapture } from "./exception-capture.js";
 import { decodeExceptionFrame } from "./frame.js";
 import { readVirtual, translate } from "./paging.js";

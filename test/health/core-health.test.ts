@@ -157,10 +157,14 @@ for (const engine of ENGINES)
           const all = await decideOn(hm, 2, 60);
           const flat = all.flat();
           assert.equal(flat.length, 120);
+          const failsafe = flat.filter((x) => x.decidedBy === "failsafe");
           assert.equal(
-            flat.filter((x) => x.decidedBy === "failsafe").length,
+            failsafe.length,
             1,
-            "only the request it died on fails safe",
+            `only the request it died on fails safe: ${failsafe.map((x) => x.reason).join(" | ")}; restarts: ${hm
+              .status()
+              .faults.map((f) => `${f.reason}: ${f.detail}`)
+              .join(" | ")}`,
           );
           assert.ok(flat.every((x) => x.verdict === "deny"));
           assert.equal(hm.status().restarts, 1);

@@ -12,7 +12,7 @@ import type { CompiledPolicy, CompiledRule } from "../../src/decide/policy.js";
 import { FAILSAFE_DEFAULTS } from "../../src/decide/policy.js";
 import { acceptedPolicyOf, decodeRuleTable, encodeRuleTable, policyHashOf } from "../../src/decide/rule-table.js";
 import { HealthManager } from "../../src/health/health-manager.js";
-import { type ContextRecord, emptyContext } from "../../src/vmm/context.js";
+import { type ContextRecord, emptyContext } from "../../src/model/context.js";
 import { ENGINES } from "../support/engines.js";
 import { prng } from "../unit/elf-fixtures.js";
 

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after } from "node:test";
 import { type AuditVmView, auditRecord } from "../../src/audit/record.js";
-import { emptyContext, encodeContext } from "../../src/vmm/context.js";
+import { emptyContext, encodeContext } from "../../src/model/context.js";
 import type { CapturedEvent } from "../../src/vmm/dispatcher.js";
 
 /** A fresh directory, removed after the test file. */

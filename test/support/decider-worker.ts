@@ -11,7 +11,7 @@ import { acceptedPolicyOf } from "../../src/decide/rule-table.js";
 import { HmControl } from "../../src/health/hm-control.js";
 import { IdcHostCounters, IdcRegion } from "../../src/idc/channel.js";
 import { GuestMemory } from "../../src/kvm/guest-memory.js";
-import { emptyContext } from "../../src/vmm/context.js";
+import { emptyContext } from "../../src/model/context.js";
 import type { DeciderInit } from "../../src/vmm/vcpu-protocol.js";
 
 export interface DeciderWorkerData {

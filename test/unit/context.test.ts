@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { CONTEXT_RECORD, REG_NAMES } from "../../src/abi/guest-abi.js";
 import { GuardvisorError } from "../../src/errors.js";
-import { decodeContext, emptyContext, encodeContext } from "../../src/vmm/context.js";
+import { decodeContext, emptyContext, encodeContext } from "../../src/model/context.js";
 
 function sample() {
   const c = emptyContext("protected-write");

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, beforeEach, describe, it } from "node:test";
 import { ABI_CONSTANTS } from "../../src/abi/guest-abi.js";
 import { FAILSAFE_DEFAULTS } from "../../src/decide/policy.js";
-import { decodeContext } from "../../src/vmm/context.js";
+import { decodeContext } from "../../src/model/context.js";
 import { dispatchFixture, MEM } from "../support/dispatch.js";
 
 const { mem, setup } = dispatchFixture();

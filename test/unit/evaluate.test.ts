@@ -3,7 +3,7 @@ import { describe, it } from "node:test";
 import { evaluate } from "../../src/decide/evaluate.js";
 import { compilePolicy, DEFAULT_POLICY, FAILSAFE_DEFAULTS, type Policy } from "../../src/decide/policy.js";
 import { GuardvisorError } from "../../src/errors.js";
-import { emptyContext } from "../../src/vmm/context.js";
+import { emptyContext } from "../../src/model/context.js";
 import { makeRegions } from "../../src/vmm/protection.js";
 
 const regions = makeRegions(

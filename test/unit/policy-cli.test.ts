@@ -6,8 +6,8 @@ import { after, before, describe, it } from "node:test";
 import { evaluate } from "../../src/decide/evaluate.js";
 import { compilePolicy, DEFAULT_POLICY } from "../../src/decide/policy.js";
 import { decodeRuleTable } from "../../src/decide/rule-table.js";
+import { emptyContext } from "../../src/model/context.js";
 import { compilePolicyFile } from "../../src/policy/compile-file.js";
-import { emptyContext } from "../../src/vmm/context.js";
 import { cli } from "../support/cli.js";
 import { DELTA, FIXTURES, GV_KERNEL, SHIPPED, SYMBOLS, testKernelBytes } from "./policy-fixtures.js";
 

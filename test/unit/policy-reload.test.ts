@@ -4,7 +4,7 @@ import { describe, it } from "node:test";
 import { VmmDecider } from "../../src/decide/decider.js";
 import { compilePolicy, DEFAULT_POLICY, FAILSAFE_DEFAULTS } from "../../src/decide/policy.js";
 import { PolicyMailbox } from "../../src/decide/policy-mailbox.js";
-import { emptyContext } from "../../src/vmm/context.js";
+import { emptyContext } from "../../src/model/context.js";
 import { makeRegions } from "../../src/vmm/protection.js";
 
 const regions = makeRegions([{ name: ".text", start: 0x100000, end: 0x101000 }], 1 << 24);

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { ABI_CONSTANTS as C } from "../../src/abi/guest-abi.js";
 import { FAILSAFE_DEFAULTS } from "../../src/decide/policy.js";
-import { decodeContext } from "../../src/vmm/context.js";
+import { decodeContext } from "../../src/model/context.js";
 import { dispatchFixture, FakeCpu, sregs } from "../support/dispatch.js";
 
 const { mem, setup } = dispatchFixture();

@@ -10,8 +10,8 @@ import assert from "node:assert/strict";
 import { after, beforeEach, describe, it } from "node:test";
 import { DEFAULT_POLICY, type Policy } from "../../src/decide/policy.js";
 import { type Regs, zeroRegs } from "../../src/kvm/structs.js";
+import { decodeContext } from "../../src/model/context.js";
 import { writePageTables } from "../../src/vmm/boot.js";
-import { decodeContext } from "../../src/vmm/context.js";
 import { dispatchFixture, FakeCpu, MEM } from "../support/dispatch.js";
 
 const { mem, regions, setup } = dispatchFixture();

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { after, beforeEach, describe, it } from "node:test";
 import { type Regs, zeroRegs } from "../../src/kvm/structs.js";
+import { decodeContext } from "../../src/model/context.js";
 import { writePageTables } from "../../src/vmm/boot.js";
-import { decodeContext } from "../../src/vmm/context.js";
 import { locateWrite } from "../../src/vmm/write-site.js";
 import { dispatchFixture, MEM, sregs } from "../support/dispatch.js";
 

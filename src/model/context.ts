@@ -1,7 +1,9 @@
 /**
  * The exception context record: built by the VMM the first time an event
  * happens, encoded in the shared binary layout (src/abi/guest-abi.ts) that
- * deciders and the audit log use.
+ * deciders and the audit log use. It lives in the model layer (src/model/),
+ * the types every layer above the KVM objects shares, so deciders, the IDC
+ * channel and the audit log need not reach into the VMM for it.
  */
 import { ABI_CONSTANTS, CONTEXT_RECORD, EVENT_KINDS, type EventKind, REG_NAMES } from "../abi/guest-abi.js";
 import { GuardvisorError } from "../errors.js";
