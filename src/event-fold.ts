@@ -3,7 +3,7 @@
  * summary event with a count, and one audit "repeat" record when the run of
  * repeats ends, so memory and the audit log stay bounded.
  */
-import type { SummaryEvent } from "./runner.js";
+import type { SummaryEvent } from "./model/summary-event.js";
 import type { CapturedEvent } from "./vmm/dispatcher.js";
 
 /**

@@ -4,7 +4,7 @@
  * hm-vm decider (the default) one health VM serves every guest.
  */
 import { join } from "node:path";
-import { ABI_CONSTANTS as C, type EventKind, type Verdict } from "./abi/guest-abi.js";
+import { ABI_CONSTANTS as C } from "./abi/guest-abi.js";
 import { AuditLog, auditRecord } from "./audit.js";
 import type { DeciderName } from "./decide/decider.js";
 import { DEFAULT_POLICY, type Policy } from "./decide/policy.js";
@@ -17,6 +17,7 @@ import { HealthManager, type HmRestart } from "./health/health-manager.js";
 import type { InjectSpec } from "./idc/channel.js";
 import { Kvm } from "./kvm/kvm.js";
 import { packageRoot } from "./kvm/native.js";
+import type { SummaryEvent } from "./model/summary-event.js";
 import { guestName } from "./names.js";
 import { readPolicyKernel } from "./policy/compile-file.js";
 import { loadPolicyFile } from "./policy/load.js";
@@ -91,27 +92,7 @@ export interface RunControl {
 
 export type GuestOutcome = "completed" | "restarted" | "halted" | "crashed";
 
-export interface SummaryEvent {
-  seq: number;
-  kind: EventKind;
-  /** cpu-exception: the vector; integrity: the object (0 CR0, 4 CR4, 16 IDTR). */
-  vector?: number;
-  /** msr-write: the MSR index. */
-  msr?: string;
-  /** What else the VMM noticed (a crash's cause, a hostile frame, …). */
-  note?: string;
-  /** What the guest's exception module said it did with this exception. */
-  guest?: string;
-  /** This event happened this many times in a row (absent: once). */
-  count?: number;
-  region: string | null;
-  symbol: string | null;
-  /** Where it happened (hex): for a protected write, the writing instruction when it was found. */
-  rip: string;
-  verdict: Verdict;
-  decidedBy: string;
-  latencyUs: number;
-}
+export type { SummaryEvent } from "./model/summary-event.js";
 
 export interface HealthVmSummary {
   restarts: number;

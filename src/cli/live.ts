@@ -18,9 +18,9 @@
 import { stripVTControlCharacters } from "node:util";
 import pc from "picocolors";
 import { ABI_CONSTANTS as C } from "../abi/guest-abi.js";
+import type { SummaryEvent } from "../model/summary-event.js";
 import { guestName } from "../names.js";
 import { msrName, VECTOR_NAMES } from "../policy/names.js";
-import type { SummaryEvent } from "../runner.js";
 
 /**
  * An event as the runner reports it. Each call is one occurrence; `count`
