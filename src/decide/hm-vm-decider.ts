@@ -8,8 +8,8 @@
  * (src/health/health-manager.ts) restarts the health VM.
  */
 import type { EventKind } from "../abi/guest-abi.js";
-import { HM_DOWN, HM_FAILED, HM_UP, type HmControl } from "../health/hm-control.js";
 import type { IdcChannel } from "../idc/channel.js";
+import { HM_DOWN, HM_FAILED, HM_UP, type HmControl } from "../idc/hm-control.js";
 import type { ContextRecord } from "../model/context.js";
 import { scaled } from "../time-scale.js";
 import type { Decider, DecisionResult, ReloadablePolicy } from "./decider.js";

@@ -5,7 +5,7 @@
  */
 import { EVENT_KINDS, type EventKind, type Verdict } from "../abi/guest-abi.js";
 import { configError } from "../errors.js";
-import type { ProtectedRegion } from "../vmm/protection.js";
+import type { ProtectedRegion } from "../model/regions.js";
 import { encodeRuleTable } from "./rule-table.js";
 
 export interface PolicyRule {

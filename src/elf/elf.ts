@@ -12,6 +12,7 @@
  */
 import { ABI_CONSTANTS } from "../abi/guest-abi.js";
 import { configError, elfError, GuardvisorError } from "../errors.js";
+import { firstOverlap, type RegionRange } from "../model/regions.js";
 
 // ---------------------------------------------------------------------------
 // Constants (ELF gABI and the x86-64 psABI)
@@ -167,13 +168,6 @@ export interface ElfImage {
   symbols: ElfSymbol[];
   /** The file bytes that were parsed (not copied). */
   data: Uint8Array;
-}
-
-/** A guest-physical range `[start, end)` whose pages the VMM maps read-only. */
-export interface ProtectedRegion {
-  name: string;
-  start: number;
-  end: number;
 }
 
 // ---------------------------------------------------------------------------
@@ -707,7 +701,7 @@ const isAllocated = (s: ElfSection): boolean => (s.flags & SHF_ALLOC) !== 0;
 const isProtectedSection = (s: ElfSection): boolean =>
   isAllocated(s) && (s.flags & SHF_WRITE) === 0 && s.size > 0 && s.type !== SHT_NOBITS;
 
-function sectionRegion(img: ElfImage, sec: ElfSection): ProtectedRegion {
+function sectionRegion(img: ElfImage, sec: ElfSection): RegionRange {
   const name = sec.name === "" ? `section${sec.index}` : sec.name;
   const end = sec.addr + sec.size;
   const seg = img.loadSegments.find((s) => sec.addr >= s.vaddr && end <= s.vaddr + s.memsz);
@@ -720,20 +714,16 @@ function sectionRegion(img: ElfImage, sec: ElfSection): ProtectedRegion {
   return { name, start, end: start + sec.size };
 }
 
-function segmentRegions(img: ElfImage): ProtectedRegion[] {
+function segmentRegions(img: ElfImage): RegionRange[] {
   return occupiedSegments(img)
     .filter((s) => (s.flags & PF_W) === 0)
     .map((s) => ({ name: `segment${s.index}`, start: s.paddr, end: s.paddr + s.memsz }));
 }
 
-function checkRegionsDisjoint(regions: ProtectedRegion[]): void {
-  for (let i = 1; i < regions.length; i++) {
-    const prev = regions[i - 1]!;
-    const cur = regions[i]!;
-    if (cur.start < prev.end) {
-      throw elfError(`protected regions ${printable(prev.name)} and ${printable(cur.name)} overlap`);
-    }
-  }
+function checkRegionsDisjoint(regions: RegionRange[]): void {
+  const overlap = firstOverlap(regions);
+  if (overlap)
+    throw elfError(`protected regions ${printable(overlap[0].name)} and ${printable(overlap[1].name)} overlap`);
 }
 
 /**
@@ -748,7 +738,7 @@ function checkRegionsDisjoint(regions: ProtectedRegion[]): void {
  * @throws GuardvisorError ELF_INVALID when a protected section lies outside every
  *   PT_LOAD or two protected regions overlap.
  */
-export function protectedRegions(img: ElfImage): ProtectedRegion[] {
+export function protectedRegions(img: ElfImage): RegionRange[] {
   const regions = img.sections.some(isAllocated)
     ? img.sections.filter(isProtectedSection).map((sec) => sectionRegion(img, sec))
     : segmentRegions(img);
@@ -767,7 +757,7 @@ export function segmentBytes(img: ElfImage, seg: ElfSegment): Uint8Array {
  * @returns the image and its protected regions.
  * @throws GuardvisorError ELF_INVALID or ELF_LAYOUT.
  */
-export function loadElf(bytes: Uint8Array, memSize: number): { image: ElfImage; regions: ProtectedRegion[] } {
+export function loadElf(bytes: Uint8Array, memSize: number): { image: ElfImage; regions: RegionRange[] } {
   const image = parseElf(bytes);
   validateLayout(image, memSize);
   return { image, regions: protectedRegions(image) };

@@ -14,13 +14,13 @@ import { ABI_CONSTANTS as C } from "../abi/guest-abi.js";
 import { DEFAULT_POLICY } from "../decide/policy.js";
 import { GuardvisorError } from "../errors.js";
 import type { IdcRegion } from "../idc/channel.js";
+import type { HmControl } from "../idc/hm-control.js";
 import type { IdcLayout } from "../idc/layout.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import type { Kvm } from "../kvm/kvm.js";
 import { packageRoot } from "../kvm/native.js";
 import { GuestVm } from "../vmm/guest-vm.js";
 import type { VcpuStop } from "../vmm/vcpu-thread.js";
-import type { HmControl } from "./hm-control.js";
 
 /** One running engine. `stopped` resolves, with what happened, when it stops by itself or is stopped. */
 export interface EngineInstance {

@@ -16,13 +16,13 @@ import { ABI_CONSTANTS as C } from "../abi/guest-abi.js";
 import type { HmFault } from "../decide/hm-vm-decider.js";
 import { configError, GuardvisorError } from "../errors.js";
 import { IdcRegion, type InjectSpec } from "../idc/channel.js";
+import { HM_FAILED, HM_UP, HmControl } from "../idc/hm-control.js";
 import { type IdcLayout, idcLayout } from "../idc/layout.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
 import { logFor } from "../log.js";
 import { scaled } from "../time-scale.js";
 import type { DeciderInit } from "../vmm/vcpu-protocol.js";
 import type { EngineBackend, EngineInstance } from "./backends.js";
-import { HM_FAILED, HM_UP, HmControl } from "./hm-control.js";
 
 const HM_TIMEOUT_MAX_MS = 60_000;
 

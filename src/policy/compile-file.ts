@@ -7,7 +7,7 @@ import { type CompiledPolicy, compilePolicy, type Policy } from "../decide/polic
 import { parseElf } from "../elf/elf.js";
 import { defaultKernelPath, readKernelFile } from "../elf/kernel-file.js";
 import { GuardvisorError } from "../errors.js";
-import { makeRegions, type ProtectedRegion } from "../vmm/protection.js";
+import { makeRegions, type ProtectedRegion } from "../model/regions.js";
 import { loadPolicyFile, type PolicyFile } from "./load.js";
 import { type PolicyKernel, policyKernel, resolvePolicy } from "./resolve.js";
 

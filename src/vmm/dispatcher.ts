@@ -13,11 +13,12 @@ import type { VcpuExit } from "../kvm/exits.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
 import { cplOf, type Regs, type Sregs } from "../kvm/structs.js";
 import { type ContextRecord, emptyContext, encodeContext } from "../model/context.js";
+import type { ProtectedRegion } from "../model/regions.js";
 import type { ExceptionCapture } from "./exception-capture.js";
 import { decodeExceptionFrame } from "./frame.js";
 import { readVirtual, translate } from "./paging.js";
 import { PagingSeal, PTE_ADDR_MASK, type VirtualRange } from "./paging-seal.js";
-import type { ProtectedRegion, ProtectionMap } from "./protection.js";
+import type { ProtectionMap } from "./protection.js";
 import { StorePieces } from "./store-pieces.js";
 import { type LocatedStore, locateStore, preloadWriteLocator, storesAt } from "./write-site.js";
 

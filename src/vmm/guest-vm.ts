@@ -13,11 +13,12 @@ import { configError, GuardvisorError } from "../errors.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { type Kvm, releaseVcpu, Vcpu, type VcpuHandle, type Vm } from "../kvm/kvm.js";
 import { K, type MsrFilterRange } from "../kvm/native.js";
+import { makeRegions, type ProtectedRegion } from "../model/regions.js";
 import { scaled } from "../time-scale.js";
 import { bootRegs, bootSregs, writeBootArea } from "./boot.js";
 import type { CapturedEvent, GuestReport } from "./dispatcher.js";
 import type { VirtualRange } from "./paging-seal.js";
-import { makeRegions, type ProtectedRegion, ProtectionMap, planMemorySlots } from "./protection.js";
+import { ProtectionMap, planMemorySlots } from "./protection.js";
 import type { DeciderInit, IdcAttach } from "./vcpu-protocol.js";
 import { type VcpuStop, VcpuThread } from "./vcpu-thread.js";
 

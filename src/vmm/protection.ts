@@ -8,17 +8,8 @@
  * the write transparently), or memory that is not RAM at all.
  */
 import { createHash } from "node:crypto";
-import { GuardvisorError } from "../errors.js";
 import { type GuestMemory, PAGE_SIZE } from "../kvm/guest-memory.js";
-
-export interface ProtectedRegion {
-  /** 1-based; 0 in a context record means "no region". */
-  readonly id: number;
-  readonly name: string;
-  /** Guest-physical [start, end). */
-  readonly start: number;
-  readonly end: number;
-}
+import type { ProtectedRegion } from "../model/regions.js";
 
 export interface SlotPlan {
   readonly gpa: number;
@@ -34,26 +25,6 @@ export type WriteTarget =
 
 const pageDown = (a: number) => Math.floor(a / PAGE_SIZE) * PAGE_SIZE;
 const pageUp = (a: number) => Math.ceil(a / PAGE_SIZE) * PAGE_SIZE;
-
-/** Assign ids, sort, and check regions lie in RAM and do not overlap. */
-export function makeRegions(list: ReadonlyArray<{ name: string; start: number; end: number }>, memSize: number) {
-  const sorted = [...list].sort((a, b) => a.start - b.start);
-  const out: ProtectedRegion[] = [];
-  sorted.forEach((r, i) => {
-    if (!(r.start >= 0 && r.start < r.end && r.end <= memSize)) {
-      throw new GuardvisorError(
-        "ELF_LAYOUT",
-        `protected region ${r.name} [0x${r.start.toString(16)}, 0x${r.end.toString(16)}) is not inside guest RAM`,
-      );
-    }
-    const prev = sorted[i - 1];
-    if (prev && prev.end > r.start) {
-      throw new GuardvisorError("ELF_LAYOUT", `protected regions ${prev.name} and ${r.name} overlap`);
-    }
-    out.push({ id: i + 1, name: r.name, start: r.start, end: r.end });
-  });
-  return out;
-}
 
 /**
  * Split [0, memSize) into memory slots: read-only over every page that holds a

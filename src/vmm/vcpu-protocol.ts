@@ -7,9 +7,9 @@ import type { CompiledPolicy } from "../decide/policy.js";
 import type { IdcLayout } from "../idc/layout.js";
 import type { GuestMemoryHandle } from "../kvm/guest-memory.js";
 import type { VcpuHandle } from "../kvm/kvm.js";
+import type { ProtectedRegion } from "../model/regions.js";
 import type { CapturedEvent, DispatchStats, GuestReport, StopOutcome } from "./dispatcher.js";
 import type { VirtualRange } from "./paging-seal.js";
-import type { ProtectedRegion } from "./protection.js";
 
 /** Control word values (Int32Array slot CTRL_CMD of the shared control buffer). */
 export const CMD_PAUSE = 0;

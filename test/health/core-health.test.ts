@@ -13,8 +13,8 @@ import { compilePolicy, DEFAULT_POLICY, FAILSAFE_DEFAULTS } from "../../src/deci
 import { PolicyMailbox } from "../../src/decide/policy-mailbox.js";
 import { HealthManager, HM_TIMEOUT_RANGE } from "../../src/health/health-manager.js";
 import type { InjectSpec } from "../../src/idc/channel.js";
+import { makeRegions } from "../../src/model/regions.js";
 import { scaled } from "../../src/time-scale.js";
-import { makeRegions } from "../../src/vmm/protection.js";
 import type { DeciderWorkerData, Decision } from "../support/decider-worker.js";
 import { ENGINE_FILTER, ENGINES, type EngineKind, HOSTED_ENGINE } from "../support/engines.js";
 

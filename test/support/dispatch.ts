@@ -11,6 +11,7 @@ import { Hypercalls } from "../../src/devices/hypercall.js";
 import { Serial } from "../../src/devices/serial.js";
 import { GuestMemory } from "../../src/kvm/guest-memory.js";
 import { type Regs, type Sregs, zeroRegs } from "../../src/kvm/structs.js";
+import { makeRegions } from "../../src/model/regions.js";
 import {
   type CapturedEvent,
   type CpuAccess,
@@ -18,7 +19,7 @@ import {
   ExitDispatcher,
   type GuestReport,
 } from "../../src/vmm/dispatcher.js";
-import { makeRegions, ProtectionMap } from "../../src/vmm/protection.js";
+import { ProtectionMap } from "../../src/vmm/protection.js";
 
 export function sregs(cpl: number): Sregs {
   const seg = {

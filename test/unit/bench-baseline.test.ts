@@ -18,8 +18,9 @@ import { loadElf, PF_R, PF_W, PF_X, SHF_ALLOC, SHF_WRITE } from "../../src/elf/e
 import { GuestMemory } from "../../src/kvm/guest-memory.js";
 import { kernelLayout, packageRoot } from "../../src/kvm/native.js";
 import { decodeSregs } from "../../src/kvm/structs.js";
+import { makeRegions } from "../../src/model/regions.js";
 import { bootRegs, bootSregs, MIB, writeBootArea } from "../../src/vmm/boot.js";
-import { makeRegions, planMemorySlots } from "../../src/vmm/protection.js";
+import { planMemorySlots } from "../../src/vmm/protection.js";
 import { buildElf, type ElfSpec, kernelSpec, prng } from "./elf-fixtures.js";
 
 const BASELINE = baselinePath();

@@ -10,8 +10,9 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { loadElf, PF_W, SHF_ALLOC, SHF_WRITE, SHT_PROGBITS } from "../../src/elf/elf.js";
 import { packageRoot } from "../../src/kvm/native.js";
+import { makeRegions } from "../../src/model/regions.js";
 import { MIB } from "../../src/vmm/boot.js";
-import { makeRegions, ProtectionMap, planMemorySlots } from "../../src/vmm/protection.js";
+import { ProtectionMap, planMemorySlots } from "../../src/vmm/protection.js";
 
 const MEM = 32 * MIB;
 const kernel = readFileSync(join(packageRoot(), "guest", "out", "gv-kernel.elf"));

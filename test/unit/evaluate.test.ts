@@ -4,7 +4,7 @@ import { evaluate } from "../../src/decide/evaluate.js";
 import { compilePolicy, DEFAULT_POLICY, FAILSAFE_DEFAULTS, type Policy } from "../../src/decide/policy.js";
 import { GuardvisorError } from "../../src/errors.js";
 import { emptyContext } from "../../src/model/context.js";
-import { makeRegions } from "../../src/vmm/protection.js";
+import { makeRegions } from "../../src/model/regions.js";
 
 const regions = makeRegions(
   [

@@ -7,7 +7,7 @@ import { GuardvisorError } from "../../src/errors.js";
 import { IdcRegion, responseCheck } from "../../src/idc/channel.js";
 import { idcLayout } from "../../src/idc/layout.js";
 import { decodeContext, emptyContext } from "../../src/model/context.js";
-import { makeRegions } from "../../src/vmm/protection.js";
+import { makeRegions } from "../../src/model/regions.js";
 
 const regions = makeRegions([{ name: ".text", start: 0x100000, end: 0x101000 }], 1 << 24);
 const table = compilePolicy(DEFAULT_POLICY, regions).table;

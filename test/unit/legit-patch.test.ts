@@ -14,11 +14,11 @@ import { loadElf } from "../../src/elf/elf.js";
 import { defaultKernelPath } from "../../src/elf/kernel-file.js";
 import { packageRoot } from "../../src/kvm/native.js";
 import { emptyContext } from "../../src/model/context.js";
+import { makeRegions } from "../../src/model/regions.js";
 import { readPolicyKernel } from "../../src/policy/compile-file.js";
 import { loadPolicyFile } from "../../src/policy/load.js";
 import { resolvePolicy } from "../../src/policy/resolve.js";
 import { findScenario } from "../../src/scenarios.js";
-import { makeRegions } from "../../src/vmm/protection.js";
 
 const MEM = 32 << 20;
 

@@ -9,9 +9,9 @@ import { describe, it } from "node:test";
 import { stringify } from "yaml";
 import { compilePolicy } from "../../src/decide/policy.js";
 import { GuardvisorError } from "../../src/errors.js";
+import { makeRegions } from "../../src/model/regions.js";
 import { parsePolicyText } from "../../src/policy/load.js";
 import { resolvePolicy } from "../../src/policy/resolve.js";
-import { makeRegions } from "../../src/vmm/protection.js";
 import { prng } from "./elf-fixtures.js";
 import { GOOD_POLICY_FILES, testKernel } from "./policy-fixtures.js";
 

@@ -5,7 +5,7 @@ import { VmmDecider } from "../../src/decide/decider.js";
 import { compilePolicy, DEFAULT_POLICY, FAILSAFE_DEFAULTS } from "../../src/decide/policy.js";
 import { PolicyMailbox } from "../../src/decide/policy-mailbox.js";
 import { emptyContext } from "../../src/model/context.js";
-import { makeRegions } from "../../src/vmm/protection.js";
+import { makeRegions } from "../../src/model/regions.js";
 
 const regions = makeRegions([{ name: ".text", start: 0x100000, end: 0x101000 }], 1 << 24);
 const deny = compilePolicy(DEFAULT_POLICY, regions);

@@ -8,10 +8,10 @@ import { compilePolicy, DEFAULT_POLICY, effectiveVerdict } from "../../src/decid
 import { decodeRuleTable } from "../../src/decide/rule-table.js";
 import { GuardvisorError } from "../../src/errors.js";
 import { type ContextRecord, emptyContext } from "../../src/model/context.js";
+import { makeRegions } from "../../src/model/regions.js";
 import { compilePolicyFile, compilePolicyForKernel } from "../../src/policy/compile-file.js";
 import { loadPolicyFile, parsePolicyText } from "../../src/policy/load.js";
 import { resolvePolicy } from "../../src/policy/resolve.js";
-import { makeRegions } from "../../src/vmm/protection.js";
 import { DELTA, FIXTURES, GOOD_POLICY_FILES, GV_KERNEL, SHIPPED, SYMBOLS, testKernel } from "./policy-fixtures.js";
 
 const kernel = testKernel();

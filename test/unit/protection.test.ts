@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { GuardvisorError } from "../../src/errors.js";
-import { makeRegions, ProtectionMap, planMemorySlots } from "../../src/vmm/protection.js";
+import { makeRegions } from "../../src/model/regions.js";
+import { ProtectionMap, planMemorySlots } from "../../src/vmm/protection.js";
 
 const MEM = 8 * 1024 * 1024;
 const regions = makeRegions(

@@ -4,7 +4,7 @@ import { RULE, RULE_TABLE_HEADER } from "../../src/abi/guest-abi.js";
 import { compilePolicy, FAILSAFE_DEFAULTS, type Policy } from "../../src/decide/policy.js";
 import { decodeRuleTable, encodeRuleTable } from "../../src/decide/rule-table.js";
 import { GuardvisorError } from "../../src/errors.js";
-import { makeRegions } from "../../src/vmm/protection.js";
+import { makeRegions } from "../../src/model/regions.js";
 
 const regions = makeRegions(
   [

@@ -10,8 +10,9 @@ import { ABI_CONSTANTS as C, CONTEXT_FLAGS } from "../../src/abi/guest-abi.js";
 import { VmmDecider } from "../../src/decide/decider.js";
 import { compilePolicy, FAILSAFE_DEFAULTS, type Policy } from "../../src/decide/policy.js";
 import { decodeContext } from "../../src/model/context.js";
+import { makeRegions } from "../../src/model/regions.js";
 import { writePageTables } from "../../src/vmm/boot.js";
-import { makeRegions, ProtectionMap } from "../../src/vmm/protection.js";
+import { ProtectionMap } from "../../src/vmm/protection.js";
 import { dispatchFixture, MEM } from "../support/dispatch.js";
 
 const { mem, setup } = dispatchFixture();
