@@ -22,19 +22,8 @@ import { K, native, wrapNative } from "../kvm/native.js";
 import { ExitDispatcher, type GuestAction } from "./dispatcher.js";
 import { ExceptionCapture } from "./exception-capture.js";
 import { ProtectionMap } from "./protection.js";
-import {
-  CMD_HANG,
-  CMD_PAUSE,
-  CMD_RUN,
-  CMD_STOP,
-  CTRL_CMD,
-  CTRL_HANG_AT,
-  CTRL_IN_RUN,
-  CTRL_PROGRESS,
-  type IdcAttach,
-  type VcpuWorkerInit,
-  type WorkerMessage,
-} from "./vcpu-protocol.js";
+import { runVcpuLoop } from "./vcpu-loop.js";
+import { CMD_RUN, CTRL_CMD, type IdcAttach, type VcpuWorkerInit, type WorkerMessage } from "./vcpu-protocol.js";
 
 const init = workerData as VcpuWorkerInit;
 const port = parentPort;
@@ -167,55 +156,19 @@ function main(): void {
   exceptions?.arm();
 
   post({ type: "ready", tid });
-  let lastInterrupted = false;
-  // Built paused: wait for the owner to resume us.
-  while (Atomics.load(ctrl, CTRL_CMD) === CMD_PAUSE) Atomics.wait(ctrl, CTRL_CMD, CMD_PAUSE);
-
-  for (;;) {
-    const cmd = Atomics.load(ctrl, CTRL_CMD);
-    if (cmd === CMD_STOP) {
-      serial.flush();
-      post({ type: "stopped", outcome: "stopped", detail: "stopped by the VMM", stats: dispatcher.stats });
-      return;
-    }
-    if (cmd === CMD_PAUSE) {
-      Atomics.wait(ctrl, CTRL_CMD, CMD_PAUSE);
-      continue;
-    }
-    if (cmd === CMD_HANG) {
-      Atomics.compareExchange(ctrl, CTRL_CMD, CMD_HANG, CMD_RUN);
-      // A hang only if a kick ended the run it saw stuck; any other exit since was progress.
-      const kickedOutOfHang = lastInterrupted && Atomics.load(ctrl, CTRL_PROGRESS) === Atomics.load(ctrl, CTRL_HANG_AT);
-      if (!kickedOutOfHang) continue;
-      const hang = dispatcher.onHang("no progress: the watchdog stopped the vCPU");
-      if (hang.kind === "stop") {
-        serial.flush();
-        post({ type: "stopped", outcome: hang.outcome, code: hang.code, detail: hang.detail, stats: dispatcher.stats });
-        return;
-      }
-      continue;
-    }
-    Atomics.store(ctrl, CTRL_IN_RUN, 1);
-    const exit = vcpu.runOnce();
-    Atomics.store(ctrl, CTRL_IN_RUN, 0);
-    lastInterrupted = exit.kind === "interrupted";
-    // Kicks (the seal check's, the watchdog's) are not the guest's progress.
-    if (!lastInterrupted) Atomics.add(ctrl, CTRL_PROGRESS, 1);
-    if (lastInterrupted) vcpu.run.immediateExit = false;
-    takeReload(decider);
-    const action = dispatcher.dispatch(exit);
-    if (action.kind === "stop") {
-      serial.flush();
-      post({
-        type: "stopped",
-        outcome: action.outcome,
-        code: action.code,
-        detail: action.detail,
-        stats: dispatcher.stats,
-      });
-      return;
-    }
-  }
+  // Built paused: the loop waits for the owner to resume it.
+  const end = runVcpuLoop({
+    ctrl,
+    runOnce: () => vcpu.runOnce(),
+    clearImmediateExit: () => {
+      vcpu.run.immediateExit = false;
+    },
+    beforeDispatch: () => takeReload(decider),
+    dispatch: (exit) => dispatcher.dispatch(exit),
+    onHang: (detail) => dispatcher.onHang(detail),
+  });
+  serial.flush();
+  post({ type: "stopped", outcome: end.outcome, code: end.code, detail: end.detail, stats: dispatcher.stats });
 }
 
 try {
