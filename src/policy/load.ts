@@ -452,6 +452,10 @@ function checkCrossReferences(
       }
     };
     only("vector", ["cpu-exception", "integrity"], "cpu-exception (or integrity)");
+    only("object", ["integrity"], "integrity");
+    if (r.vector !== undefined && r.object !== undefined) {
+      throw fail([...at, "object"], "give vector or object, not both");
+    }
     only("msr", ["msr-write"], "msr-write");
     only("region", ["protected-write", "integrity"], "protected-write (or integrity)");
     only("value", ["protected-write"], "protected-write");

@@ -1,7 +1,8 @@
 /**
  * Architectural names a policy may use instead of numbers: CPU exception
- * vectors, MSRs, and CR0/CR4 bits.
+ * vectors, MSRs, CR0/CR4 bits, and the objects an integrity event names.
  */
+import { ABI_CONSTANTS } from "../abi/guest-abi.js";
 
 /** Exception vectors by mnemonic (Intel SDM vol. 3, table 6-1). */
 export const VECTOR_NAMES: Readonly<Record<string, number>> = {
@@ -92,7 +93,24 @@ export const CR4_BITS: Readonly<Record<string, number>> = {
   PKS: 24,
 };
 
+/** What an integrity event found changed (its object number, carried in the context's vector field). */
+export const INTEGRITY_OBJECTS: Readonly<Record<string, number>> = {
+  CR0: ABI_CONSTANTS.INTEGRITY_CR0,
+  CR4: ABI_CONSTANTS.INTEGRITY_CR4,
+  IDTR: ABI_CONSTANTS.INTEGRITY_IDTR,
+  GDTR: ABI_CONSTANTS.INTEGRITY_GDTR,
+  PAGING: ABI_CONSTANTS.INTEGRITY_PAGING,
+  CR3: ABI_CONSTANTS.INTEGRITY_CR3,
+};
+
 const has = (table: Readonly<Record<string, number>>, key: string) => Object.hasOwn(table, key);
+
+/** An integrity object by name (`paging`, `cr3`, any case); undefined when unknown. */
+export function integrityObject(v: unknown): number | undefined {
+  if (typeof v !== "string") return undefined;
+  const key = v.toUpperCase();
+  return has(INTEGRITY_OBJECTS, key) ? INTEGRITY_OBJECTS[key] : undefined;
+}
 
 /** A vector by number or mnemonic (`GP`, `#GP`, any case); undefined when unknown. */
 export function vectorNumber(v: number | string): number | undefined {

@@ -17,7 +17,7 @@ import {
 import type { ElfImage, ElfSymbol } from "../elf/elf.js";
 import { protectedRegions } from "../elf/elf.js";
 import type { FieldPath, PolicyFile } from "./load.js";
-import { CR0_BITS, CR4_BITS, msrName } from "./names.js";
+import { CR0_BITS, CR4_BITS, INTEGRITY_OBJECTS, msrName } from "./names.js";
 import type { PolicySpec, RuleSpec } from "./schema.js";
 
 /** What resolving needs to know about a kernel. */
@@ -184,7 +184,9 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
       if (r.event) rule.kinds = [...new Set(r.event)];
       if (group?.regions) rule.regions = group.regions;
       if (group?.gpa) rule.gpa = group.gpa;
-      if (r.vector) rule.vectors = [...new Set(r.vector)];
+      // An integrity event carries the object that changed in its vector field.
+      const vectors = r.object ?? r.vector;
+      if (vectors) rule.vectors = [...new Set(vectors)];
       if (r.cpl) rule.cpl = [...new Set(r.cpl)];
       if (range) rule.rip = range;
       if (msr !== undefined) rule.msr = msr;
@@ -243,11 +245,15 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
   return policy;
 }
 
+const objectName = (n: number) =>
+  (Object.entries(INTEGRITY_OBJECTS).find(([, v]) => v === n)?.[0] ?? String(n)).toLowerCase();
+
 /** A reason for a rule that gives none: what it matches, in words. */
 function describeRule(r: RuleSpec): string {
   const parts = [r.event ? r.event.join(" or ") : "any event"];
   if (r.region) parts.push(`in ${r.region.join(", ")}`);
   if (r.vector) parts.push(`vector ${r.vector.join(", ")}`);
+  if (r.object) parts.push(`object ${r.object.map(objectName).join(", ")}`);
   if (r.cpl) parts.push(`at CPL ${r.cpl.join(", ")}`);
   if (r.msr) parts.push(`to MSR ${r.msr.map(msrName).join(", ")}`);
   if (r.originator) parts.push(`from ${r.originator.join(", ")}`);

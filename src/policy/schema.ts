@@ -6,7 +6,17 @@
  */
 import { z } from "zod";
 import { EVENT_KINDS, type EventKind, VERDICTS, type Verdict } from "../abi/guest-abi.js";
-import { CR0_BITS, CR4_BITS, crBit, MSR_NAMES, msrIndex, VECTOR_NAMES, vectorNumber } from "./names.js";
+import {
+  CR0_BITS,
+  CR4_BITS,
+  crBit,
+  INTEGRITY_OBJECTS,
+  integrityObject,
+  MSR_NAMES,
+  msrIndex,
+  VECTOR_NAMES,
+  vectorNumber,
+} from "./names.js";
 
 export const POLICY_FORMAT_VERSION = 1;
 
@@ -93,6 +103,14 @@ const msr = parsed(
 
 const symbol = z.string().min(1).max(256);
 
+const object = parsed(
+  integrityObject,
+  (v) =>
+    `${describeValue(v)} is not an integrity object: expected one of ${Object.keys(INTEGRITY_OBJECTS)
+      .map((k) => k.toLowerCase())
+      .join(", ")}`,
+);
+
 /** A value written (at most 8 bytes, little-endian): an integer, or up to 16 hex digits after 0x. */
 const writtenValue = parsed(
   (v) => {
@@ -129,6 +147,7 @@ export const ruleSchema = z.strictObject({
   event: oneOrList(eventKind),
   region: oneOrList(z.string()),
   vector: oneOrList(vector),
+  object: oneOrList(object),
   cpl: oneOrList(cpl),
   msr: oneOrList(msr),
   originator: oneOrList(symbol),

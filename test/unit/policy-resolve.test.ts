@@ -145,6 +145,40 @@ describe("policy files: allowlist exceptions", () => {
   });
 });
 
+describe("policy files: integrity objects by name", () => {
+  it("object names the objects an integrity rule matches, as the numbers the context carries", () => {
+    const p = resolvePolicy(
+      parsePolicyText(
+        "version: 1\nrules:\n  - {name: pt, event: integrity, object: [paging, CR3], action: deny}\n",
+        "p.yaml",
+      ),
+      kernel,
+    );
+    assert.deepEqual(p.rules[0]?.vectors, [18, 19]);
+    assert.equal(p.rules[0]?.reason, "integrity object paging, cr3");
+  });
+
+  it("refuses an unknown object, an object on another event, and object with vector", () => {
+    const bad = (rule: string, message: RegExp) =>
+      assert.throws(
+        () => parsePolicyText(`version: 1\nrules:\n  - ${rule}\n`, "p.yaml"),
+        (e: unknown) => e instanceof GuardvisorError && message.test(e.message),
+      );
+    bad(
+      "{name: a, event: integrity, object: tss, action: deny}",
+      /rules\[0\]\.object(\[0\])?: "tss" is not an integrity object/,
+    );
+    bad(
+      "{name: a, event: cpu-exception, object: cr3, action: deny}",
+      /rules\[0\]\.object: object needs event: integrity/,
+    );
+    bad(
+      "{name: a, event: integrity, object: cr3, vector: 19, action: deny}",
+      /rules\[0\]\.object: give vector or object, not both/,
+    );
+  });
+});
+
 describe("policy files: resolving regions, objects and modes", () => {
   it("resolves sections, symbols and address ranges to regions and guest-physical ranges", () => {
     const { policy } = compiled(
