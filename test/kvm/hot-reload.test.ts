@@ -27,7 +27,8 @@ describe("policy hot reload on KVM", { skip: skipWithoutKvm }, () => {
       }, 200);
       try {
         const r = await runGuest({ scenario: "exception-storm", decider, control });
-        assert.deepEqual(r.problems, []);
+        const seen = r.summary.events.map((e) => `${e.kind}:${e.verdict}:${e.decidedBy}${e.note ? `(${e.note})` : ""}`);
+        assert.deepEqual(r.problems, [], `${r.detail}; events ${seen.join(", ")}`);
         assert.equal(reloaded?.guests, 1);
         assert.ok(r.summary.events.every((e) => e.decidedBy === decider));
       } finally {
