@@ -14,33 +14,20 @@ import { DebugExit } from "../devices/debug-exit.js";
 import { Hypercalls } from "../devices/hypercall.js";
 import { Serial } from "../devices/serial.js";
 import { isGuardvisorError } from "../errors.js";
-import { IdcHostCounters, IdcRegion } from "../idc/channel.js";
-import { HmControl } from "../idc/hm-control.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { Vcpu } from "../kvm/kvm.js";
 import { K, native, wrapNative } from "../kvm/native.js";
 import { ExitDispatcher, type GuestAction } from "./dispatcher.js";
+import { attachIdc, serveDoorbell } from "./doorbell.js";
 import { ExceptionCapture } from "./exception-capture.js";
 import { ProtectionMap } from "./protection.js";
 import { runVcpuLoop } from "./vcpu-loop.js";
-import { CMD_RUN, CTRL_CMD, type IdcAttach, type VcpuWorkerInit, type WorkerMessage } from "./vcpu-protocol.js";
+import type { VcpuWorkerInit, WorkerMessage } from "./vcpu-protocol.js";
 
 const init = workerData as VcpuWorkerInit;
 const port = parentPort;
 if (!port) throw new Error("vcpu-worker must run as a worker thread");
 const post = (m: WorkerMessage) => port.postMessage(m);
-
-/** How long one doorbell hypercall may park the health VM's vCPU. */
-const DOORBELL_PARK_MS = 1000;
-const DOORBELL_STEP_MS = 100;
-
-function attachIdc(a: IdcAttach): { region: IdcRegion; control: HmControl } {
-  const mem = GuestMemory.attach(a.memory);
-  return {
-    region: new IdcRegion(mem.bytes.buffer as ArrayBuffer, a.layout, new IdcHostCounters(a.counters)),
-    control: new HmControl(a.control),
-  };
-}
 
 const mailbox = init.policyMailbox ? new PolicyMailbox(init.policyMailbox) : undefined;
 
@@ -62,23 +49,6 @@ function makeDecider(): Decider {
     (fault) => post({ type: "hm-fault", fault }),
   );
   return decider;
-}
-
-/**
- * The health VM's doorbell: park this vCPU thread until a request is
- * published (the VMM bumps the doorbell word), the VM is told to stop, or a
- * while passes. The engine calls it only after spinning idle.
- */
-function serveDoorbell(hypercalls: Hypercalls, a: IdcAttach, ctrl: Int32Array): void {
-  const { region, control } = attachIdc(a);
-  hypercalls.on(ABI_CONSTANTS.HC_DOORBELL, () => {
-    for (let waited = 0; waited < DOORBELL_PARK_MS; waited += DOORBELL_STEP_MS) {
-      const seen = control.doorbellValue();
-      if (region.pendingRequests() || Atomics.load(ctrl, CTRL_CMD) !== CMD_RUN) break;
-      control.waitDoorbell(seen, DOORBELL_STEP_MS);
-    }
-    return BigInt(ABI_CONSTANTS.HC_OK);
-  });
 }
 
 const GUEST_ACTIONS: Record<number, GuestAction> = {
