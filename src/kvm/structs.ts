@@ -7,6 +7,11 @@ import { kernelLayout } from "./native.js";
 
 export type Regs = Record<RegName, bigint>;
 
+/** RFLAGS.DF: string instructions step downwards. */
+export const RFLAGS_DF = 1n << 10n;
+/** RFLAGS.RF: resume flag (KVM sets it while it restarts a string instruction). */
+export const RFLAGS_RF = 1n << 16n;
+
 export interface Segment {
   base: bigint;
   limit: number;

@@ -16,7 +16,7 @@ import { type ContextRecord, emptyContext, encodeContext } from "../model/contex
 import type { ProtectedRegion } from "../model/regions.js";
 import type { ExceptionCapture } from "./exception-capture.js";
 import { decodeExceptionFrame } from "./frame.js";
-import { readVirtual, translate } from "./paging.js";
+import { pageParts, readVirtual, translate } from "./paging.js";
 import { PagingSeal, PTE_ADDR_MASK, type VirtualRange } from "./paging-seal.js";
 import type { ProtectionMap } from "./protection.js";
 import { StorePieces } from "./store-pieces.js";
@@ -303,7 +303,7 @@ export class ExitDispatcher {
       // one ending at a page end, may have more after it).
       const more = data.length === 8 || (gpa + data.length) % 0x1000 === 0;
       const store = more ? locateStore(this.d.memory, { regs, sregs, gpa, data }) : undefined;
-      const ahead = store && !store.repeating ? this.protectedAhead(store, sregs.cr3) : undefined;
+      const ahead = store && !store.repeating ? this.protectedAhead(store.write, store.offset, sregs.cr3) : undefined;
       if (!store || !ahead) {
         this.stats.sharedPageWrites++;
         this.d.memory.write(gpa, data);
@@ -316,16 +316,15 @@ export class ExitDispatcher {
     return this.decideStore(gpa, data, regs, sregs, store, target, t0);
   }
 
-  /** The first protected bytes `store` writes after the exit's piece, if any. */
-  private protectedAhead(store: LocatedStore, cr3: bigint): { region: ProtectedRegion; offset: number } | undefined {
-    const end = store.write.va + BigInt(store.write.size);
-    for (let va = store.write.va + BigInt(store.offset); va < end; ) {
-      const inPage = 0x1000n - (va & 0xfffn);
-      const n = end - va < inPage ? end - va : inPage;
-      const pa = translate(this.d.memory, cr3, va);
-      const t = pa === undefined ? undefined : this.d.protection.classifyWrite(pa, Number(n));
+  /** The first protected bytes a write of [va, va + size) reaches from `offset` on, if any. */
+  private protectedAhead(
+    write: { va: bigint; size: number },
+    offset: number,
+    cr3: bigint,
+  ): { region: ProtectedRegion; offset: number } | undefined {
+    for (const p of pageParts(this.d.memory, cr3, write.va + BigInt(offset), write.size - offset)) {
+      const t = p.pa === undefined ? undefined : this.d.protection.classifyWrite(p.pa, p.len);
       if (t?.kind === "protected") return t;
-      va += n;
     }
     return undefined;
   }
@@ -349,15 +348,12 @@ export class ExitDispatcher {
     if (!store) {
       ctx.flags |= CONTEXT_FLAGS.WRITER_UNKNOWN;
       notes.push("the writing instruction was not found: rip is where the guest resumes");
-    } else if (this.remapSeen || !this.sealedCodeAt(store.site.rip, sregs.cr3)) {
-      ctx.flags |= CONTEXT_FLAGS.WRITER_UNTRUSTED;
-      notes.push("the writing instruction is not sealed kernel code at its own address: no writer rule applies");
-    }
+    } else this.judgeWriter(ctx, store.site.rip, sregs.cr3, notes);
     ctx.regionId = target.region.id;
     ctx.regionOffset = target.offset;
     ctx.data = data.slice(0, 8);
     ctx.gpa = gpa;
-    if (store) this.setExtent(ctx, store, sregs.cr3);
+    if (store) this.setExtent(ctx, store.write, store.offset, sregs.cr3);
     if ((ctx.accessLen ?? ctx.data.length) > ctx.data.length) ctx.flags |= CONTEXT_FLAGS.DATA_PARTIAL;
     const decision = this.d.decider.decide(ctx);
     const perform = decision.verdict === "allow" || decision.verdict === "log";
@@ -386,13 +382,13 @@ export class ExitDispatcher {
    * bytes as the instruction writes, when that is physically contiguous;
    * otherwise the exit's piece with a length no bounded rule can hold.
    */
-  private setExtent(ctx: ContextRecord, store: LocatedStore, cr3: bigint): void {
-    const { va, size } = store.write;
-    if (size <= ctx.data.length && store.offset === 0) return;
+  private setExtent(ctx: ContextRecord, write: { va: bigint; size: number }, offset: number, cr3: bigint): void {
+    const { va, size } = write;
+    if (size <= ctx.data.length && offset === 0) return;
     const start = translate(this.d.memory, cr3, va);
     let contiguous = start !== undefined && size <= MAX_EXTENT;
-    for (let at = 0x1000 - Number(va & 0xfffn); contiguous && at < size; at += 0x1000) {
-      contiguous = translate(this.d.memory, cr3, va + BigInt(at)) === (start as number) + at;
+    if (contiguous) {
+      for (const p of pageParts(this.d.memory, cr3, va, size)) contiguous &&= p.pa === (start as number) + p.at;
     }
     if (contiguous && start !== undefined) {
       ctx.gpa = start;
@@ -415,28 +411,17 @@ export class ExitDispatcher {
     const insn = storesAt(this.d.memory, regs, sregs);
     if (!insn) return undefined;
     for (const w of insn.writes) {
-      const store: LocatedStore = {
-        site: insn.site,
-        write: w,
-        offset: 0,
-        repeating: false,
-        element: w.size,
-        before: {},
-      };
-      const hit = this.protectedAhead(store, sregs.cr3);
+      const hit = this.protectedAhead(w, 0, sregs.cr3);
       if (!hit) continue;
       // KVM queued #UD for the guest with the exit: Guardvisor decides instead.
       this.d.cpu.cancelException(UD_VECTOR);
       const ctx = this.capture("protected-write", regs, sregs);
       const notes = ["KVM cannot emulate this store: decided from the instruction at RIP before it ran"];
-      if (this.remapSeen || !this.sealedCodeAt(regs.rip, sregs.cr3)) {
-        ctx.flags |= CONTEXT_FLAGS.WRITER_UNTRUSTED;
-        notes.push("the writing instruction is not sealed kernel code at its own address: no writer rule applies");
-      }
+      this.judgeWriter(ctx, regs.rip, sregs.cr3, notes);
       ctx.regionId = hit.region.id;
       ctx.regionOffset = hit.offset;
       ctx.gpa = translate(this.d.memory, sregs.cr3, w.va) ?? 0;
-      this.setExtent(ctx, store, sregs.cr3);
+      this.setExtent(ctx, w, 0, sregs.cr3);
       ctx.flags |= CONTEXT_FLAGS.DATA_PARTIAL; // nothing of what it would write is known
       const decision = this.d.decider.decide(ctx);
       let action = CONTINUE;
@@ -460,6 +445,13 @@ export class ExitDispatcher {
       return action;
     }
     return undefined;
+  }
+
+  /** A writer that is not sealed kernel code at its own address (or ran after a remap) is untrusted. */
+  private judgeWriter(ctx: ContextRecord, rip: bigint, cr3: bigint, notes: string[]): void {
+    if (!this.remapSeen && this.sealedCodeAt(rip, cr3)) return;
+    ctx.flags |= CONTEXT_FLAGS.WRITER_UNTRUSTED;
+    notes.push("the writing instruction is not sealed kernel code at its own address: no writer rule applies");
   }
 
   /**

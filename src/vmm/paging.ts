@@ -38,6 +38,43 @@ export function translate(mem: GuestMemory, cr3: bigint, va: bigint): number | u
   return undefined;
 }
 
+/** One page's part of a virtual range: its offset in the range, its length, its guest-physical address. */
+export interface PagePart {
+  at: number;
+  len: number;
+  /** Undefined when the page is not mapped. */
+  pa: number | undefined;
+}
+
+/** [va, va + size) (wrapping at 2^64) split where pages end, each part translated on its own. */
+export function* pageParts(mem: GuestMemory, cr3: bigint, va: bigint, size: number): Generator<PagePart> {
+  for (let at = 0; at < size; ) {
+    const from = BigInt.asUintN(64, va + BigInt(at));
+    const len = Math.min(size - at, 0x1000 - Number(from & 0xfffn));
+    yield { at, len, pa: translate(mem, cr3, from) };
+    at += len;
+  }
+}
+
+/**
+ * Where the guest-physical bytes [gpa, gpa + len) lie in the virtual range
+ * [va, va + size): their offset in it, or undefined when no one page of it
+ * holds them all (KVM hands a write over split at page boundaries).
+ */
+export function physicalOffsetIn(
+  mem: GuestMemory,
+  cr3: bigint,
+  va: bigint,
+  size: number,
+  gpa: number,
+  len: number,
+): number | undefined {
+  for (const p of pageParts(mem, cr3, va, size)) {
+    if (p.pa !== undefined && gpa >= p.pa && gpa + len <= p.pa + p.len) return p.at + gpa - p.pa;
+  }
+  return undefined;
+}
+
 /**
  * Read up to `len` bytes at a guest-virtual address, page by page; stops at the
  * first byte that is not mapped or not in RAM (so the result may be shorter).

@@ -18,17 +18,13 @@
  * writing in between) ends the run: the next write is decided anew.
  */
 import type { GuestMemory } from "../kvm/guest-memory.js";
-import type { Regs } from "../kvm/structs.js";
-import { translate } from "./paging.js";
+import { type Regs, RFLAGS_DF, RFLAGS_RF } from "../kvm/structs.js";
+import { physicalOffsetIn } from "./paging.js";
 import type { LocatedStore } from "./write-site.js";
 
-/** RFLAGS.DF. */
-const DF = 1n << 10n;
-/** RFLAGS.RF: KVM sets it while it restarts a string instruction, and clears it at the end. */
-const RF = 1n << 16n;
-
 const SAME = ["rip", "rsp", "rdi", "rsi", "rcx"] as const;
-const sameFlags = (a: bigint, b: bigint) => (a | RF) === (b | RF);
+/** RFLAGS alike but for RF, which KVM sets while it restarts a string instruction and clears at its end. */
+const sameFlags = (a: bigint, b: bigint) => (a | RFLAGS_RF) === (b | RFLAGS_RF);
 
 interface Run {
   /** Carry out the pieces (allowed) or drop them (denied). */
@@ -46,9 +42,6 @@ interface Run {
 
 export class StorePieces {
   private run: Run | undefined;
-  /** Later pieces that took an earlier piece's verdict. */
-  followed = 0;
-
   constructor(private readonly mem: GuestMemory) {}
 
   /** Forget the run (any exit that is not a write ends it). */
@@ -84,7 +77,6 @@ export class StorePieces {
       this.run = undefined;
       return undefined;
     }
-    this.followed++;
     return r.perform;
   }
 
@@ -106,7 +98,7 @@ export class StorePieces {
     if (regs.rcx !== BigInt.asUintN(64, prev.rcx - 1n)) return false;
     // After the last element RIP is past it, or still on it (then RCX = 0 makes it a no-op).
     if (regs.rip !== site.rip && !(done && regs.rip === site.rip + BigInt(site.length))) return false;
-    const step = BigInt((prev.rflags & DF) !== 0n ? -r.element : r.element);
+    const step = BigInt((prev.rflags & RFLAGS_DF) !== 0n ? -r.element : r.element);
     if (regs.rdi !== BigInt.asUintN(64, prev.rdi + step) || !sameFlags(regs.rflags, prev.rflags)) return false;
     // The element just written starts where RDI pointed before it.
     const at = this.virtualOf(r, prev.rdi, prev.rdi + BigInt(r.element), gpa, len);
@@ -118,13 +110,7 @@ export class StorePieces {
 
   /** The virtual address in [from, to) whose bytes [gpa, gpa + len) are, page by page. */
   private virtualOf(r: Run, from: bigint, to: bigint, gpa: number, len: number): bigint | undefined {
-    for (let va = from; va < to; ) {
-      const inPage = 0x1000n - (va & 0xfffn);
-      const n = to - va < inPage ? to - va : inPage;
-      const pa = translate(this.mem, r.cr3, va);
-      if (pa !== undefined && gpa >= pa && gpa + len <= pa + Number(n)) return va + BigInt(gpa - pa);
-      va += n;
-    }
-    return undefined;
+    const at = physicalOffsetIn(this.mem, r.cr3, from, Number(to - from), gpa, len);
+    return at === undefined ? undefined : from + BigInt(at);
   }
 }

@@ -36,9 +36,9 @@
  */
 import { REG_NAMES, type RegName } from "../abi/guest-abi.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
-import type { Regs, Sregs } from "../kvm/structs.js";
+import { type Regs, RFLAGS_DF, type Sregs } from "../kvm/structs.js";
 import { type Iced, loadIced } from "../x86/iced.js";
-import { readVirtual, translate } from "./paging.js";
+import { physicalOffsetIn, readVirtual } from "./paging.js";
 
 /** The longest x86 instruction. */
 const MAX_INSN = 15;
@@ -87,9 +87,6 @@ const GPRS = new Set<string>(REG_NAMES.filter((r) => r !== "rip" && r !== "rflag
 
 type Insn = InstanceType<Iced["Instruction"]>;
 type Used = InstanceType<Iced["UsedMemory"]>;
-
-/** RFLAGS.DF: string instructions step downwards. */
-const DF = 1n << 10n;
 
 /** A register's 64-bit value (its full register), or undefined for one we do not hold. */
 function regValue(lib: Iced, regs: Regs, reg: number): bigint | undefined {
@@ -141,14 +138,7 @@ function valueIs(value: bigint, off: number, data: Uint8Array): boolean {
  */
 function offsetIn(mem: GuestMemory, x: WriteExit, va: bigint, size: number): number | undefined {
   if (size < x.data.length) return undefined;
-  for (let at = 0; at < size; ) {
-    const from = BigInt.asUintN(64, va + BigInt(at));
-    const n = Math.min(size - at, 0x1000 - Number(from & 0xfffn));
-    const pa = translate(mem, x.sregs.cr3, from);
-    if (pa !== undefined && x.gpa >= pa && x.gpa + x.data.length <= pa + n) return at + x.gpa - pa;
-    at += n;
-  }
-  return undefined;
+  return physicalOffsetIn(mem, x.sregs.cr3, va, size, x.gpa, x.data.length);
 }
 
 /**
@@ -227,7 +217,7 @@ function stringStore(lib: Iced, insn: Insn, mem: GuestMemory, x: WriteExit, atRi
   const rep = insn.hasRepPrefix || insn.hasRepnePrefix;
   const rcx = BigInt.asUintN(bits, x.regs.rcx);
   if (rep ? (rcx !== 0n) !== atRip : atRip) return undefined;
-  const down = (x.regs.rflags & DF) !== 0n;
+  const down = (x.regs.rflags & RFLAGS_DF) !== 0n;
   const step = down ? BigInt(size) : -BigInt(size);
   const va = BigInt.asUintN(bits, x.regs.rdi + step); // ES base: 0 in 64-bit mode
   const off = offsetIn(mem, x, va, size);
@@ -536,7 +526,7 @@ export function storesAt(
       const rcx = BigInt.asUintN(bits, regs.rcx);
       const n = rep ? Number(rcx < MAX_REP_LEFT ? rcx : MAX_REP_LEFT) : 1;
       const rdi = BigInt.asUintN(bits, regs.rdi);
-      const down = (regs.rflags & DF) !== 0n;
+      const down = (regs.rflags & RFLAGS_DF) !== 0n;
       if (n > 0 && size > 0) writes.push({ va: down ? rdi - BigInt((n - 1) * size) : rdi, size: n * size });
       return { site, writes };
     }
