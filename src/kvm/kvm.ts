@@ -5,7 +5,7 @@
 import { accessSync, existsSync, constants as fsConstants } from "node:fs";
 import { GuardvisorError } from "../errors.js";
 import { RunPage, type VcpuExit } from "./exits.js";
-import { K, kernelLayout, type MsrFilterRange, native, wrapNative } from "./native.js";
+import { K, type KernelLayout, kernelLayout, type MsrFilterRange, native, wrapNative } from "./native.js";
 import { decodeRegs, decodeSregs, encodeRegs, encodeSregs, type Regs, type Sregs } from "./structs.js";
 
 export const DEFAULT_KVM_PATH = "/dev/kvm";
@@ -364,28 +364,33 @@ export class Vcpu {
 
   /** KVM_SET_VCPU_EVENTS: inject a CPU exception (delivered through the guest IDT). */
   injectException(vector: number, errorCode?: number): void {
-    const L = kernelLayout("kvm_vcpu_events");
-    this.settle();
-    wrapNative("KVM_GET_VCPU_EVENTS", () => native().getVcpuEvents(this.fd, this.eventsBuf));
-    const v = new DataView(this.eventsBuf.buffer);
-    v.setUint8(L.off("exception.injected"), 1);
-    v.setUint8(L.off("exception.nr"), vector);
-    v.setUint8(L.off("exception.has_error_code"), errorCode === undefined ? 0 : 1);
-    v.setUint32(L.off("exception.error_code"), errorCode ?? 0, true);
-    v.setUint32(L.off("flags"), 0, true);
-    wrapNative("KVM_SET_VCPU_EVENTS", () => native().setVcpuEvents(this.fd, this.eventsBuf));
+    this.changeException((v, L) => {
+      v.setUint8(L.off("exception.injected"), 1);
+      v.setUint8(L.off("exception.nr"), vector);
+      v.setUint8(L.off("exception.has_error_code"), errorCode === undefined ? 0 : 1);
+      v.setUint32(L.off("exception.error_code"), errorCode ?? 0, true);
+      return true;
+    });
   }
 
   /** Withdraw the exception KVM has queued for the guest, when it is `vector` (KVM_GET/SET_VCPU_EVENTS). */
   cancelException(vector: number): void {
+    this.changeException((v, L) => {
+      if (v.getUint8(L.off("exception.injected")) === 0 || v.getUint8(L.off("exception.nr")) !== vector) return false;
+      v.setUint8(L.off("exception.injected"), 0);
+      v.setUint8(L.off("exception.has_error_code"), 0);
+      v.setUint32(L.off("exception.error_code"), 0, true);
+      return true;
+    });
+  }
+
+  /** KVM_GET_VCPU_EVENTS, `change` the exception in it, KVM_SET_VCPU_EVENTS when it says so. */
+  private changeException(change: (v: DataView, L: KernelLayout) => boolean): void {
     const L = kernelLayout("kvm_vcpu_events");
     this.settle();
     wrapNative("KVM_GET_VCPU_EVENTS", () => native().getVcpuEvents(this.fd, this.eventsBuf));
     const v = new DataView(this.eventsBuf.buffer);
-    if (v.getUint8(L.off("exception.injected")) === 0 || v.getUint8(L.off("exception.nr")) !== vector) return;
-    v.setUint8(L.off("exception.injected"), 0);
-    v.setUint8(L.off("exception.has_error_code"), 0);
-    v.setUint32(L.off("exception.error_code"), 0, true);
+    if (!change(v, L)) return;
     v.setUint32(L.off("flags"), 0, true);
     wrapNative("KVM_SET_VCPU_EVENTS", () => native().setVcpuEvents(this.fd, this.eventsBuf));
   }
