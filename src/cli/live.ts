@@ -17,10 +17,9 @@
  */
 import { stripVTControlCharacters } from "node:util";
 import pc from "picocolors";
-import { ABI_CONSTANTS as C } from "../abi/guest-abi.js";
 import type { SummaryEvent } from "../model/summary-event.js";
 import { guestName } from "../names.js";
-import { msrName, VECTOR_NAMES } from "../policy/names.js";
+import { integrityObjectName, msrName, VECTOR_NAMES } from "../policy/names.js";
 
 /**
  * An event as the runner reports it. Each call is one occurrence; `count`
@@ -73,14 +72,12 @@ export const FOLD_FLUSH_MS = 5000;
 const MIN_REFRESH_MS = 200;
 
 const VECTOR_BY_NUMBER = new Map(Object.entries(VECTOR_NAMES).map(([name, n]) => [n, name]));
-const INTEGRITY_OBJECTS = new Map<number, string>([
-  [C.INTEGRITY_CR0, "CR0"],
-  [C.INTEGRITY_CR4, "CR4"],
-  [C.INTEGRITY_IDTR, "IDTR"],
-  [C.INTEGRITY_GDTR, "GDTR"],
-  [C.INTEGRITY_PAGING, "page tables"],
-  [C.INTEGRITY_CR3, "CR3"],
-]);
+
+/** What an integrity event's object is called on screen. */
+function integrityShown(n: number): string {
+  const name = integrityObjectName(n);
+  return name === "PAGING" ? "page tables" : (name ?? `object ${n}`);
+}
 
 interface Run {
   guest: number;
@@ -118,7 +115,7 @@ function what(e: LiveEvent): string[] {
     if (e.kind === "cpu-exception") {
       const name = VECTOR_BY_NUMBER.get(e.vector);
       parts.push(name ? `#${name}` : `vector ${e.vector}`);
-    } else if (e.kind === "integrity") parts.push(INTEGRITY_OBJECTS.get(e.vector) ?? `object ${e.vector}`);
+    } else if (e.kind === "integrity") parts.push(integrityShown(e.vector));
   }
   if (e.msr !== undefined) {
     const index = /^0x[0-9a-f]{1,8}$/i.test(e.msr) ? Number.parseInt(e.msr, 16) : undefined;

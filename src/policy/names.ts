@@ -105,6 +105,11 @@ export const INTEGRITY_OBJECTS: Readonly<Record<string, number>> = {
 
 const has = (table: Readonly<Record<string, number>>, key: string) => Object.hasOwn(table, key);
 
+/** The name of integrity object `n` (upper case, as in INTEGRITY_OBJECTS), or undefined. */
+export function integrityObjectName(n: number): string | undefined {
+  return Object.entries(INTEGRITY_OBJECTS).find(([, v]) => v === n)?.[0];
+}
+
 /** An integrity object by name (`paging`, `cr3`, any case); undefined when unknown. */
 export function integrityObject(v: unknown): number | undefined {
   if (typeof v !== "string") return undefined;

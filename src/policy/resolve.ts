@@ -17,7 +17,7 @@ import {
 import type { ElfImage, ElfSymbol } from "../elf/elf.js";
 import { protectedRegions } from "../elf/elf.js";
 import type { FieldPath, PolicyFile } from "./load.js";
-import { CR0_BITS, CR4_BITS, INTEGRITY_OBJECTS, msrName } from "./names.js";
+import { CR0_BITS, CR4_BITS, integrityObjectName, msrName } from "./names.js";
 import type { PolicySpec, RuleSpec } from "./schema.js";
 
 /** What resolving needs to know about a kernel. */
@@ -245,8 +245,7 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
   return policy;
 }
 
-const objectName = (n: number) =>
-  (Object.entries(INTEGRITY_OBJECTS).find(([, v]) => v === n)?.[0] ?? String(n)).toLowerCase();
+const objectName = (n: number) => (integrityObjectName(n) ?? String(n)).toLowerCase();
 
 /** A reason for a rule that gives none: what it matches, in words. */
 function describeRule(r: RuleSpec): string {
