@@ -20,7 +20,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ["decide"],
   ["policy", "vmm"],
   ["health"],
-  ["audit", "event-fold", "scenarios", "metrics", "lab"],
+  ["audit", "event-fold", "scenarios", "metrics", "control", "lab"],
   ["runner"],
   ["bench"],
   ["cli"],

@@ -22,6 +22,8 @@ export const ERROR_CODES = {
   CONFIG_INVALID: "CONFIG_INVALID",
   /** Unknown scenario name. */
   SCENARIO_UNKNOWN: "SCENARIO_UNKNOWN",
+  /** No run answers on the control socket given. */
+  CONTROL_UNAVAILABLE: "CONTROL_UNAVAILABLE",
   /** A file that could not be read or written. */
   IO: "IO",
   /** The guest misbehaved in a way the VMM had to stop (bad boot state, etc). */

@@ -79,7 +79,7 @@ export interface RunOptions {
   /** A health-VM restart, when it is back up (or given up). */
   onHmRestart?: (r: HmRestart) => void;
   /** A guest (re)started running, is restarting, or ended with this outcome. */
-  onGuestState?: (guest: number, state: "running" | "restarting" | GuestOutcome) => void;
+  onGuestState?: (guest: number, state: "running" | "restarting" | "paused" | GuestOutcome) => void;
   /** A guest's cumulative VM-exit count over all its incarnations (at least at the end of each). */
   onExits?: (guest: number, totalExits: number) => void;
 }
@@ -88,6 +88,10 @@ export interface RunOptions {
 export interface RunControl {
   /** Compile `policy` for every running guest and switch both deciders to it. */
   reloadPolicy?(policy: Policy): { guests: number; hashes: number[] };
+  /** Each guest's state now: running, or paused by a `pause` verdict (with why). */
+  guests?(): { guest: number; state: "running" | "paused" | "stopped"; detail?: string }[];
+  /** Let a guest a `pause` verdict parked go on. False when it is not paused. */
+  resume?(guest: number): boolean;
 }
 
 export type GuestOutcome = "completed" | "restarted" | "halted" | "crashed";
@@ -347,6 +351,10 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
           exceptionEntry: opts.exceptionEntry,
           onPolicy: (p) => hm?.installRules(g, p.table),
           onHmFault: (f) => hm?.reportFault(f),
+          onPaused: (detail) => {
+            life.serial.push(`--- guardvisor: ${guestName(g)} paused: ${detail} ---`);
+            opts.onGuestState?.(g, "paused");
+          },
           onGuestReport: (r) => {
             // Both views of one exception: what the VMM captured, what the guest says it did.
             const ev = r.seq === undefined ? undefined : bySeq.get(r.seq);
@@ -478,6 +486,17 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         reloaded = p;
         return { guests: hashes.length, hashes };
       };
+      opts.control.guests = () =>
+        vms.map((vm, g) => {
+          const detail = vm?.pausedBy;
+          if (detail !== undefined) return { guest: g, state: "paused", detail };
+          return { guest: g, state: vm && !vm.hasStopped ? "running" : "stopped" };
+        });
+      opts.control.resume = (g) => {
+        const ok = vms[g]?.resumePaused() ?? false;
+        if (ok) opts.onGuestState?.(g, "running");
+        return ok;
+      };
     }
     // If one guest fails to build or run, stop the others and wait for them all
     // before anything is torn down (their threads use memory the teardown frees).
@@ -499,7 +518,11 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
     const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failed) throw failed.reason;
     const lives = results.map((r) => (r as PromiseFulfilledResult<GuestLife>).value);
-    if (opts.control) opts.control.reloadPolicy = undefined;
+    if (opts.control) {
+      opts.control.reloadPolicy = undefined;
+      opts.control.guests = undefined;
+      opts.control.resume = undefined;
+    }
     for (let g = 0; g < scenarios.length; g++) repeats.flush(g);
     await health?.settled(); // a restart still running counts
     const hmStatus = health?.status();

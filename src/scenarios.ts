@@ -91,6 +91,18 @@ export const SCENARIOS: readonly Scenario[] = [
     restarts: 1,
   },
   {
+    name: "driver-exploit",
+    description:
+      "ring-3 tasks make a buggy driver patch kernel code and dereference null in kernel mode: kill-task ends each task, the kernel goes on",
+    result: { patcher: "killed", oopser: "killed", survivor: "exited", changed: "0" },
+    events: [
+      { kind: "protected-write", region: ".text", verdict: "kill-task", min: 1, max: 1 },
+      { kind: "cpu-exception", vector: 13, verdict: "kill-task", min: 1, max: 1 }, // the #GP raised at the write
+      { kind: "cpu-exception", vector: 14, verdict: "kill-task", min: 1, max: 1 },
+    ],
+    policy: "policies/driver-exploit.yaml",
+  },
+  {
     name: "legit-patch",
     description: "the kernel's sanctioned patch routine changes .text (allowed); another routine's write is denied",
     result: { patched: "1", ret: "2", rogue_changed: "0" },

@@ -31,6 +31,7 @@ int scenario_user_fault(void);
 int scenario_div_zero(void);
 int scenario_lstar_hook(void);
 int scenario_null_deref(void);
+int scenario_driver_exploit(void);
 int scenario_triple_fault(void);
 int scenario_alias_map(void);
 int scenario_pt_remap(void);

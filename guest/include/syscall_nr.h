@@ -11,7 +11,8 @@
 #define SYS_WRITE 1  /* (buf, len): writes to COM1; returns len, or -1 if buf is not user memory */
 #define SYS_GETPID 2 /* (): the task's pid */
 #define SYS_GETUID 3 /* (): the task's uid (always 1000) */
-#define SYS_COUNT 4
+#define SYS_DRIVER 4 /* (op, arg): a driver's request; -1 when no driver is loaded */
+#define SYS_COUNT 5
 
 #define GV_TASK_UID 1000
 

@@ -40,6 +40,11 @@ static inline int64_t u_getpid(void)
 	return u_syscall(SYS_GETPID, 0, 0, 0);
 }
 
+static inline int64_t u_driver(uint64_t op, uint64_t arg)
+{
+	return u_syscall(SYS_DRIVER, op, arg, 0);
+}
+
 static inline int64_t u_getuid(void)
 {
 	return u_syscall(SYS_GETUID, 0, 0, 0);

@@ -26,6 +26,9 @@ USER_TASK user_intruder_task(uint64_t arg);  /* writes to kernel memory at arg *
 USER_TASK user_port_probe_task(uint64_t arg); /* out to a port the TSS denies */
 USER_TASK user_survivor_task(uint64_t arg);   /* writes to COM1 directly, exits 0 */
 
+/* driver-exploit: one request to the vulnerable driver (op = arg), then exit 0 */
+USER_TASK user_driver_task(uint64_t arg);
+
 /* exception-storm: ud2 `arg` times (the kernel resumes after each) */
 #define STORM_FAULTS 10000
 USER_TASK user_storm_task(uint64_t arg);

@@ -5,8 +5,11 @@
  *    Print "TASK-FAULT task=<name> vector=N rip=0x..", end the task (its
  *    task_run() returns with the fault recorded) and let the kernel go on with
  *    the next task.
- *  - Ring 0: the kernel itself is broken. Print "PANIC ..." and stop the VM with
- *    exit code 0x80 + vector.
+ *  - Ring 0 while a task runs (in one of its system calls), when the VMM's
+ *    verdict is kill-task (HC_EXCEPTION_VERDICT): end that task the same way
+ *    ("mode=kernel" in the line); the kernel goes on.
+ *  - Ring 0 otherwise: the kernel itself is broken. Print "PANIC ..." and stop
+ *    the VM with exit code 0x80 + vector.
  * Either way it reports the exception to the VMM first (HC_REPORT_EXCEPTION),
  * which has already captured it at the exception entry: the audit record holds
  * both views, and a guest that reports what never happened stands out.
@@ -28,8 +31,11 @@ void panic_trap(const struct trap_frame *tf)
 void exception_default(struct trap_frame *tf)
 {
 	const struct task *t = task_current();
-	if ((tf->cs & 3) == RPL_USER && t) {
-		kprintf("TASK-FAULT task=%s vector=%lu rip=0x%lx\n", t->name, tf->vector, tf->rip);
+	/* The VMM captured this exception first: does its verdict end the task (kill-task)? */
+	int end_task = gv_hypercall(GV_HC_EXCEPTION_VERDICT, tf->vector, tf->rip, 0) == GV_EXC_END_TASK;
+	if (t && ((tf->cs & 3) == RPL_USER || end_task)) {
+		kprintf("TASK-FAULT task=%s vector=%lu rip=0x%lx%s\n", t->name, tf->vector, tf->rip,
+			(tf->cs & 3) == RPL_USER ? "" : " mode=kernel");
 		gv_hypercall(GV_HC_REPORT_EXCEPTION, tf->vector, tf->rip, GV_GUEST_ACTION_TASK_KILLED);
 		task_kill_current((unsigned)tf->vector);
 	}

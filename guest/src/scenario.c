@@ -12,6 +12,7 @@ static const struct scenario scenarios[] = {
 	{ "div-zero", scenario_div_zero, NULL },
 	{ "lstar-hook", scenario_lstar_hook, NULL },
 	{ "null-deref", scenario_null_deref, NULL },
+	{ "driver-exploit", scenario_driver_exploit, NULL },
 	{ "triple-fault", scenario_triple_fault, NULL },
 	{ "alias-map", scenario_alias_map, NULL },
 	{ "pt-remap", scenario_pt_remap, NULL },

@@ -63,11 +63,21 @@ static int64_t sys_getuid(uint64_t a1, uint64_t a2, uint64_t a3)
 	return GV_TASK_UID;
 }
 
+/* A loaded "driver"'s request handler (driver-exploit loads one), or none. */
+int64_t (*gv_driver_request)(uint64_t op, uint64_t arg);
+
+static int64_t sys_driver(uint64_t op, uint64_t arg, uint64_t a3)
+{
+	(void)a3;
+	return gv_driver_request ? gv_driver_request(op, arg) : -1;
+}
+
 const syscall_fn syscall_table[SYS_COUNT] = {
 	[SYS_EXIT] = sys_exit,
 	[SYS_WRITE] = sys_write,
 	[SYS_GETPID] = sys_getpid,
 	[SYS_GETUID] = sys_getuid,
+	[SYS_DRIVER] = sys_driver,
 };
 
 int64_t syscall_dispatch(uint64_t nr, uint64_t a1, uint64_t a2, uint64_t a3)

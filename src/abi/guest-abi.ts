@@ -41,6 +41,7 @@ export const ABI_CONSTANTS = {
   HC_SEAL: 1,
   HC_REPORT_EXCEPTION: 2,
   HC_HEARTBEAT: 3,
+  HC_EXCEPTION_VERDICT: 4,
   HC_DOORBELL: 0x10,
 
   // HC_SEAL arguments (RDI, a bit set): one-way; sealed objects are protected from then on.
@@ -64,6 +65,10 @@ export const ABI_CONSTANTS = {
   GUEST_ACTION_HANDLED: 0,
   GUEST_ACTION_TASK_KILLED: 1,
   GUEST_ACTION_PANIC: 2,
+
+  // HC_EXCEPTION_VERDICT: RDI = vector, RSI = faulting RIP; RAX = what the VMM's verdict asks of the guest.
+  EXC_OWN_RULE: 0, // handle it by the guest's own rule
+  EXC_END_TASK: 1, // end the faulting task (kill-task), even when the fault is in kernel mode
 
   // Hypercall results.
   HC_OK: 0,

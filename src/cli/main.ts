@@ -3,6 +3,7 @@
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { ABI_CONSTANTS } from "../abi/guest-abi.js";
+import { type ControlServer, startControlServer } from "../control/socket.js";
 import { DECIDERS, type DeciderName } from "../decide/decider.js";
 import { defaultKernelPath } from "../elf/kernel-file.js";
 import { GuardvisorError, isGuardvisorError } from "../errors.js";
@@ -30,6 +31,7 @@ import {
 import { SCENARIOS, type Scenario } from "../scenarios.js";
 import { registerAuditCommands } from "./audit-cmd.js";
 import { registerBenchCommands } from "./bench-cmd.js";
+import { registerControlCommands } from "./control-cmd.js";
 import { registerLabCommands } from "./lab-cmd.js";
 import { startRunObservers } from "./observe.js";
 import { HM_TIMEOUT_OPTION, intOption } from "./options.js";
@@ -112,6 +114,8 @@ interface RunFlags {
   duration?: number;
   hmChaos?: boolean;
   metricsPort?: number;
+  /** The control socket's path (guardvisor guests / resume). */
+  control?: string;
   /** false with --no-lab. */
   lab: boolean;
 }
@@ -301,6 +305,9 @@ function checkRunFlags(flags: RunFlags): void {
     if (flags.metricsPort !== undefined) {
       throw new GuardvisorError("CONFIG_INVALID", "--metrics-port: serves one run; not with --scenario all");
     }
+    if (flags.control !== undefined) {
+      throw new GuardvisorError("CONFIG_INVALID", "--control: serves one run; not with --scenario all");
+    }
     checkRunOptions({ ...commonRunOptions(flags), scenario: SCENARIOS[0]!.name });
     return;
   }
@@ -317,7 +324,14 @@ async function runCommand(flags: RunFlags): Promise<number> {
     metricsPort: flags.metricsPort,
   });
   let report: MultiRunReport;
+  let controlServer: ControlServer | undefined;
   try {
+    if (flags.control) {
+      controlServer = await startControlServer(flags.control, {
+        guests: () => control.guests?.() ?? [],
+        resume: (g) => control.resume?.(g) ?? false,
+      });
+    }
     report = await runGuests({
       ...commonRunOptions(flags),
       control,
@@ -334,6 +348,7 @@ async function runCommand(flags: RunFlags): Promise<number> {
   } finally {
     process.off("SIGHUP", onHup);
     await observers.close();
+    await controlServer?.close();
   }
   const soak = report.summary.soak;
   if (soak) {
@@ -423,6 +438,10 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
       intOption("--metrics-port"),
     )
     .option(
+      "--control <socket>",
+      "listen on this Unix socket for `guardvisor guests` and `guardvisor resume` (a guest a pause verdict parked waits for resume)",
+    )
+    .option(
       "--policy <file>",
       "the policy (YAML or JSON, docs/policy.md; SIGHUP reloads it without restarting guests); default: the built-in one",
     )
@@ -481,6 +500,7 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
     );
 
   registerAuditCommands(program, setExit);
+  registerControlCommands(program, setExit);
   registerPolicyCommands(program);
   registerBenchCommands(program, setExit);
   registerLabCommands(program, setExit, () => args);

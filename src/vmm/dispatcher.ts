@@ -14,11 +14,13 @@ import type { GuestMemory } from "../kvm/guest-memory.js";
 import { cplOf, type Regs, type Sregs } from "../kvm/structs.js";
 import { type ContextRecord, emptyContext, encodeContext } from "../model/context.js";
 import type { ProtectedRegion } from "../model/regions.js";
+import { type Effect, effectOf, type VmFate } from "./act.js";
 import type { ExceptionCapture } from "./exception-capture.js";
 import { decodeExceptionFrame } from "./frame.js";
 import { pageParts, readVirtual, translate } from "./paging.js";
-import { PagingSeal, PTE_ADDR_MASK, type VirtualRange } from "./paging-seal.js";
+import type { VirtualRange } from "./paging-seal.js";
 import type { ProtectionMap } from "./protection.js";
+import { SealState } from "./seal-state.js";
 import { StorePieces } from "./store-pieces.js";
 import { type LocatedStore, locateStore, preloadWriteLocator, storesAt } from "./write-site.js";
 
@@ -81,7 +83,11 @@ export interface EventSink {
 
 export type StopOutcome = "exit" | "crash" | "halt" | "restart";
 
-export type ExitAction = { kind: "continue" } | { kind: "stop"; outcome: StopOutcome; code?: number; detail: string };
+export type ExitAction =
+  | { kind: "continue" }
+  /** Park the vCPU until the VM's owner resumes it (the `pause` verdict). */
+  | { kind: "pause"; detail: string }
+  | { kind: "stop"; outcome: StopOutcome; code?: number; detail: string };
 
 const CONTINUE: ExitAction = { kind: "continue" };
 
@@ -123,10 +129,6 @@ export interface DispatchStats {
 
 export const GP_VECTOR = 13;
 export const DB_VECTOR = 1;
-/** CR0.WP; CR4.SMEP and SMAP: the bits sealing pins when they are set. */
-type DescriptorTable = { base: bigint; limit: number };
-
-const CR0_PINNABLE = 1n << 16n;
 /** KVM_INTERNAL_ERROR_EMULATION: KVM could not emulate the instruction at RIP. */
 const KVM_INTERNAL_ERROR_EMULATION = 1;
 /** #UD: what KVM queues for the guest on an emulation failure. */
@@ -134,7 +136,6 @@ const UD_VECTOR = 6;
 /** The longest store whose physical extent a context records (longer: the piece, unbounded). */
 const MAX_EXTENT = 64 * 1024;
 const CR4_PGE = 1n << 7n;
-const CR4_PINNABLE = (1n << 20n) | (1n << 21n);
 
 export class ExitDispatcher {
   readonly stats: DispatchStats = {
@@ -152,26 +153,21 @@ export class ExitDispatcher {
     pinnedEntries: 0,
   };
   private seq = 0;
-  /** HC_SEAL bits the guest has set (one-way). */
-  private sealed = 0;
-  /** What was sealed: the IDTR, and the CR0/CR4 bits that must stay set. */
-  private sealedIdt: DescriptorTable | undefined;
-  private sealedGdt: DescriptorTable | undefined;
-  private pinnedCr0 = 0n;
-  private pinnedCr4 = 0n;
+  /** What the guest sealed (HC_SEAL), and the check for what changed since. */
+  private readonly sealState: SealState;
   /** The guest's exception module reported a panic (its next debug exit is a crash). */
   private panicked: { vector: number; rip: bigint } | undefined;
   /** Recent captured exceptions not yet reported by the guest: matched by vector and RIP. */
-  private readonly unreported: { seq: number; vector: number; rip: bigint }[] = [];
+  private readonly unreported: { seq: number; vector: number; rip: bigint; endTask: boolean }[] = [];
+  /** Faults Guardvisor raised for a kill-task verdict, not yet asked about by the guest (HC_EXCEPTION_VERDICT). */
+  private readonly endTaskFaults: { vector: number; rip: bigint }[] = [];
   private readonly now: () => bigint;
-  /** Pins the translation of protected memory once the guest seals its paging. */
-  private readonly paging: PagingSeal;
   private readonly pieces: StorePieces;
 
   constructor(private readonly d: DispatcherDeps) {
     preloadWriteLocator();
     this.now = d.now ?? process.hrtime.bigint;
-    this.paging = new PagingSeal(d.memory);
+    this.sealState = new SealState(d.memory, d.protectedVirtual);
     this.pieces = new StorePieces(d.memory);
   }
 
@@ -356,25 +352,50 @@ export class ExitDispatcher {
     if (store) this.setExtent(ctx, store.write, store.offset, sregs.cr3);
     if ((ctx.accessLen ?? ctx.data.length) > ctx.data.length) ctx.flags |= CONTEXT_FLAGS.DATA_PARTIAL;
     const decision = this.d.decider.decide(ctx);
-    const perform = decision.verdict === "allow" || decision.verdict === "log";
-    let action: ExitAction;
+    const effect = effectOf("protected-write", decision.verdict);
     let resume = regs;
-    if ((decision.verdict === "deny-fault" || decision.verdict === "kill-task") && store) {
+    if (effect.fault) {
       // A fault at the writing instruction, as the CPU's own would leave it.
-      resume = { ...regs, ...store.before };
-      this.d.cpu.setRegs(resume);
-      this.d.cpu.injectException(GP_VECTOR, 0);
-      action = CONTINUE;
-      if (store.repeating) store = undefined; // no more elements: the guest takes the fault
-    } else {
-      action = this.apply(decision.verdict, () => this.d.memory.write(gpa, data));
-    }
+      if (store) {
+        resume = { ...regs, ...store.before };
+        this.d.cpu.setRegs(resume);
+      }
+      this.raiseFault(effect, resume.rip);
+      if (store?.repeating) store = undefined; // no more elements: the guest takes the fault
+    } else if (effect.perform) this.d.memory.write(gpa, data);
     if (store) {
       const va = store.write.va + BigInt(store.offset);
-      this.pieces.start(store, va, data.length, resume, sregs.cr3, perform);
+      this.pieces.start(store, va, data.length, resume, sregs.cr3, effect.perform);
     } else this.pieces.clear();
     this.report(ctx, decision, t0, notes.length ? notes.join("; ") : undefined);
-    return action;
+    return this.fateAction(effect.vm, `protected write at 0x${gpa.toString(16)}`);
+  }
+
+  /** #GP at `rip` for a deny-fault or kill-task verdict; kill-task also tells the guest to end the task. */
+  private raiseFault(effect: Effect, rip: bigint): void {
+    this.d.cpu.injectException(GP_VECTOR, 0);
+    if (effect.endTask) this.expectEndTask(GP_VECTOR, rip);
+  }
+
+  private expectEndTask(vector: number, rip: bigint): void {
+    this.endTaskFaults.push({ vector, rip });
+    if (this.endTaskFaults.length > 16) this.endTaskFaults.shift();
+  }
+
+  /** The VM's fate as what the vCPU loop does next. */
+  private fateAction(fate: VmFate, what: string, crashDetail = what): ExitAction {
+    switch (fate) {
+      case "runs":
+        return CONTINUE;
+      case "paused":
+        return { kind: "pause", detail: `${what}: paused by verdict` };
+      case "halted":
+        return { kind: "stop", outcome: "halt", detail: `${what}: halted by verdict` };
+      case "restarted":
+        return { kind: "stop", outcome: "restart", detail: `${what}: restart by verdict` };
+      case "crashed":
+        return { kind: "stop", outcome: "crash", detail: crashDetail };
+    }
   }
 
   /**
@@ -424,25 +445,15 @@ export class ExitDispatcher {
       this.setExtent(ctx, w, 0, sregs.cr3);
       ctx.flags |= CONTEXT_FLAGS.DATA_PARTIAL; // nothing of what it would write is known
       const decision = this.d.decider.decide(ctx);
-      let action = CONTINUE;
-      switch (decision.verdict) {
-        case "deny-fault":
-        case "kill-task":
-          this.d.cpu.injectException(GP_VECTOR, 0);
-          break;
-        case "allow":
-        case "log":
-          notes.push("not carried out: KVM cannot emulate it; skipped");
-          this.d.cpu.setRegs({ ...regs, rip: regs.rip + BigInt(insn.site.length) });
-          break;
-        case "deny":
-          this.d.cpu.setRegs({ ...regs, rip: regs.rip + BigInt(insn.site.length) });
-          break;
-        default:
-          action = this.apply(decision.verdict, () => {});
+      const effect = effectOf("protected-write", decision.verdict);
+      if (effect.fault) this.raiseFault(effect, regs.rip);
+      else {
+        // Skipped, whatever else the verdict says: it cannot be run.
+        if (effect.perform) notes.push("not carried out: KVM cannot emulate it; skipped");
+        this.d.cpu.setRegs({ ...regs, rip: regs.rip + BigInt(insn.site.length) });
       }
       this.report(ctx, decision, t0, notes.join("; "));
-      return action;
+      return this.fateAction(effect.vm, `unemulated store at 0x${regs.rip.toString(16)}`);
     }
     return undefined;
   }
@@ -489,7 +500,7 @@ export class ExitDispatcher {
         return CONTINUE;
       case "exception-entry": {
         const action = this.onException(t0);
-        if (action.kind === "continue") xc.stepOver();
+        if (action.kind !== "stop") xc.stepOver(); // a pause steps over it when resumed
         return action;
       }
     }
@@ -514,8 +525,6 @@ export class ExitDispatcher {
       ctx.cpl = fr.cpl;
       ctx.regs = { ...regs, rip: fr.rip, rsp: fr.rsp, rflags: fr.rflags };
       this.setInsn(ctx, sregs, fr.rip);
-      this.unreported.push({ seq: ctx.seq, vector: fr.vector, rip: fr.rip });
-      if (this.unreported.length > 16) this.unreported.shift();
     } else {
       // Hostile or broken: record what we saw at the entry, decide on vector 255.
       ctx.vector = 255;
@@ -523,9 +532,30 @@ export class ExitDispatcher {
       note = `exception frame rejected: ${f.why}`;
     }
     const decision = this.d.decider.decide(ctx);
-    const action = this.endsVm(decision.verdict) ?? CONTINUE;
+    const effect = effectOf("cpu-exception", decision.verdict);
+    if (f.ok) {
+      this.unreported.push({ seq: ctx.seq, vector: f.frame.vector, rip: f.frame.rip, endTask: effect.endTask });
+      if (this.unreported.length > 16) this.unreported.shift();
+    }
     this.report(ctx, decision, t0, note);
-    return action;
+    return this.fateAction(effect.vm, `exception ${ctx.vector} at 0x${ctx.regs.rip.toString(16)}`);
+  }
+
+  /**
+   * HC_EXCEPTION_VERDICT: the guest's exception module asks, before it acts,
+   * whether the VMM's verdict on this exception is to end the faulting task:
+   * a kill-task verdict on the exception itself, or the #GP Guardvisor raised
+   * for a kill-task verdict on a write. Otherwise it follows its own rule.
+   */
+  exceptionVerdict(vector: number, rip: bigint): number {
+    const C = ABI_CONSTANTS;
+    const i = this.endTaskFaults.findIndex((u) => u.vector === vector && u.rip === rip);
+    if (i >= 0) {
+      this.endTaskFaults.splice(i, 1);
+      return C.EXC_END_TASK;
+    }
+    const u = this.unreported.find((x) => x.vector === vector && x.rip === rip);
+    return u?.endTask ? C.EXC_END_TASK : C.EXC_OWN_RULE;
   }
 
   /** HC_REPORT_EXCEPTION: the guest's exception module says what it did. */
@@ -539,25 +569,9 @@ export class ExitDispatcher {
 
   /** HC_SEAL: protect more from now on (bits only ever get set). Returns the sealed set. */
   seal(what: number): number {
-    const C = ABI_CONSTANTS;
-    const add = what & (C.SEAL_MSRS | C.SEAL_IDT | C.SEAL_CR | C.SEAL_GDT | C.SEAL_PAGING) & ~this.sealed;
-    if (add & (C.SEAL_IDT | C.SEAL_CR | C.SEAL_GDT | C.SEAL_PAGING)) {
-      const s = this.d.cpu.getSregs();
-      if (add & C.SEAL_PAGING) {
-        // The kernel's protected ranges, and the IDT wherever the IDTR points now.
-        const idt = { name: "the IDT", start: s.idt.base, end: s.idt.base + BigInt(s.idt.limit) + 1n };
-        this.paging.seal(s.cr3, [...(this.d.protectedVirtual ?? []), idt]);
-        this.stats.pinnedEntries = this.paging.pinnedEntries;
-      }
-      if (add & C.SEAL_IDT) this.sealedIdt = { base: s.idt.base, limit: s.idt.limit };
-      if (add & C.SEAL_GDT) this.sealedGdt = { base: s.gdt.base, limit: s.gdt.limit };
-      if (add & C.SEAL_CR) {
-        this.pinnedCr0 = s.cr0 & CR0_PINNABLE;
-        this.pinnedCr4 = s.cr4 & CR4_PINNABLE;
-      }
-    }
-    this.sealed |= add;
-    return this.sealed;
+    const sealed = this.sealState.seal(what, () => this.d.cpu.getSregs());
+    this.stats.pinnedEntries = this.sealState.pinnedEntries;
+    return sealed;
   }
 
   /**
@@ -567,59 +581,11 @@ export class ExitDispatcher {
    * event; "deny" puts the sealed value back, "restart"/"halt" end the VM.
    */
   private checkSealed(t0: bigint): ExitAction | undefined {
-    const C0 = ABI_CONSTANTS;
-    if ((this.sealed & (C0.SEAL_IDT | C0.SEAL_CR | C0.SEAL_GDT | C0.SEAL_PAGING)) === 0) return undefined;
+    if (!this.sealState.checked) return undefined;
     const s = this.sregs();
-    const C = ABI_CONSTANTS;
-    // `restore` puts the sealed state back: in the registers to load (x), or in memory (then the TLB is flushed).
-    const broken: { object: number; what: string; restore: (x: Sregs) => void; inMemory?: boolean }[] = [];
-    const table = (object: number, name: string, key: "idt" | "gdt", sealed: DescriptorTable | undefined) => {
-      const now = s[key];
-      if (!sealed || (now.base === sealed.base && now.limit === sealed.limit)) return;
-      broken.push({
-        object,
-        what: `${name} changed from 0x${sealed.base.toString(16)}/${sealed.limit} to 0x${now.base.toString(16)}/${now.limit}`,
-        restore: (x) => {
-          x[key] = { base: sealed.base, limit: sealed.limit };
-        },
-      });
-    };
-    const pinned = (object: number, name: string, key: "cr0" | "cr4", bits: bigint) => {
-      if ((s[key] & bits) === bits) return;
-      broken.push({
-        object,
-        what: `pinned ${name} bits cleared: 0x${(bits & ~s[key]).toString(16)}`,
-        restore: (x) => {
-          x[key] |= bits;
-        },
-      });
-    };
-    table(C.INTEGRITY_IDTR, "IDTR", "idt", this.sealedIdt);
-    table(C.INTEGRITY_GDTR, "GDTR", "gdt", this.sealedGdt);
-    pinned(C.INTEGRITY_CR0, "CR0", "cr0", this.pinnedCr0);
-    pinned(C.INTEGRITY_CR4, "CR4", "cr4", this.pinnedCr4);
-    const root = this.paging.cr3;
-    if (root !== undefined && (s.cr3 & PTE_ADDR_MASK) !== root) {
-      broken.push({
-        object: C.INTEGRITY_CR3,
-        what: `CR3 changed from the sealed page tables at 0x${root.toString(16)} to 0x${s.cr3.toString(16)}`,
-        restore: (x) => {
-          x.cr3 = root | (x.cr3 & ~PTE_ADDR_MASK);
-        },
-      });
-    }
-    if (root !== undefined) {
-      const hex = (n: bigint | number) => `0x${n.toString(16)}`;
-      for (const c of this.paging.changes()) {
-        broken.push({
-          object: C.INTEGRITY_PAGING,
-          what: `page-table entry at ${hex(c.entry)} translating ${c.name} (${hex(c.va)}) changed from ${hex(c.from)} to ${hex(c.to)}`,
-          restore: () => this.paging.restore(c.entry),
-          inMemory: true,
-        });
-      }
-    }
+    const broken = this.sealState.broken(s);
     if (broken.length === 0) return undefined;
+    const C = ABI_CONSTANTS;
     this.remapSeen = broken.some((b) => b.object === C.INTEGRITY_PAGING || b.object === C.INTEGRITY_CR3);
 
     let end: ExitAction | undefined;
@@ -634,12 +600,16 @@ export class ExitDispatcher {
       if (b.inMemory) ctx.flags |= CONTEXT_FLAGS.WRITER_UNKNOWN; // found after the fact: no writer to name
       const decision = this.d.decider.decide(ctx);
       this.report(ctx, decision, t0, b.what);
-      const stop = this.endsVm(decision.verdict);
-      if (stop) end ??= { ...stop, detail: `${b.what}; ${stop.detail}` };
-      else if (decision.verdict === "deny" || decision.verdict === "deny-fault") {
+      const effect = effectOf("integrity", decision.verdict);
+      if (effect.restore) {
         b.restore(fixed);
         if (b.inMemory) flush = true;
         else restored = true;
+      }
+      // The first object's ending decides; a pause yields to a stop.
+      const action = this.fateAction(effect.vm, b.what);
+      if (action.kind !== "continue" && (end === undefined || (end.kind === "pause" && action.kind === "stop"))) {
+        end = action;
       }
     }
     // One write for every object set back, so no restore undoes another.
@@ -655,7 +625,7 @@ export class ExitDispatcher {
 
   /** A write to a filtered MSR (LSTAR, SYSENTER_EIP, …). */
   private onMsrWrite(index: number, value: bigint, t0: bigint): ExitAction {
-    if ((this.sealed & ABI_CONSTANTS.SEAL_MSRS) === 0) {
+    if (!this.sealState.has(ABI_CONSTANTS.SEAL_MSRS)) {
       // Before the guest seals its MSRs, it is still setting itself up: perform the write.
       this.stats.msrWritesBeforeSeal++;
       this.performMsrWrite(index, value);
@@ -665,21 +635,16 @@ export class ExitDispatcher {
     ctx.msrIndex = index;
     ctx.msrValue = value;
     const decision = this.d.decider.decide(ctx);
-    const v = decision.verdict;
-    let action: ExitAction = CONTINUE;
+    const effect = effectOf("msr-write", decision.verdict);
     let note: string | undefined;
-    if (v === "allow" || v === "log") {
+    if (effect.perform) {
       if (!this.performMsrWrite(index, value)) note = "KVM refused the value: #GP in the guest";
-    } else if (v === "deny") {
-      this.d.cpu.setMsrResult(0); // dropped: the guest believes it wrote
-    } else if (v === "deny-fault" || v === "kill-task") {
-      this.d.cpu.setMsrResult(1); // #GP in the guest
-    } else {
-      this.d.cpu.setMsrResult(1);
-      action = this.endsVm(v) ?? CONTINUE;
-    }
+    } else if (effect.fault) {
+      this.d.cpu.setMsrResult(1); // #GP in the guest, at the WRMSR
+      if (effect.endTask) this.expectEndTask(GP_VECTOR, this.d.cpu.getRegs().rip);
+    } else this.d.cpu.setMsrResult(0); // dropped: the guest believes it wrote
     this.report(ctx, decision, t0, note);
-    return action;
+    return this.fateAction(effect.vm, `write of MSR 0x${index.toString(16)}`);
   }
 
   /** Perform a guest's MSR write; a value KVM refuses becomes the #GP the CPU would raise. */
@@ -696,7 +661,7 @@ export class ExitDispatcher {
     const ctx = this.capture("hang");
     const decision = this.d.decider.decide(ctx);
     this.report(ctx, decision, t0, detail);
-    return this.endsVm(decision.verdict) ?? { kind: "stop", outcome: "halt", detail: `${detail}; halted` };
+    return this.fateAction(effectOf("hang", decision.verdict).vm, detail);
   }
 
   /** A crash (triple fault, internal error): an event, then the verdict's way out. */
@@ -704,21 +669,7 @@ export class ExitDispatcher {
     const ctx = this.capture("crash");
     const decision = this.d.decider.decide(ctx);
     this.report(ctx, decision, t0, detail);
-    const end = this.endsVm(decision.verdict);
-    if (end?.outcome === "restart") return { ...end, detail: `${detail}; restart by verdict` };
-    return { kind: "stop", outcome: "crash", detail };
-  }
-
-  private endsVm(verdict: Verdict): (ExitAction & { kind: "stop" }) | undefined {
-    switch (verdict) {
-      case "restart":
-        return { kind: "stop", outcome: "restart", detail: "restart by verdict" };
-      case "halt":
-      case "pause":
-        return { kind: "stop", outcome: "halt", detail: `halted by verdict ${verdict}` };
-      default:
-        return undefined;
-    }
+    return this.fateAction(effectOf("crash", decision.verdict).vm, detail);
   }
 
   /** First-time capture: registers, control registers and instruction bytes. */
@@ -741,27 +692,6 @@ export class ExitDispatcher {
   private setInsn(ctx: ContextRecord, sregs: Sregs, rip: bigint): void {
     ctx.insn = readVirtual(this.d.memory, sregs.cr3, rip, 16);
     ctx.flags = ctx.insn.length > 0 ? ctx.flags | CONTEXT_FLAGS.INSN_VALID : ctx.flags & ~CONTEXT_FLAGS.INSN_VALID;
-  }
-
-  /** Carry out a verdict. `perform` does what the guest attempted. */
-  private apply(verdict: Verdict, perform: () => void): ExitAction {
-    switch (verdict) {
-      case "allow":
-      case "log":
-        perform();
-        return CONTINUE;
-      case "deny":
-        return CONTINUE;
-      case "deny-fault":
-      case "kill-task":
-        this.d.cpu.injectException(GP_VECTOR, 0);
-        return CONTINUE;
-      case "pause":
-      case "halt":
-        return { kind: "stop", outcome: "halt", detail: `halted by verdict ${verdict}` };
-      case "restart":
-        return { kind: "stop", outcome: "restart", detail: "restart by verdict" };
-    }
   }
 
   private report(ctx: ContextRecord, decision: DecisionResult, t0: bigint, note?: string): void {

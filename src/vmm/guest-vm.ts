@@ -55,6 +55,8 @@ export interface GuestVmConfig {
   onPolicy?: (p: CompiledPolicy) => void;
   /** Called when the guest's exception module reports an exception it handled. */
   onGuestReport?: (r: GuestReport) => void;
+  /** Called when a `pause` verdict parks the guest (resume() lets it go on). */
+  onPaused?: (detail: string) => void;
   /** Called when this guest's decider sees the health VM misbehave. */
   onHmFault?: (f: HmFault) => void;
   /** Called with each serial line as it arrives. */
@@ -182,6 +184,11 @@ export class GuestVm {
           this.config.onEvent?.(e);
         },
         onHmFault: (f) => this.config.onHmFault?.(f),
+        onPaused: (detail) => {
+          this.parked = detail;
+          this.runTimer?.hold();
+          this.config.onPaused?.(detail);
+        },
         onGuestReport: (r) => {
           if (this.guestReports.length < 10_000) this.guestReports.push(r);
           this.config.onGuestReport?.(r);
@@ -206,6 +213,27 @@ export class GuestVm {
 
   resume(): void {
     this.thread?.resume();
+  }
+
+  /** The vCPU has stopped (however it stopped). */
+  get hasStopped(): boolean {
+    return this.stopped !== undefined;
+  }
+
+  /** Why a `pause` verdict parked the guest, while it is parked. */
+  get pausedBy(): string | undefined {
+    return this.parked;
+  }
+  private parked: string | undefined;
+  /** The run's time limit, held while the guest is paused by a verdict. */
+  private runTimer: PausableTimer | undefined;
+
+  /** Let a guest parked by a `pause` verdict go on. False when it was not parked. */
+  resumePaused(): boolean {
+    if (this.parked === undefined || !this.thread?.resume()) return false;
+    this.parked = undefined;
+    this.runTimer?.go();
+    return true;
   }
 
   /** Resume; resolves when the guest stops (however it stops). */
@@ -271,16 +299,19 @@ export class GuestVm {
     const thread = this.thread;
     if (!thread) throw new GuardvisorError("INTERNAL", "VM has no vCPU thread");
     let timedOut = false;
-    const timer = setTimeout(() => {
+    // The time limit does not run while a `pause` verdict holds the guest.
+    const timer = new PausableTimer(timeoutMs, () => {
       timedOut = true;
       thread.stop();
-    }, timeoutMs);
+    });
+    this.runTimer = timer;
     const watchdog = this.startWatchdog(thread);
     thread.resume();
     try {
       this.stopped = await thread.done;
     } finally {
-      clearTimeout(timer);
+      timer.cancel();
+      this.runTimer = undefined;
       if (watchdog) clearInterval(watchdog);
     }
     return { ...this.stopped, timedOut };
@@ -484,4 +515,37 @@ function timeout<T>(ms: number, value: T): { promise: Promise<T>; cancel: () => 
     timer = setTimeout(() => r(value), ms).unref();
   });
   return { promise, cancel: () => clearTimeout(timer) };
+}
+
+/** A one-shot timer that can be held and let go again, keeping the time left. */
+class PausableTimer {
+  private timer: NodeJS.Timeout | undefined;
+  private left: number;
+  private since = 0;
+
+  constructor(
+    ms: number,
+    private readonly fire: () => void,
+  ) {
+    this.left = ms;
+    this.go();
+  }
+
+  go(): void {
+    if (this.timer) return;
+    this.since = Date.now();
+    this.timer = setTimeout(this.fire, Math.max(0, this.left));
+  }
+
+  hold(): void {
+    if (!this.timer) return;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.left -= Date.now() - this.since;
+  }
+
+  cancel(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
 }

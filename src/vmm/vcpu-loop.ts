@@ -3,7 +3,8 @@
  * the VM's owner ends it. The owner steers it through the shared control word
  * (vcpu-protocol.ts): run, pause, stop, and "hang?" from the watchdog, which
  * is a hang only when a kick ended a run with no exit since the watchdog
- * looked. Running the vCPU and dispatching are injected, so the loop is
+ * looked. A `pause` verdict parks the loop the same way the owner's pause
+ * does, until the owner resumes it. Running the vCPU and dispatching are injected, so the loop is
  * tested without KVM.
  */
 import type { VcpuExit } from "../kvm/exits.js";
@@ -31,6 +32,8 @@ export interface VcpuLoopDeps {
   dispatch(exit: VcpuExit): ExitAction;
   /** The watchdog's verdict on a vCPU kicked out of a hang. */
   onHang(detail: string): ExitAction;
+  /** A `pause` verdict parked the vCPU: tell the owner, who may resume it. */
+  onPause?(detail: string): void;
   /** Block while the command word still reads `value` (Atomics.wait on the vCPU thread). */
   waitWhile?(value: number): void;
 }
@@ -42,6 +45,10 @@ export function runVcpuLoop(d: VcpuLoopDeps): VcpuLoopEnd {
   const { ctrl } = d;
   const waitWhile = d.waitWhile ?? ((v: number) => Atomics.wait(ctrl, CTRL_CMD, v));
   let lastInterrupted = false;
+  // Park until the owner resumes (CMD_RUN) or stops: a stop already asked for wins.
+  const pause = (detail: string) => {
+    if (Atomics.compareExchange(ctrl, CTRL_CMD, CMD_RUN, CMD_PAUSE) === CMD_RUN) d.onPause?.(detail);
+  };
   for (;;) {
     const cmd = Atomics.load(ctrl, CTRL_CMD);
     if (cmd === CMD_STOP) return { outcome: "stopped", detail: "stopped by the VMM" };
@@ -56,6 +63,7 @@ export function runVcpuLoop(d: VcpuLoopDeps): VcpuLoopEnd {
       if (!kickedOutOfHang) continue;
       const hang = d.onHang("no progress: the watchdog stopped the vCPU");
       if (hang.kind === "stop") return { outcome: hang.outcome, code: hang.code, detail: hang.detail };
+      if (hang.kind === "pause") pause(hang.detail);
       continue;
     }
     Atomics.store(ctrl, CTRL_IN_RUN, 1);
@@ -68,5 +76,6 @@ export function runVcpuLoop(d: VcpuLoopDeps): VcpuLoopEnd {
     d.beforeDispatch?.();
     const action = d.dispatch(exit);
     if (action.kind === "stop") return { outcome: action.outcome, code: action.code, detail: action.detail };
+    if (action.kind === "pause") pause(action.detail);
   }
 }

@@ -67,5 +67,7 @@ export type WorkerMessage =
   | { type: "event"; event: CapturedEvent }
   | { type: "stopped"; outcome: StopOutcome | "stopped"; code?: number; detail: string; stats: DispatchStats }
   | { type: "hm-fault"; fault: HmFault }
+  /** A `pause` verdict parked the vCPU (CMD_PAUSE): the owner resumes it with CMD_RUN. */
+  | { type: "paused"; detail: string }
   | { type: "guest-report"; report: GuestReport }
   | { type: "error"; code: string; message: string };

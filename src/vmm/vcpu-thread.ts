@@ -44,6 +44,8 @@ export interface VcpuListeners {
   onEvent(e: CapturedEvent): void;
   onHmFault?(f: HmFault): void;
   onGuestReport?(r: GuestReport): void;
+  /** A `pause` verdict parked the vCPU; resume() lets it go on. */
+  onPaused?(detail: string): void;
 }
 
 export class VcpuThread {
@@ -95,6 +97,9 @@ export class VcpuThread {
           case "guest-report":
             listeners.onGuestReport?.(m.report);
             break;
+          case "paused":
+            listeners.onPaused?.(m.detail);
+            break;
           case "stopped":
             this.finished = true;
             clearInterval(this.sealCheck);
@@ -119,13 +124,16 @@ export class VcpuThread {
     });
   }
 
-  resume(): void {
-    this.command(CMD_RUN);
+  /** Run a paused vCPU (built paused, or parked by a `pause` verdict). False when it is not paused. */
+  resume(): boolean {
+    const was = Atomics.compareExchange(this.ctrl, CTRL_CMD, CMD_PAUSE, CMD_RUN);
+    Atomics.notify(this.ctrl, CTRL_CMD);
+    return was === CMD_PAUSE;
   }
 
-  pause(): void {
-    this.command(CMD_PAUSE);
-    this.kick();
+  /** Is the vCPU parked (built paused and not yet resumed, or paused by a verdict)? */
+  get paused(): boolean {
+    return Atomics.load(this.ctrl, CTRL_CMD) === CMD_PAUSE;
   }
 
   /** Ask the vCPU to stop; it leaves KVM_RUN at once. */

@@ -68,6 +68,9 @@ function guestKernelHypercalls(hypercalls: Hypercalls, dispatcher: ExitDispatche
     dispatcher.onGuestReport(Number(a.a0 & 0xffn), a.a1, GUEST_ACTIONS[Number(a.a2 & 0xffn)] ?? "unknown");
     return BigInt(ABI_CONSTANTS.HC_OK);
   });
+  hypercalls.on(ABI_CONSTANTS.HC_EXCEPTION_VERDICT, (a) =>
+    a.cpl === 0 ? BigInt(dispatcher.exceptionVerdict(Number(a.a0 & 0xffn), a.a1)) : EPERM,
+  );
 }
 
 function main(): void {
@@ -136,6 +139,7 @@ function main(): void {
     beforeDispatch: () => takeReload(decider),
     dispatch: (exit) => dispatcher.dispatch(exit),
     onHang: (detail) => dispatcher.onHang(detail),
+    onPause: (detail) => post({ type: "paused", detail }),
   });
   serial.flush();
   post({ type: "stopped", outcome: end.outcome, code: end.code, detail: end.detail, stats: dispatcher.stats });

@@ -74,10 +74,9 @@ describe("exit dispatcher", () => {
     assert.deepEqual(cpu.injected, [[13, 0]]);
   });
 
-  it("stops the VM for halt and restart verdicts", () => {
+  it("stops the VM for halt and restart verdicts, and parks it for pause, the write dropped", () => {
     for (const [verdict, outcome] of [
       ["halt", "halt"],
-      ["pause", "halt"],
       ["restart", "restart"],
     ] as const) {
       const { d } = setup({ name: "p", defaults: FAILSAFE_DEFAULTS, rules: [{ name: "x", verdict, reason: "t" }] });
@@ -85,6 +84,15 @@ describe("exit dispatcher", () => {
       assert.equal(a.kind, "stop");
       assert.equal(a.kind === "stop" && a.outcome, outcome);
     }
+    const { d } = setup({
+      name: "p",
+      defaults: FAILSAFE_DEFAULTS,
+      rules: [{ name: "x", verdict: "pause", reason: "t" }],
+    });
+    const before = mem.slice(0x100000, 1)[0];
+    const a = d.dispatch({ kind: "mmio-write", gpa: 0x100000, len: 1, data: bytes(0x5a) });
+    assert.equal(a.kind, "pause");
+    assert.equal(mem.slice(0x100000, 1)[0], before, "the write is dropped");
   });
 
   it("performs writes to unprotected bytes of a read-only page, without an event", () => {
@@ -149,7 +157,7 @@ describe("exit dispatcher", () => {
     assert.deepEqual(d.dispatch({ kind: "shutdown" }), {
       kind: "stop",
       outcome: "restart",
-      detail: "triple fault (KVM_EXIT_SHUTDOWN); restart by verdict",
+      detail: "triple fault (KVM_EXIT_SHUTDOWN): restart by verdict",
     });
     assert.equal(events.length, 1);
     assert.deepEqual(

@@ -217,6 +217,45 @@ describe("exception capture through the dispatcher", () => {
   });
 });
 
+describe("kill-task reaching the guest (HC_EXCEPTION_VERDICT)", () => {
+  const END = C.EXC_END_TASK;
+  const OWN = C.EXC_OWN_RULE;
+  const killKernelFaults = {
+    name: "p",
+    defaults: FAILSAFE_DEFAULTS,
+    rules: [
+      { name: "kernel", kinds: ["cpu-exception" as const], cpl: [0], verdict: "kill-task" as const, reason: "k" },
+    ],
+  };
+
+  it("answers end-task for an exception whose verdict is kill-task, own-rule for others", () => {
+    const { d, cpu } = withCapture(killKernelFaults);
+    writeFrame(STACK, [14n, 2n, 0x100010n, 0x08n, 2n, 0x2ff000n, 0x10n]); // ring 0 #PF
+    cpu.regs = { ...cpu.regs, rsp: STACK };
+    d.dispatch({ kind: "debug", exception: 1, pc: ENTRY, dr6: 1n, dr7: DR7_EXEC_DR0 });
+    assert.equal(d.exceptionVerdict(14, 0x100010n), END);
+    assert.equal(d.exceptionVerdict(14, 0x100011n), OWN, "another RIP: no such capture");
+    d.dispatch({ kind: "debug", exception: 1, pc: ENTRY + 1n, dr6: 0x4000n, dr7: 0n }); // the step
+    writeFrame(STACK, userPf); // ring 3: the policy's default (log)
+    d.dispatch({ kind: "debug", exception: 1, pc: ENTRY, dr6: 1n, dr7: DR7_EXEC_DR0 });
+    assert.equal(d.exceptionVerdict(14, 0x200123n), OWN);
+  });
+
+  it("answers end-task for the #GP it raised at a write whose verdict is kill-task, once", () => {
+    const { d, cpu } = setup({
+      name: "p",
+      defaults: FAILSAFE_DEFAULTS,
+      rules: [{ name: "w", kinds: ["protected-write"], verdict: "kill-task", reason: "k" }],
+    });
+    cpu.regs = { ...cpu.regs, rip: 0x100040n };
+    d.dispatch({ kind: "mmio-write", gpa: 0x100000, len: 1, data: Uint8Array.of(0xcc) });
+    assert.deepEqual(cpu.injected.at(-1), [13, 0]);
+    const rip = cpu.regs.rip; // where the fault was raised: the writer (or the resume point when not located)
+    assert.equal(d.exceptionVerdict(13, rip), END);
+    assert.equal(d.exceptionVerdict(13, rip), OWN, "taken once");
+  });
+});
+
 describe("protected MSRs", () => {
   it("performs writes before the guest seals, then refuses them with #GP and records them", () => {
     const { d, cpu, events } = withCapture();

@@ -91,6 +91,40 @@ describe("the vCPU loop", () => {
     assert.equal(h.counts().runs, 1);
   });
 
+  it("a pause verdict parks the loop and tells the owner; it runs on when resumed, and a stop asked first wins", () => {
+    const paused: string[] = [];
+    let waits = 0;
+    const h = harness([io, io, { kind: "hlt" }], {
+      dispatch: (e) =>
+        e.kind === "hlt"
+          ? { kind: "stop", outcome: "halt", detail: "halted" }
+          : h.counts().runs === 1
+            ? { kind: "pause", detail: "write: paused by verdict" }
+            : CONTINUE,
+      onPause: (detail) => paused.push(detail),
+      waitWhile: (v) => {
+        assert.equal(v, CMD_PAUSE);
+        assert.equal(Atomics.load(h.ctrl, CTRL_IN_RUN), 0, "parked outside KVM_RUN: the watchdog sees no hang");
+        waits++;
+        Atomics.store(h.ctrl, CTRL_CMD, CMD_RUN); // the owner resumes it
+      },
+    });
+    assert.equal(runVcpuLoop(h.deps).outcome, "halt");
+    assert.deepEqual(paused, ["write: paused by verdict"]);
+    assert.equal(waits, 1);
+    assert.equal(h.counts().runs, 3);
+
+    // The owner asked to stop while the exit was being dispatched: the pause does not undo the stop.
+    const s = harness([io], {
+      dispatch: () => {
+        Atomics.store(s.ctrl, CTRL_CMD, CMD_STOP);
+        return { kind: "pause", detail: "paused" };
+      },
+      onPause: () => assert.fail("a stopped loop is not paused"),
+    });
+    assert.equal(runVcpuLoop(s.deps).outcome, "stopped");
+  });
+
   it("a hang only when a kick ended a run with no exit since the watchdog looked", () => {
     // The watchdog saw progress 1 and asked; the next run was kicked with no exit in between: a hang.
     const hung = harness([io, kick, io], {}, (i, ctrl) => {
