@@ -20,8 +20,8 @@ export const LAYERS: readonly (readonly string[])[] = [
   ["decide"],
   ["policy", "vmm"],
   ["health"],
-  ["audit", "event-fold", "scenarios", "metrics", "control", "lab"],
-  ["runner"],
+  ["audit", "scenarios", "metrics", "control", "lab"],
+  ["run"],
   ["bench"],
   ["cli"],
 ];

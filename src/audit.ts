@@ -19,5 +19,5 @@ export {
 } from "./audit/chain.js";
 export { BAD_INSN, type DecodedInsn, disassemble } from "./audit/disasm.js";
 export { AuditLog, type AuditLogOptions, DEFAULT_KEEP, rotatedFiles } from "./audit/log.js";
-export { type AuditVmView, auditRecord, NO_INSN } from "./audit/record.js";
+export { type AuditVmView, auditRecord, type EventNames, NO_INSN, nameEvent } from "./audit/record.js";
 export { renderTable } from "./audit/show.js";

@@ -23,11 +23,27 @@ const hex = (v: bigint | number) => `0x${v.toString(16)}`;
 /** Text for an instruction that was not captured (RIP not readable). */
 export const NO_INSN = "(unavailable)";
 
-function symbolizeRip(vm: AuditVmView, rip: bigint): string {
-  return rip <= BigInt(Number.MAX_SAFE_INTEGER) ? vm.symbolizer.format(Number(rip)) : hex(rip);
+/** An event's addresses by name: looked up once, for the summary and the audit record alike. */
+export interface EventNames {
+  /** The target of a protected write (`symbol+0xoff`), else null. */
+  target: string | null;
+  /** The instruction's address. */
+  rip: string;
 }
 
-export function auditRecord(e: CapturedEvent, vm: AuditVmView, vmName: string): Record<string, unknown> {
+export function nameEvent(e: Pick<CapturedEvent, "kind" | "gpa" | "rip">, vm: AuditVmView): EventNames {
+  return {
+    target: e.kind === "protected-write" ? vm.symbolizePhys(e.gpa) : null,
+    rip: e.rip <= BigInt(Number.MAX_SAFE_INTEGER) ? vm.symbolizer.format(Number(e.rip)) : hex(e.rip),
+  };
+}
+
+export function auditRecord(
+  e: CapturedEvent,
+  vm: AuditVmView,
+  vmName: string,
+  names: EventNames = nameEvent(e, vm),
+): Record<string, unknown> {
   const c = decodeContext(e.record);
   const regs: Record<string, string> = {};
   for (const r of REG_NAMES) regs[r] = hex(c.regs[r]);
@@ -47,8 +63,8 @@ export function auditRecord(e: CapturedEvent, vm: AuditVmView, vmName: string): 
     decidedBy: e.decidedBy,
     latencyUs: Math.round(e.latencyUs * 10) / 10,
     region: vm.regionName(e.regionId) ?? null,
-    target: e.kind === "protected-write" ? vm.symbolizePhys(e.gpa) : null,
-    rip: symbolizeRip(vm, c.regs.rip),
+    target: names.target,
+    rip: names.rip,
     insn,
     ...(e.note ? { note: e.note } : {}),
     context: {

@@ -18,7 +18,7 @@ import { GuardvisorError, isGuardvisorError } from "../errors.js";
 import { HealthManager, HM_DEFAULTS } from "../health/health-manager.js";
 import { Kvm } from "../kvm/kvm.js";
 import { guestName } from "../names.js";
-import { HM_MEM_MIB } from "../runner.js";
+import { HM_MEM_MIB } from "../run/options.js";
 import { timeScale } from "../time-scale.js";
 import { MIB } from "../vmm/boot.js";
 import { type BaselineOptions, type BaselineRun, runBaseline } from "./baseline.js";

@@ -1,6 +1,6 @@
 /**
  * Guardvisor runs of the benchmark guest: one or more guests built like the
- * runner builds them (src/runner.ts: GuestVm with the default policy and hang
+ * runner builds them (src/run/run-guests.ts: GuestVm with the default policy and hang
  * watchdog, the vmm decider or a shared health VM), run to their end, with every event's
  * latency kept as a number instead of a summary object (a storm makes
  * hundreds of thousands of events). A run whose events are not what the

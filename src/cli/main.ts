@@ -14,8 +14,8 @@ import { guestName } from "../names.js";
 import { readPolicyKernel } from "../policy/compile-file.js";
 import { loadPolicyFile } from "../policy/load.js";
 import { resolvePolicy } from "../policy/resolve.js";
+import { checkRunOptions } from "../run/checks.js";
 import {
-  checkRunOptions,
   DEFAULT_DECIDER,
   DEFAULT_HANG_TIMEOUT_MS,
   DEFAULT_MEM_MIB,
@@ -24,10 +24,9 @@ import {
   type RunControl,
   type RunOptions,
   type RunReport,
-  runGuest,
-  runGuests,
   type SummaryEvent,
-} from "../runner.js";
+} from "../run/options.js";
+import { runGuest, runGuests } from "../run/run-guests.js";
 import { SCENARIOS, type Scenario } from "../scenarios.js";
 import { registerAuditCommands } from "./audit-cmd.js";
 import { registerBenchCommands } from "./bench-cmd.js";

@@ -8,6 +8,7 @@
  * (src/health/health-manager.ts) restarts the health VM.
  */
 import type { EventKind } from "../abi/guest-abi.js";
+import { attachIdc, type IdcAttach } from "../idc/attach.js";
 import type { IdcChannel } from "../idc/channel.js";
 import { HM_DOWN, HM_FAILED, HM_UP, type HmControl } from "../idc/hm-control.js";
 import type { ContextRecord } from "../model/context.js";
@@ -36,6 +37,44 @@ export interface HmVmDeciderOptions {
   restartWaitMs?: number;
   /** Called when an answer names a policy this decider does not know yet (it may be mid-reload). */
   refresh?: () => void;
+}
+
+/** What a thread needs to decide one guest's events through the health VM. */
+export interface HmVmDeciderInit {
+  idc: IdcAttach;
+  guest: number;
+  timeoutMs: number;
+  spinUs: number;
+}
+
+/**
+ * The hm-vm decider for one guest on this thread: attach the IDC region, open
+ * the guest's channel accepting answers under `policy`, and take a reloaded
+ * policy from `takeReload` when an answer names one this thread does not know
+ * yet. The one way the vCPU worker and the tests build it.
+ */
+export function createHmVmDecider(
+  init: HmVmDeciderInit,
+  policy: ReloadablePolicy,
+  onFault: (f: HmFault) => void,
+  takeReload: () => ReloadablePolicy | undefined = () => undefined,
+): { decider: HmVmDecider; control: HmControl } {
+  const { region, control } = attachIdc(init.idc);
+  const decider: HmVmDecider = new HmVmDecider(
+    policy,
+    region.channel(init.guest, acceptedPolicyOf(policy.table)),
+    control,
+    {
+      timeoutMs: init.timeoutMs,
+      spinUs: init.spinUs,
+      refresh: () => {
+        const p = takeReload();
+        if (p) decider.reload(p);
+      },
+    },
+    onFault,
+  );
+  return { decider, control };
 }
 
 /** Names and reasons of the rules of one compiled policy, by policy hash. */

@@ -1,27 +1,15 @@
 /**
- * The health VM's side of the IDC channel in a vCPU thread: attaching the
- * shared region and control word, and the doorbell hypercall that parks the
- * health VM's vCPU until there is work.
+ * The health VM's side of the IDC channel in a vCPU thread: the doorbell
+ * hypercall that parks the health VM's vCPU until there is work.
  */
 import { ABI_CONSTANTS } from "../abi/guest-abi.js";
 import type { Hypercalls } from "../devices/hypercall.js";
-import { IdcHostCounters, IdcRegion } from "../idc/channel.js";
-import { HmControl } from "../idc/hm-control.js";
-import { GuestMemory } from "../kvm/guest-memory.js";
-import { CMD_RUN, CTRL_CMD, type IdcAttach } from "./vcpu-protocol.js";
+import { attachIdc, type IdcAttach } from "../idc/attach.js";
+import { CMD_RUN, CTRL_CMD } from "./vcpu-protocol.js";
 
 /** How long one doorbell hypercall may park the health VM's vCPU. */
 const DOORBELL_PARK_MS = 1000;
 const DOORBELL_STEP_MS = 100;
-
-/** The IDC region and the health VM's control word, as this thread sees them. */
-export function attachIdc(a: IdcAttach): { region: IdcRegion; control: HmControl } {
-  const mem = GuestMemory.attach(a.memory);
-  return {
-    region: new IdcRegion(mem.bytes.buffer as ArrayBuffer, a.layout, new IdcHostCounters(a.counters)),
-    control: new HmControl(a.control),
-  };
-}
 
 /**
  * The health VM's doorbell: park this vCPU thread until a request is

@@ -10,6 +10,7 @@ import { PolicyMailbox } from "../decide/policy-mailbox.js";
 import { type ElfImage, loadElf, PT_LOAD } from "../elf/elf.js";
 import { Symbolizer } from "../elf/symbolizer.js";
 import { configError, GuardvisorError } from "../errors.js";
+import type { IdcAttach } from "../idc/attach.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { type Kvm, releaseVcpu, Vcpu, type VcpuHandle, type Vm } from "../kvm/kvm.js";
 import { K, type MsrFilterRange } from "../kvm/native.js";
@@ -19,7 +20,7 @@ import { bootRegs, bootSregs, writeBootArea } from "./boot.js";
 import type { CapturedEvent, GuestReport } from "./dispatcher.js";
 import type { VirtualRange } from "./paging-seal.js";
 import { ProtectionMap, planMemorySlots } from "./protection.js";
-import type { DeciderInit, IdcAttach } from "./vcpu-protocol.js";
+import type { DeciderInit } from "./vcpu-protocol.js";
 import { type VcpuStop, VcpuThread } from "./vcpu-thread.js";
 
 export interface GuestVmConfig {
@@ -531,7 +532,12 @@ class PausableTimer {
     this.go();
   }
 
+  /** While held, this keeps the process alive: a parked guest is still a running guest. */
+  private keepAlive: NodeJS.Timeout | undefined;
+
   go(): void {
+    clearInterval(this.keepAlive);
+    this.keepAlive = undefined;
     if (this.timer) return;
     this.since = Date.now();
     this.timer = setTimeout(this.fire, Math.max(0, this.left));
@@ -542,10 +548,13 @@ class PausableTimer {
     clearTimeout(this.timer);
     this.timer = undefined;
     this.left -= Date.now() - this.since;
+    this.keepAlive = setInterval(() => {}, 60_000);
   }
 
   cancel(): void {
     clearTimeout(this.timer);
+    clearInterval(this.keepAlive);
     this.timer = undefined;
+    this.keepAlive = undefined;
   }
 }

@@ -2,9 +2,9 @@
  * What the VM owner and a vCPU worker say to each other: the worker's start
  * data, its messages, and the shared control word.
  */
-import type { HmFault } from "../decide/hm-vm-decider.js";
+import type { HmFault, HmVmDeciderInit } from "../decide/hm-vm-decider.js";
 import type { CompiledPolicy } from "../decide/policy.js";
-import type { IdcLayout } from "../idc/layout.js";
+import type { IdcAttach } from "../idc/attach.js";
 import type { GuestMemoryHandle } from "../kvm/guest-memory.js";
 import type { VcpuHandle } from "../kvm/kvm.js";
 import type { ProtectedRegion } from "../model/regions.js";
@@ -26,20 +26,8 @@ export const CTRL_IN_RUN = 2;
 export const CTRL_HANG_AT = 3;
 export const CTRL_SLOTS = 4;
 
-/** The IDC region as a worker attaches to it. */
-export interface IdcAttach {
-  memory: GuestMemoryHandle;
-  layout: IdcLayout;
-  /** The HmControl shared words. */
-  control: SharedArrayBuffer;
-  /** The IDC rings' counters in host memory (IdcHostCounters). */
-  counters: SharedArrayBuffer;
-}
-
 /** How a worker's events are decided. */
-export type DeciderInit =
-  | { kind: "vmm" }
-  | { kind: "hm-vm"; idc: IdcAttach; guest: number; timeoutMs: number; spinUs: number };
+export type DeciderInit = { kind: "vmm" } | ({ kind: "hm-vm" } & HmVmDeciderInit);
 
 export interface VcpuWorkerInit {
   vmId: number;

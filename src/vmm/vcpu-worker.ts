@@ -6,9 +6,8 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { ABI_CONSTANTS } from "../abi/guest-abi.js";
 import { type Decider, VmmDecider } from "../decide/decider.js";
-import { HmVmDecider } from "../decide/hm-vm-decider.js";
+import { createHmVmDecider } from "../decide/hm-vm-decider.js";
 import { PolicyMailbox } from "../decide/policy-mailbox.js";
-import { acceptedPolicyOf } from "../decide/rule-table.js";
 import { IoBus } from "../devices/bus.js";
 import { DebugExit } from "../devices/debug-exit.js";
 import { Hypercalls } from "../devices/hypercall.js";
@@ -18,7 +17,7 @@ import { GuestMemory } from "../kvm/guest-memory.js";
 import { Vcpu } from "../kvm/kvm.js";
 import { K, native, wrapNative } from "../kvm/native.js";
 import { ExitDispatcher, type GuestAction } from "./dispatcher.js";
-import { attachIdc, serveDoorbell } from "./doorbell.js";
+import { serveDoorbell } from "./doorbell.js";
 import { ExceptionCapture } from "./exception-capture.js";
 import { ProtectionMap } from "./protection.js";
 import { runVcpuLoop } from "./vcpu-loop.js";
@@ -40,15 +39,12 @@ function takeReload(decider: Decider): void {
 function makeDecider(): Decider {
   const d = init.decider;
   if (d.kind === "vmm") return new VmmDecider(init.policy);
-  const { region, control } = attachIdc(d.idc);
-  const decider: HmVmDecider = new HmVmDecider(
+  return createHmVmDecider(
+    d,
     init.policy,
-    region.channel(d.guest, acceptedPolicyOf(init.policy.table)),
-    control,
-    { timeoutMs: d.timeoutMs, spinUs: d.spinUs, refresh: () => takeReload(decider) },
     (fault) => post({ type: "hm-fault", fault }),
-  );
-  return decider;
+    () => mailbox?.take(),
+  ).decider;
 }
 
 const GUEST_ACTIONS: Record<number, GuestAction> = {

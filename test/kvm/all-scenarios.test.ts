@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { DECIDERS } from "../../src/decide/decider.js";
-import { runGuest } from "../../src/runner.js";
+import { runGuest } from "../../src/run/run-guests.js";
 import { SCENARIOS } from "../../src/scenarios.js";
 import { scaled } from "../../src/time-scale.js";
 import { cli } from "../support/cli.js";

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { describeBad, verifyChain } from "../../src/audit/chain.js";
 import { parseInject } from "../../src/cli/main.js";
-import { runGuest, runGuests } from "../../src/runner.js";
+import { runGuest, runGuests } from "../../src/run/run-guests.js";
 import { readLines, tempDir } from "../support/audit.js";
 import { cli } from "../support/cli.js";
 import { skipWithoutKvm } from "../support/kvm.js";

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { defaultKernelPath } from "../../src/elf/kernel-file.js";
 import { GuardvisorError } from "../../src/errors.js";
-import { runGuest } from "../../src/runner.js";
+import { runGuest } from "../../src/run/run-guests.js";
 import { cli } from "../support/cli.js";
 import { skipWithoutKvm } from "../support/kvm.js";
 

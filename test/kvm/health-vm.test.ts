@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { parseInject } from "../../src/cli/main.js";
-import { runGuest, runGuests } from "../../src/runner.js";
+import { runGuest, runGuests } from "../../src/run/run-guests.js";
 import { cli } from "../support/cli.js";
 import { skipWithoutKvm } from "../support/kvm.js";
 

@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { DECIDERS } from "../../src/decide/decider.js";
 import { DEFAULT_POLICY, type Policy } from "../../src/decide/policy.js";
-import { type RunControl, runGuest } from "../../src/runner.js";
+import type { RunControl } from "../../src/run/options.js";
+import { runGuest } from "../../src/run/run-guests.js";
 import { skipWithoutKvm } from "../support/kvm.js";
 
 const watchStorm: Policy = {

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { runGuest } from "../../src/runner.js";
+import { runGuest } from "../../src/run/run-guests.js";
 import { cli } from "../support/cli.js";
 import { skipWithoutKvm } from "../support/kvm.js";
 

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import type { MultiRunSummary } from "../../src/runner.js";
+import type { MultiRunSummary } from "../../src/run/options.js";
 import { scaled } from "../../src/time-scale.js";
 import { cli } from "../support/cli.js";
 import { skipWithoutKvm } from "../support/kvm.js";

@@ -4,13 +4,9 @@
  * `count` generated contexts and reports every decision.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { HmVmDecider } from "../../src/decide/hm-vm-decider.js";
+import { createHmVmDecider } from "../../src/decide/hm-vm-decider.js";
 import type { CompiledPolicy } from "../../src/decide/policy.js";
 import { PolicyMailbox } from "../../src/decide/policy-mailbox.js";
-import { acceptedPolicyOf } from "../../src/decide/rule-table.js";
-import { IdcHostCounters, IdcRegion } from "../../src/idc/channel.js";
-import { HmControl } from "../../src/idc/hm-control.js";
-import { GuestMemory } from "../../src/kvm/guest-memory.js";
 import { emptyContext } from "../../src/model/context.js";
 import type { DeciderInit } from "../../src/vmm/vcpu-protocol.js";
 
@@ -38,28 +34,13 @@ export interface Decision {
 const d = workerData as DeciderWorkerData;
 const port = parentPort;
 if (port) {
-  const mem = GuestMemory.attach(d.decider.idc.memory);
-  const region = new IdcRegion(
-    mem.bytes.buffer as ArrayBuffer,
-    d.decider.idc.layout,
-    new IdcHostCounters(d.decider.idc.counters),
-  );
   const mailbox = d.mailbox ? new PolicyMailbox(d.mailbox) : undefined;
-  const control = new HmControl(d.decider.idc.control);
   // Reloads are taken only when an answer names an unknown policy: the race a vCPU thread can meet.
-  const decider: HmVmDecider = new HmVmDecider(
+  const { decider, control } = createHmVmDecider(
+    d.decider,
     d.policy,
-    region.channel(d.decider.guest, acceptedPolicyOf(d.policy.table)),
-    control,
-    {
-      timeoutMs: d.decider.timeoutMs,
-      spinUs: d.decider.spinUs,
-      refresh: () => {
-        const p = mailbox?.take();
-        if (p) decider.reload(p);
-      },
-    },
     (fault) => port.postMessage({ type: "fault", fault }),
+    () => mailbox?.take(),
   );
   const out: Decision[] = [];
   for (let n = 1; n <= d.count; n++) {

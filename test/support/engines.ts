@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { defaultKernelPath } from "../../src/elf/kernel-file.js";
 import { type EngineBackend, ProcessEngineBackend, VmEngineBackend } from "../../src/health/backends.js";
 import { Kvm } from "../../src/kvm/kvm.js";
-import { HM_MEM_MIB } from "../../src/runner.js";
+import { HM_MEM_MIB } from "../../src/run/options.js";
 import { skipWithoutKvm } from "./kvm.js";
 
 export interface EngineKind {

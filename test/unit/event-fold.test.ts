@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { RepeatLog, sameEvent } from "../../src/event-fold.js";
-import type { SummaryEvent } from "../../src/runner.js";
+import { RepeatLog, sameEvent } from "../../src/run/event-fold.js";
+import type { SummaryEvent } from "../../src/run/options.js";
 import { syntheticEvent } from "../support/audit.js";
 
 const ud: SummaryEvent = {

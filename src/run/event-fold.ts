@@ -3,8 +3,8 @@
  * summary event with a count, and one audit "repeat" record when the run of
  * repeats ends, so memory and the audit log stay bounded.
  */
-import type { SummaryEvent } from "./model/summary-event.js";
-import type { CapturedEvent } from "./vmm/dispatcher.js";
+import type { SummaryEvent } from "../model/summary-event.js";
+import type { CapturedEvent } from "../vmm/dispatcher.js";
 
 /**
  * The same event again: the same instruction doing the same thing to the same
