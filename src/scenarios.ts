@@ -8,8 +8,10 @@ import { GuardvisorError } from "./errors.js";
 export interface ExpectedEvents {
   kind: EventKind;
   region?: string;
-  /** CPU exception vector (cpu-exception) or integrity object (integrity). */
+  /** CPU exception vector (cpu-exception). */
   vector?: number;
+  /** The sealed object that changed (integrity: cr0, cr4, idtr, gdtr, paging, cr3). */
+  object?: string;
   verdict: Verdict;
   min: number;
   /** At most this many (a store decided once per instruction: exactly one). */
@@ -120,7 +122,7 @@ export const SCENARIOS: readonly Scenario[] = [
     events: [
       // the call elsewhere, the unlisted value, the rep stosb (decided once), the remapped copy
       { kind: "protected-write", region: ".text", verdict: "deny", min: 4, max: 4 },
-      { kind: "integrity", vector: 18, verdict: "deny", min: 1 },
+      { kind: "integrity", object: "paging", verdict: "deny", min: 1 },
       { kind: "protected-write", region: ".text", verdict: "allow", min: 1 },
     ],
     policy: "policies/legit-patch.yaml",
@@ -150,7 +152,7 @@ export const SCENARIOS: readonly Scenario[] = [
     name: "idtr-swap",
     description: "a module loads a rogue IDT with lidt: detected on the next exit, the VM is restarted",
     result: { restarted: "1" },
-    events: [{ kind: "integrity", vector: 16, verdict: "restart", min: 1 }],
+    events: [{ kind: "integrity", object: "idtr", verdict: "restart", min: 1 }],
     restarts: 1,
   },
   {
@@ -158,7 +160,7 @@ export const SCENARIOS: readonly Scenario[] = [
     description: "a module clears CR0.WP and patches kernel code: the write is denied, WP is set back",
     result: { attempts: "1", changed: "0", wp: "1" },
     events: [
-      { kind: "integrity", vector: 0, verdict: "deny", min: 1 },
+      { kind: "integrity", object: "cr0", verdict: "deny", min: 1 },
       { kind: "protected-write", region: ".text", verdict: "deny", min: 1 },
     ],
   },
@@ -174,8 +176,8 @@ export const SCENARIOS: readonly Scenario[] = [
       "a module remaps kernel code to a writable copy (its page-table entry, its page directory, a new CR3): put back on the next exit",
     result: { attempts: "3", pte: "0", pde: "0", cr3: "0", ret: "0" },
     events: [
-      { kind: "integrity", vector: 18, verdict: "deny", min: 2 }, // the PTE, then the PDE
-      { kind: "integrity", vector: 19, verdict: "deny", min: 1 },
+      { kind: "integrity", object: "paging", verdict: "deny", min: 2 }, // the PTE, then the PDE
+      { kind: "integrity", object: "cr3", verdict: "deny", min: 1 },
     ],
   },
   {

@@ -77,7 +77,7 @@ export const ABI_CONSTANTS = {
 
   // Context-record magic/version.
   CTX_MAGIC: 0x31585443, // "CTX1"
-  CTX_VERSION: 1,
+  CTX_VERSION: 2,
 
   // Inter-domain communication (IDC) region, mapped into the health VM.
   IDC_MAGIC: 0x43495647, // "GVIC"
@@ -101,7 +101,7 @@ export const ABI_CONSTANTS = {
 
   // Compiled rule table.
   RULES_MAGIC: 0x54525647, // "GVRT"
-  RULES_VERSION: 3,
+  RULES_VERSION: 4,
   RULES_MAX: 128,
   RULE_MATCH_MSR: 1, // rule flag: match msr_index == msr
   RULE_MATCH_GPA: 2, // rule flag: match writes lying wholly in [gpa_from, gpa_to)
@@ -172,7 +172,7 @@ export const CONTEXT_RECORD = defineStruct("gv_context", "Exception context reco
   { name: "vcpu", type: "u32" },
   { name: "cpl", type: "u32", doc: "privilege level at the event" },
   { name: "region_id", type: "u32", doc: "protected region index + 1; 0 = none" },
-  { name: "vector", type: "u32", doc: "CPU exception vector (cpu-exception)" },
+  { name: "vector", type: "u32", doc: "CPU exception vector (cpu-exception), else 0" },
   { name: "error_code", type: "u64" },
   { name: "msr_index", type: "u32" },
   {
@@ -193,6 +193,7 @@ export const CONTEXT_RECORD = defineStruct("gv_context", "Exception context reco
   { name: "insn", type: "u8", count: 16, doc: "instruction bytes at RIP" },
   { name: "insn_len", type: "u32", doc: "valid bytes in `insn`" },
   { name: "flags", type: "u32", doc: "GV_CTXF_*" },
+  { name: "object", type: "u32", doc: "the sealed object (GV_INTEGRITY_*) of an integrity event, else 0" },
 ]);
 
 export const CONTEXT_FLAGS = {
@@ -312,6 +313,8 @@ export const RULE = defineStruct("gv_rule", "One compiled rule; the first match 
   },
   { name: "msr", type: "u32", doc: "with GV_RULE_MATCH_MSR: msr_index must equal it" },
   { name: "verdict", type: "u32" },
+  { name: "object_mask", type: "u32", doc: "bit per integrity object (GV_INTEGRITY_*) 0..31" },
+  { name: "reserved", type: "u32", doc: "0" },
   { name: "region_mask", type: "u64", doc: "bit per region id 1..63; 0 = any" },
   { name: "rip_from", type: "u64" },
   { name: "rip_to", type: "u64", doc: "exclusive" },

@@ -73,6 +73,7 @@ export function auditRecord(
       regionOffset: hex(c.regionOffset),
       data: hexBytes(c.data),
       vector: c.vector,
+      object: c.object,
       errorCode: hex(c.errorCode),
       msr: c.msrIndex ? { index: hex(c.msrIndex), value: hex(c.msrValue) } : null,
       regs,

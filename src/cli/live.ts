@@ -19,7 +19,7 @@ import { stripVTControlCharacters } from "node:util";
 import pc from "picocolors";
 import type { SummaryEvent } from "../model/summary-event.js";
 import { guestName } from "../names.js";
-import { integrityObjectName, msrName, VECTOR_NAMES } from "../policy/names.js";
+import { msrName, VECTOR_NAMES } from "../policy/names.js";
 
 /**
  * An event as the runner reports it. Each call is one occurrence; `count`
@@ -74,9 +74,8 @@ const MIN_REFRESH_MS = 200;
 const VECTOR_BY_NUMBER = new Map(Object.entries(VECTOR_NAMES).map(([name, n]) => [n, name]));
 
 /** What an integrity event's object is called on screen. */
-function integrityShown(n: number): string {
-  const name = integrityObjectName(n);
-  return name === "PAGING" ? "page tables" : (name ?? `object ${n}`);
+function integrityShown(object: string): string {
+  return object === "paging" ? "page tables" : object.toUpperCase();
 }
 
 interface Run {
@@ -111,12 +110,11 @@ const count = (n: number) => n.toLocaleString("en-US");
 
 function what(e: LiveEvent): string[] {
   const parts: string[] = [e.kind];
-  if (e.vector !== undefined) {
-    if (e.kind === "cpu-exception") {
-      const name = VECTOR_BY_NUMBER.get(e.vector);
-      parts.push(name ? `#${name}` : `vector ${e.vector}`);
-    } else if (e.kind === "integrity") parts.push(integrityShown(e.vector));
+  if (e.vector !== undefined && e.kind === "cpu-exception") {
+    const name = VECTOR_BY_NUMBER.get(e.vector);
+    parts.push(name ? `#${name}` : `vector ${e.vector}`);
   }
+  if (e.object !== undefined && e.kind === "integrity") parts.push(integrityShown(e.object));
   if (e.msr !== undefined) {
     const index = /^0x[0-9a-f]{1,8}$/i.test(e.msr) ? Number.parseInt(e.msr, 16) : undefined;
     parts.push(`MSR ${index === undefined ? e.msr : msrName(index)}`);

@@ -68,8 +68,12 @@ export async function startControlServer(path: string, target: ControlTarget): P
     if (await answersAt(path)) throw configError("--control", `${path}: another run is listening there`);
     unlinkSync(path);
   }
+  const open = new Set<Socket>();
   const server: Server = createServer((socket: Socket) => {
+    // Auxiliary: an operator's connection never holds the process, and close drops it.
     socket.unref();
+    open.add(socket);
+    socket.on("close", () => open.delete(socket));
     let buf = "";
     socket.setEncoding("utf8");
     socket.on("data", (chunk: string) => {
@@ -98,7 +102,10 @@ export async function startControlServer(path: string, target: ControlTarget): P
   return {
     path,
     close() {
-      closing ??= new Promise<void>((resolve) => server.close(() => resolve()));
+      closing ??= new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const s of open) s.destroy();
+      });
       return closing;
     },
   };

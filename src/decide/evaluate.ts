@@ -21,6 +21,7 @@ export function ruleMatches(r: CompiledRule, c: ContextRecord): boolean {
   if ((r.kindMask & (1 << EVENT_KINDS[c.kind])) === 0) return false;
   if (r.regionMask !== 0n && (c.regionId > 63 || ((r.regionMask >> BigInt(c.regionId)) & 1n) === 0n)) return false;
   if (r.vectorMask !== 0xffffffff && (c.vector > 31 || ((r.vectorMask >>> c.vector) & 1) === 0)) return false;
+  if (r.objectMask !== 0xffffffff && (c.object > 31 || ((r.objectMask >>> c.object) & 1) === 0)) return false;
   if (((r.cplMask >> (c.cpl & 3)) & 1) === 0) return false;
   const rip = c.regs.rip;
   if (rip < r.ripFrom || rip >= r.ripTo) return false;

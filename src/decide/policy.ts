@@ -16,6 +16,8 @@ export interface PolicyRule {
   regions?: string[];
   /** CPU exception vectors; any when absent. */
   vectors?: number[];
+  /** Integrity objects (INTEGRITY_*: CR0, CR4, IDTR, GDTR, paging, CR3); any when absent. */
+  objects?: number[];
   /** Privilege levels; any when absent. */
   cpl?: number[];
   /** Guest RIP range [from, to); any when absent. */
@@ -123,14 +125,14 @@ export const DEFAULT_POLICY: Policy = {
     {
       name: "restore-pinned-cr",
       kinds: ["integrity"],
-      vectors: [0, 4],
+      objects: [0, 4],
       verdict: "deny",
       reason: "a pinned CR0/CR4 bit was cleared: set it back",
     },
     {
       name: "protect-page-tables",
       kinds: ["integrity"],
-      vectors: [18, 19],
+      objects: [18, 19],
       verdict: "deny",
       reason: "would remap sealed kernel memory: the page-table entry or CR3 is set back",
     },
@@ -153,6 +155,8 @@ export interface CompiledRule {
   regionMask: bigint;
   /** Bit per vector 0..31; 0xffffffff = any. */
   vectorMask: number;
+  /** Bit per integrity object 0..31; 0xffffffff = any. */
+  objectMask: number;
   /** Bit per CPL 0..3; 0xf = any. */
   cplMask: number;
   ripFrom: bigint;
@@ -207,6 +211,7 @@ export function compilePolicy(p: Policy, regions: readonly ProtectedRegion[]): C
       kindMask: r.kinds ? r.kinds.reduce((m, k) => m | (1 << EVENT_KINDS[k]), 0) : ALL_KINDS,
       regionMask,
       vectorMask: r.vectors ? r.vectors.reduce((m, v) => (m | (1 << v)) >>> 0, 0) : 0xffffffff,
+      objectMask: r.objects ? r.objects.reduce((m, o) => (m | (1 << o)) >>> 0, 0) : 0xffffffff,
       cplMask: r.cpl ? r.cpl.reduce((m, c) => m | (1 << c), 0) : 0xf,
       ripFrom: BigInt(r.rip?.from ?? 0),
       ripTo: r.rip ? BigInt(r.rip.to) : 0xffffffffffffffffn,

@@ -62,6 +62,7 @@ export function encodeRuleTable(t: RuleTableContent): Uint8Array {
     const at = RULE_TABLE_HEADER.size + i * RULE.size;
     v.setUint32(at + R("kind_mask"), r.kindMask, true);
     v.setUint32(at + R("vector_mask"), r.vectorMask, true);
+    v.setUint32(at + R("object_mask"), r.objectMask, true);
     v.setUint32(at + R("cpl_mask"), r.cplMask, true);
     const flags =
       (r.msr >= 0 ? C.RULE_MATCH_MSR : 0) |
@@ -111,12 +112,14 @@ export function decodeRuleTable(buf: Uint8Array): RuleTableContent {
     const at = RULE_TABLE_HEADER.size + i * RULE.size;
     const flags = v.getUint32(at + R("flags"), true);
     if ((flags & ~KNOWN_FLAGS) !== 0) throw bad(`rule ${i}: unknown flags 0x${flags.toString(16)}`);
+    if (v.getUint32(at + R("reserved"), true) !== 0) throw bad(`rule ${i}: reserved field not 0`);
     const ripTo = v.getBigUint64(at + R("rip_to"), true);
     const rule: CompiledRule = {
       index: i,
       kindMask: v.getUint32(at + R("kind_mask"), true),
       regionMask: v.getBigUint64(at + R("region_mask"), true),
       vectorMask: v.getUint32(at + R("vector_mask"), true),
+      objectMask: v.getUint32(at + R("object_mask"), true),
       cplMask: v.getUint32(at + R("cpl_mask"), true),
       ripFrom: v.getBigUint64(at + R("rip_from"), true),
       ripTo: ripTo === U64_MAX ? U64_MAX : ripTo,

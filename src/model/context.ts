@@ -16,7 +16,10 @@ export interface ContextRecord {
   vcpu: number;
   cpl: number;
   regionId: number;
+  /** The CPU exception vector (cpu-exception), else 0. */
   vector: number;
+  /** The sealed object (INTEGRITY_*) an integrity event is about, else 0. */
+  object: number;
   errorCode: bigint;
   msrIndex: number;
   msrValue: bigint;
@@ -51,6 +54,7 @@ export function emptyContext(kind: EventKind, regs?: Regs): ContextRecord {
     cpl: 0,
     regionId: 0,
     vector: 0,
+    object: 0,
     errorCode: 0n,
     msrIndex: 0,
     msrValue: 0n,
@@ -112,6 +116,7 @@ export function encodeContext(c: ContextRecord, out?: Uint8Array, at = 0): Uint8
   buf.set(c.insn, at + O("insn"));
   v.setUint32(O("insn_len"), c.insn.length, true);
   v.setUint32(O("flags"), c.flags, true);
+  v.setUint32(O("object"), c.object, true);
   return buf;
 }
 
@@ -166,5 +171,6 @@ export function decodeContext(buf: Uint8Array, at = 0): ContextRecord {
     efer: big("efer"),
     insn: buf.slice(base + O("insn"), base + O("insn") + insnLen),
     flags: v.getUint32(O("flags"), true),
+    object: v.getUint32(O("object"), true),
   };
 }

@@ -4,8 +4,10 @@ import type { EventKind, Verdict } from "../abi/guest-abi.js";
 export interface SummaryEvent {
   seq: number;
   kind: EventKind;
-  /** cpu-exception: the vector; integrity: the object (0 CR0, 4 CR4, 16 IDTR). */
+  /** cpu-exception: the vector. */
   vector?: number;
+  /** integrity: what changed, as the policy names it (cr0, cr4, idtr, gdtr, paging, cr3). */
+  object?: string;
   /** msr-write: the MSR index. */
   msr?: string;
   /** What else the VMM noticed (a crash's cause, a hostile frame, …). */

@@ -451,11 +451,8 @@ function checkCrossReferences(
         throw fail([...at, field], `${field} needs event: ${hint}`);
       }
     };
-    only("vector", ["cpu-exception", "integrity"], "cpu-exception (or integrity)");
+    only("vector", ["cpu-exception"], "cpu-exception (an integrity rule names what changed with object)");
     only("object", ["integrity"], "integrity");
-    if (r.vector !== undefined && r.object !== undefined) {
-      throw fail([...at, "object"], "give vector or object, not both");
-    }
     only("msr", ["msr-write"], "msr-write");
     only("region", ["protected-write", "integrity"], "protected-write (or integrity)");
     only("value", ["protected-write"], "protected-write");

@@ -184,9 +184,8 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
       if (r.event) rule.kinds = [...new Set(r.event)];
       if (group?.regions) rule.regions = group.regions;
       if (group?.gpa) rule.gpa = group.gpa;
-      // An integrity event carries the object that changed in its vector field.
-      const vectors = r.object ?? r.vector;
-      if (vectors) rule.vectors = [...new Set(vectors)];
+      if (r.vector) rule.vectors = [...new Set(r.vector)];
+      if (r.object) rule.objects = [...new Set(r.object)];
       if (r.cpl) rule.cpl = [...new Set(r.cpl)];
       if (range) rule.rip = range;
       if (msr !== undefined) rule.msr = msr;
@@ -204,7 +203,7 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
       reason: spec.objects?.msrs[i]?.reason ?? `write to MSR ${m.name}`,
     });
   });
-  // Sealed vCPU state is checked on exits; an integrity event names the object in its vector field.
+  // Sealed vCPU state is checked on exits; an integrity event names the object that changed.
   const C = ABI_CONSTANTS;
   const sealedObjects: [string, { action: Verdict } | undefined, number[], string][] = [
     ["idt", objects.idt, [C.INTEGRITY_IDTR], "the IDTR no longer points at the sealed IDT"],
@@ -217,8 +216,10 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
     ],
     ["pinned-cr", objects.pinnedCr, [C.INTEGRITY_CR0, C.INTEGRITY_CR4], "a pinned control-register bit was cleared"],
   ];
-  for (const [name, object, vectors, reason] of sealedObjects) {
-    if (object) rules.push({ name: `object:${name}`, kinds: ["integrity"], vectors, verdict: object.action, reason });
+  for (const [name, object, objectIds, reason] of sealedObjects) {
+    if (object) {
+      rules.push({ name: `object:${name}`, kinds: ["integrity"], objects: objectIds, verdict: object.action, reason });
+    }
   }
 
   // Drop absent optional fields so equal policies compare equal.

@@ -83,10 +83,11 @@ export function checkScenario(s: Scenario, sum: RunSummary, result: Record<strin
         e.kind === want.kind &&
         e.verdict === want.verdict &&
         (!want.region || e.region === want.region) &&
-        (want.vector === undefined || e.vector === want.vector),
+        (want.vector === undefined || e.vector === want.vector) &&
+        (want.object === undefined || e.object === want.object),
     );
     const n = matching.reduce((sum, e) => sum + (e.count ?? 1), 0);
-    const where = `${want.region ? ` in ${want.region}` : ""}${want.vector === undefined ? "" : ` on vector ${want.vector}`}`;
+    const where = `${want.region ? ` in ${want.region}` : ""}${want.vector === undefined ? "" : ` on vector ${want.vector}`}${want.object === undefined ? "" : ` on ${want.object}`}`;
     if (n < want.min) {
       problems.push(`${n} ${want.kind} events${where} with verdict ${want.verdict}, expected at least ${want.min}`);
     }

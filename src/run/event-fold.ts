@@ -18,6 +18,7 @@ export function sameEvent(a: CapturedEvent, b: CapturedEvent): boolean {
     a.gpa === b.gpa &&
     a.regionId === b.regionId &&
     a.vector === b.vector &&
+    a.object === b.object &&
     a.msrIndex === b.msrIndex &&
     a.verdict === b.verdict &&
     a.decidedBy === b.decidedBy &&

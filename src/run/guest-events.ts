@@ -1,13 +1,14 @@
 /**
  * One guest's event pipeline, over all its incarnations: each captured event
- * is numbered (per guest, across restarts), folded when it repeats the one
- * before, named once (symbols), and then fanned out to the summary list, the
- * audit log and the run's listeners. The guest's own reports of exceptions
+ * (numbered once, by the VM that captured it: per guest, across restarts) is
+ * folded when it repeats the one before, named once (symbols), and then
+ * fanned out to the summary list, the audit log and the run's listeners. The guest's own reports of exceptions
  * are matched to the events here too.
  */
 import { type AuditLog, type AuditVmView, auditRecord, nameEvent } from "../audit.js";
 import type { SummaryEvent } from "../model/summary-event.js";
 import { guestName } from "../names.js";
+import { integrityObjectName } from "../policy/names.js";
 import type { CapturedEvent, GuestReport } from "../vmm/dispatcher.js";
 import { type RepeatLog, sameEvent } from "./event-fold.js";
 
@@ -23,8 +24,10 @@ export class GuestEvents {
   list: SummaryEvent[] = [];
   /** Exceptions the guest reported that the VMM never captured. */
   unmatchedReports = 0;
-  /** This incarnation's events by the VM's own sequence number (guest reports name those). */
+  /** This incarnation's events by sequence number (guest reports name those). */
   private readonly bySeq = new Map<number, SummaryEvent>();
+  /** The last sequence number seen: the next VM of this guest numbers on from it. */
+  lastSeq = 0;
   /** The previous event, to fold repeats (within one incarnation only). */
   private prev: { raw: CapturedEvent; summary: SummaryEvent } | undefined;
 
@@ -33,23 +36,24 @@ export class GuestEvents {
     private readonly sinks: GuestEventSinks,
   ) {}
 
-  /** A new VM for this guest: its own numbering starts again at 1. */
+  /** A new VM for this guest (a restart): repeats fold within one VM only. */
   newIncarnation(): void {
     this.bySeq.clear();
     this.prev = undefined;
   }
 
-  /** A new soak round: a new list (the counts are the soak's). */
+  /** A new soak round: a new list and numbering (the counts are the soak's). */
   newRound(): void {
     this.list = [];
+    this.lastSeq = 0;
     this.newIncarnation();
   }
 
   event(e: CapturedEvent, vm: AuditVmView): void {
     const g = this.guest;
-    const numbered = { ...e, seq: this.list.length + 1 };
+    this.lastSeq = Math.max(this.lastSeq, e.seq);
     const names = nameEvent(e, vm);
-    const s = toSummary(numbered, vm, names.target ?? names.rip);
+    const s = toSummary(e, vm, names.target ?? names.rip);
     const prev = this.prev;
     if (prev && sameEvent(prev.raw, e)) {
       // A storm of one event: counted, not stored again (memory stays bounded).
@@ -64,7 +68,7 @@ export class GuestEvents {
     this.list.push(s);
     this.prev = { raw: e, summary: s };
     this.bySeq.set(e.seq, s);
-    this.sinks.audit?.append(auditRecord(numbered, vm, guestName(g), names));
+    this.sinks.audit?.append(auditRecord(e, vm, guestName(g), names));
     this.sinks.onEvent?.(s, g);
   }
 
@@ -90,7 +94,8 @@ function toSummary(e: CapturedEvent, vm: AuditVmView, symbol: string): SummaryEv
   return {
     seq: e.seq,
     kind: e.kind,
-    ...(e.kind === "cpu-exception" || e.kind === "integrity" ? { vector: e.vector } : {}),
+    ...(e.kind === "cpu-exception" ? { vector: e.vector } : {}),
+    ...(e.kind === "integrity" ? { object: integrityObjectName(e.object)?.toLowerCase() ?? String(e.object) } : {}),
     ...(e.kind === "msr-write" ? { msr: `0x${e.msrIndex.toString(16)}` } : {}),
     ...(e.note ? { note: e.note } : {}),
     region: vm.regionName(e.regionId) ?? null,

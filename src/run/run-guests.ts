@@ -126,6 +126,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
         of: ev.seq,
         event: ev.kind,
         ...(ev.vector === undefined ? {} : { vector: ev.vector }),
+        ...(ev.object === undefined ? {} : { object: ev.object }),
         symbol: ev.symbol,
         verdict: ev.verdict,
         repeats: count,
@@ -172,6 +173,7 @@ export async function runGuests(opts: RunOptions): Promise<MultiRunReport> {
           decider: hm ? hm.deciderFor(g) : { kind: "vmm" },
           hangTimeoutMs: opts.hangTimeoutMs ?? DEFAULT_HANG_TIMEOUT_MS,
           exceptionEntry: opts.exceptionEntry,
+          firstSeq: guestEvents.lastSeq,
           onPolicy: (p) => hm?.installRules(g, p.table),
           onHmFault: (f) => hm?.reportFault(f),
           onPaused: (detail) => {

@@ -48,8 +48,10 @@ export interface CapturedEvent {
   regionId: number;
   gpa: number;
   rip: bigint;
-  /** CPU exception vector (cpu-exception), the object (integrity: 0 CR0, 4 CR4, 16 IDTR), else 0. */
+  /** CPU exception vector (cpu-exception), else 0. */
   vector: number;
+  /** The sealed object that changed (integrity: INTEGRITY_*), else 0. */
+  object: number;
   /** The MSR written (msr-write), else 0. */
   msrIndex: number;
   /** What else the VMM noticed (e.g. a hostile exception frame). */
@@ -108,6 +110,8 @@ export interface DispatcherDeps {
   protectedVirtual?: readonly VirtualRange[];
   /** Monotonic clock in nanoseconds. */
   now?: () => bigint;
+  /** Events the guest had before this VM (earlier incarnations): numbering goes on from there. */
+  firstSeq?: number;
 }
 
 export interface DispatchStats {
@@ -168,10 +172,11 @@ export class ExitDispatcher {
     preloadWriteLocator();
     this.now = d.now ?? process.hrtime.bigint;
     this.sealState = new SealState(d.memory, d.protectedVirtual);
+    this.seq = d.firstSeq ?? 0;
     this.pieces = new StorePieces(d.memory);
   }
 
-  /** The next event sequence number (per VM, from 1). */
+  /** The last event sequence number (per guest, from 1, across its restarts). */
   get lastSeq(): number {
     return this.seq;
   }
@@ -596,7 +601,7 @@ export class ExitDispatcher {
     let flush = false;
     for (const b of broken) {
       const ctx = this.capture("integrity", regs, s);
-      ctx.vector = b.object;
+      ctx.object = b.object;
       if (b.inMemory) ctx.flags |= CONTEXT_FLAGS.WRITER_UNKNOWN; // found after the fact: no writer to name
       const decision = this.d.decider.decide(ctx);
       this.report(ctx, decision, t0, b.what);
@@ -705,7 +710,8 @@ export class ExitDispatcher {
       regionId: ctx.regionId,
       gpa: ctx.gpa,
       rip: ctx.regs.rip,
-      vector: ctx.kind === "cpu-exception" || ctx.kind === "integrity" ? ctx.vector : 0,
+      vector: ctx.kind === "cpu-exception" ? ctx.vector : 0,
+      object: ctx.kind === "integrity" ? ctx.object : 0,
       msrIndex: ctx.msrIndex,
       note,
       verdict: decision.verdict,

@@ -45,6 +45,8 @@ export interface GuestVmConfig {
    * Default: the symbol `gv_exception_entry` when the kernel has it.
    */
   exceptionEntry?: string | bigint;
+  /** Events this guest had before this VM (its earlier incarnations): numbering goes on from there. */
+  firstSeq?: number;
   /** Events kept in `events` (default 10,000; later ones still reach onEvent). */
   keepEvents?: number;
   /**
@@ -169,6 +171,7 @@ export class GuestVm {
         policyMailbox: this.mailbox.buffer,
         exceptionEntry: this.exceptionEntry,
         protectedMsrs: this.protectedMsrs,
+        firstSeq: this.config.firstSeq,
         hmService: hm
           ? { memory: hm.memory, layout: hm.layout, control: hm.control, counters: hm.counters }
           : undefined,

@@ -44,6 +44,8 @@ export interface VcpuWorkerInit {
   policyMailbox?: SharedArrayBuffer;
   /** MSRs the VM's MSR filter sends to the VMM on write. */
   protectedMsrs?: number[];
+  /** Events the guest had in earlier incarnations: this VM numbers on from there. */
+  firstSeq?: number;
   /** Set for the health VM: its vCPU serves the IDC doorbell. */
   hmService?: IdcAttach;
   control: SharedArrayBuffer;

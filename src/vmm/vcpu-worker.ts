@@ -120,6 +120,7 @@ function main(): void {
     exceptions,
     protectedMsrs: new Set(init.protectedMsrs ?? []),
     protectedVirtual: init.protectedVirtual,
+    firstSeq: init.firstSeq,
   });
   guestKernelHypercalls(hypercalls, dispatcher);
   exceptions?.arm();

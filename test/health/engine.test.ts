@@ -44,6 +44,7 @@ function randomRule(r: () => number, index: number): CompiledRule {
     kindMask: kinds.reduce((m, k) => m | (1 << EVENT_KINDS[k]), 0),
     regionMask: r() < 0.4 ? 0n : BigInt.asUintN(64, BigInt(Math.floor(r() * 2 ** 32)) << BigInt(Math.floor(r() * 32))),
     vectorMask: r() < 0.5 ? 0xffffffff : Math.floor(r() * 2 ** 32) >>> 0,
+    objectMask: r() < 0.5 ? 0xffffffff : Math.floor(r() * 2 ** 32) >>> 0,
     cplMask: Math.floor(r() * 16),
     ripFrom,
     ripTo,
@@ -72,6 +73,7 @@ function randomContext(r: () => number, seq: number, p: CompiledPolicy): Context
   c.seq = seq;
   c.regionId = r() < 0.1 ? pick(r, [63, 64, 65, 0xffffffff]) : Math.floor(r() * 8);
   c.vector = r() < 0.1 ? pick(r, [31, 32, 33, 255]) : Math.floor(r() * 32);
+  c.object = r() < 0.1 ? pick(r, [31, 32, 33]) : Math.floor(r() * 20);
   c.cpl = Math.floor(r() * 4);
   const base = pick(r, RIPS);
   c.regs.rip = BigInt.asUintN(64, base + BigInt(Math.floor(r() * 0x300)) - 0x40n);

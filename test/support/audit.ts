@@ -50,6 +50,7 @@ export function syntheticEvent(seq: number, insn = Uint8Array.of(0x48, 0x89, 0x1
     gpa: c.gpa,
     rip: c.regs.rip,
     vector: 0,
+    object: 0,
     msrIndex: 0,
     verdict: "deny",
     decidedBy: "vmm",

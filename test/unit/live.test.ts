@@ -52,8 +52,8 @@ describe("live view on a pipe", () => {
   it("names integrity objects, unknown vectors and MSRs, and shows the VMM's note", () => {
     const out = new FakeStream(false);
     const v = createLiveView({ stream: out });
-    v.event(0, ev(1, { kind: "integrity", region: null, symbol: "evil+0x1", vector: 16, verdict: "halt" }));
-    v.event(0, ev(2, { kind: "integrity", region: null, symbol: "evil+0x2", vector: 4, verdict: "halt" }));
+    v.event(0, ev(1, { kind: "integrity", region: null, symbol: "evil+0x1", object: "idtr", verdict: "halt" }));
+    v.event(0, ev(2, { kind: "integrity", region: null, symbol: "evil+0x2", object: "cr4", verdict: "halt" }));
     v.event(0, ev(3, { kind: "cpu-exception", region: null, symbol: "task+0x1", vector: 9 }));
     v.event(0, ev(4, { kind: "msr-write", region: null, symbol: null, msr: "0x10" }));
     v.event(0, ev(5, { kind: "cpu-exception", region: null, symbol: "task+0x1", vector: 14, note: "hostile frame" }));

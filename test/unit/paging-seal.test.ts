@@ -115,8 +115,8 @@ describe("the paging seal in the dispatcher", () => {
     mem.writeU64(PTE_TEXT, COPY | 3n);
     assert.deepEqual(d.dispatch(hypercallExit()), { kind: "continue" });
     assert.deepEqual(
-      { kind: events[0]?.kind, vector: events[0]?.vector, verdict: events[0]?.verdict, rule: events[0]?.rule },
-      { kind: "integrity", vector: C.INTEGRITY_PAGING, verdict: "deny", rule: "protect-page-tables" },
+      { kind: events[0]?.kind, object: events[0]?.object, verdict: events[0]?.verdict, rule: events[0]?.rule },
+      { kind: "integrity", object: C.INTEGRITY_PAGING, verdict: "deny", rule: "protect-page-tables" },
     );
     assert.match(events[0]?.note ?? "", /page-table entry at 0x7800 translating \.text \(0x100000\) changed/);
     assert.equal(mem.readU64(PTE_TEXT), pte, "the sealed entry is back");
@@ -131,7 +131,7 @@ describe("the paging seal in the dispatcher", () => {
     const s = cpu.getSregs();
     cpu.sregsOverride = { ...s, cr3: 0x20_0000n | 0x8n };
     assert.deepEqual(d.dispatch(hypercallExit()), { kind: "continue" });
-    assert.equal(events[0]?.vector, C.INTEGRITY_CR3);
+    assert.equal(events[0]?.object, C.INTEGRITY_CR3);
     assert.match(events[0]?.note ?? "", /CR3 changed from the sealed page tables at 0x1000 to 0x200008/);
     assert.equal(cpu.getSregs().cr3, 0x1008n, "sealed root, the guest's flag bits kept");
   });

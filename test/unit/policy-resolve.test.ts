@@ -154,11 +154,12 @@ describe("policy files: integrity objects by name", () => {
       ),
       kernel,
     );
-    assert.deepEqual(p.rules[0]?.vectors, [18, 19]);
+    assert.deepEqual(p.rules[0]?.objects, [18, 19]);
+    assert.equal(p.rules[0]?.vectors, undefined, "objects have their own field, not the vector's");
     assert.equal(p.rules[0]?.reason, "integrity object paging, cr3");
   });
 
-  it("refuses an unknown object, an object on another event, and object with vector", () => {
+  it("refuses an unknown object, an object on another event, and a vector on an integrity rule", () => {
     const bad = (rule: string, message: RegExp) =>
       assert.throws(
         () => parsePolicyText(`version: 1\nrules:\n  - ${rule}\n`, "p.yaml"),
@@ -174,7 +175,7 @@ describe("policy files: integrity objects by name", () => {
     );
     bad(
       "{name: a, event: integrity, object: cr3, vector: 19, action: deny}",
-      /rules\[0\]\.object: give vector or object, not both/,
+      /rules\[0\]\.vector: vector needs event: cpu-exception \(an integrity rule names what changed with object\)/,
     );
   });
 });
@@ -254,7 +255,7 @@ describe("policy files: resolving regions, objects and modes", () => {
         .concat(["object:idt", "object:gdt", "object:pinned-cr"]),
     );
     assert.deepEqual(
-      policy.rules.filter((r) => r.name.startsWith("object:")).map((r) => [r.kinds, r.vectors, r.verdict]),
+      policy.rules.filter((r) => r.name.startsWith("object:")).map((r) => [r.kinds, r.objects, r.verdict]),
       [
         [["integrity"], [16], "deny-fault"],
         [["integrity"], [17], "deny"],

@@ -95,6 +95,7 @@ describe("binary rule table", () => {
       kindMask: 1,
       regionMask: 0n,
       vectorMask: 0,
+      objectMask: 0,
       cplMask: 0,
       ripFrom: 0n,
       ripTo: 0n,

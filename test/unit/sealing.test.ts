@@ -47,8 +47,8 @@ describe("sealed state", () => {
     const a = d.dispatch(hypercallExit());
     assert.equal(a.kind === "stop" && a.outcome, "restart");
     assert.deepEqual(
-      { kind: events[0]?.kind, vector: events[0]?.vector, verdict: events[0]?.verdict },
-      { kind: "integrity", vector: C.INTEGRITY_IDTR, verdict: "restart" },
+      { kind: events[0]?.kind, object: events[0]?.object, verdict: events[0]?.verdict },
+      { kind: "integrity", object: C.INTEGRITY_IDTR, verdict: "restart" },
     );
     assert.match(events[0]?.note ?? "", /IDTR changed from 0x102000\/4095 to 0x180000\/4095/);
   });
@@ -57,7 +57,7 @@ describe("sealed state", () => {
     const { d, cpu, events } = sealed();
     cpu.sregsOverride = { ...(cpu.sregsOverride ?? sregs(0)), gdt: { base: 0x77000n, limit: 0x37 } };
     assert.equal(d.dispatch(hypercallExit()).kind, "stop");
-    assert.equal(events[0]?.vector, C.INTEGRITY_GDTR);
+    assert.equal(events[0]?.object, C.INTEGRITY_GDTR);
     assert.match(events[0]?.note ?? "", /GDTR changed from 0x0\/0 to 0x77000\/55/);
   });
 
@@ -67,7 +67,7 @@ describe("sealed state", () => {
     cpu.sregsOverride = { ...s, cr0: s.cr0 & ~(1n << 16n) };
     assert.deepEqual(d.dispatch(hypercallExit()), { kind: "continue" });
     assert.equal(events[0]?.kind, "integrity");
-    assert.equal(events[0]?.vector, C.INTEGRITY_CR0);
+    assert.equal(events[0]?.object, C.INTEGRITY_CR0);
     assert.equal(events[0]?.verdict, "deny");
     assert.equal(events[0]?.rule, "restore-pinned-cr");
     assert.equal(cpu.getSregs().cr0 & (1n << 16n), 1n << 16n, "WP is set again");
@@ -92,7 +92,7 @@ describe("sealed state", () => {
     cpu.sregsOverride = { ...s, cr0: s.cr0 & ~(1n << 16n), idt: { base: 0x180000n, limit: 0xfff } };
     assert.deepEqual(d.dispatch(hypercallExit()), { kind: "continue" });
     assert.deepEqual(
-      events.map((e) => [e.vector, e.verdict]),
+      events.map((e) => [e.object, e.verdict]),
       [
         [C.INTEGRITY_IDTR, "deny"],
         [C.INTEGRITY_CR0, "deny"],

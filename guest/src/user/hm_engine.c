@@ -81,6 +81,8 @@ static int rule_matches(const struct gv_rule *r, const struct gv_context *c)
 		return 0;
 	if (r->vector_mask != 0xffffffffu && (c->vector > 31 || !((r->vector_mask >> c->vector) & 1)))
 		return 0;
+	if (r->object_mask != 0xffffffffu && (c->object > 31 || !((r->object_mask >> c->object) & 1)))
+		return 0;
 	if (!((r->cpl_mask >> (c->cpl & 3)) & 1))
 		return 0;
 	uint64_t rip = c->regs[GV_REG_RIP];
