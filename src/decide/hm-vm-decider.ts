@@ -77,14 +77,6 @@ export function createHmVmDecider(
   return { decider, control };
 }
 
-/** Names and reasons of the rules of one compiled policy, by policy hash. */
-interface Explained {
-  names: string[];
-  reasons: string[];
-}
-
-const KEPT_POLICIES = 4;
-
 /** How long a decision waits for a restarted health VM (10 s, times the time scale). */
 const DEFAULT_RESTART_WAIT_MS = scaled(10_000);
 
@@ -93,7 +85,6 @@ export class HmVmDecider implements Decider {
   private readonly timeoutNs: bigint;
   private readonly spinNs: bigint;
   private readonly restartWaitNs: bigint;
-  private readonly explained = new Map<number, Explained>();
   private readonly refresh: () => void;
 
   /** The health VM generation this thread saw fail (-1: none); its answers are not taken. */
@@ -113,13 +104,9 @@ export class HmVmDecider implements Decider {
     this.restartWaitNs = BigInt(Math.round((opts.restartWaitMs ?? DEFAULT_RESTART_WAIT_MS) * 1e6));
   }
 
-  /** Accept answers under this policy (and, for a while, under the ones before it). */
+  /** Accept answers under this policy (and, for a while, under the ones before it: the channel keeps them). */
   reload(p: ReloadablePolicy): void {
-    const accepted = acceptedPolicyOf(p.table);
-    this.explained.delete(accepted.hash);
-    this.explained.set(accepted.hash, { names: p.names, reasons: p.reasons });
-    while (this.explained.size > KEPT_POLICIES) this.explained.delete(this.explained.keys().next().value as number);
-    this.channel.acceptPolicy(accepted);
+    this.channel.acceptPolicy({ ...acceptedPolicyOf(p.table), names: p.names, reasons: p.reasons });
   }
 
   decide(ctx: ContextRecord): DecisionResult {
@@ -141,7 +128,7 @@ export class HmVmDecider implements Decider {
       const r = this.channel.poll(seq);
       if (r.state === "answered") {
         this.channel.finalize(seq);
-        const x = this.explained.get(r.policyHash);
+        const x = this.channel.explain(r.policyHash);
         return {
           verdict: r.verdict,
           rule: x?.names[r.rule] ?? `default:${ctx.kind}`,

@@ -45,6 +45,9 @@ export function responseCheck(seq: bigint, verdict: number, rule: number, policy
 export interface AcceptedPolicy {
   hash: number;
   nrules: number;
+  /** The rules' names and reasons, by rule index: what an answer's rule index means (host-side only). */
+  names?: readonly string[];
+  reasons?: readonly string[];
 }
 
 /**
@@ -259,8 +262,8 @@ export class IdcRegion {
 export class IdcChannel {
   private readonly base: number;
   private readonly nslots: number;
-  /** hash -> rule count, and the first request published after the policy was replaced. */
-  private readonly policies = new Map<number, { nrules: number; replacedAt?: bigint }>();
+  /** hash -> the policy, and the first request published after it was replaced. */
+  private readonly policies = new Map<number, AcceptedPolicy & { replacedAt?: bigint }>();
   /** Requests sent and not yet finalized (answered, failed safe, or abandoned). */
   private readonly outstanding = new Set<bigint>();
   private nextSeq: bigint;
@@ -290,11 +293,17 @@ export class IdcChannel {
   acceptPolicy(p: AcceptedPolicy): void {
     for (const old of this.policies.values()) old.replacedAt ??= this.nextSeq;
     this.policies.delete(p.hash);
-    this.policies.set(p.hash, { nrules: p.nrules });
+    this.policies.set(p.hash, { ...p });
     while (this.policies.size > ACCEPTED_POLICIES) {
       const oldest = this.policies.keys().next().value as number;
       this.policies.delete(oldest);
     }
+  }
+
+  /** An accepted policy's rule names and reasons (what an answer's rule index means), if known. */
+  explain(hash: number): { names: readonly string[]; reasons: readonly string[] } | undefined {
+    const p = this.policies.get(hash);
+    return p?.names && p.reasons ? { names: p.names, reasons: p.reasons } : undefined;
   }
 
   private slot(kind: "req" | "resp", seq: bigint): number {
