@@ -12,8 +12,8 @@
  */
 import { readFileSync } from "node:fs";
 import type { DeciderName } from "../decide/decider.js";
-import { loadElf } from "../elf/elf.js";
 import { defaultKernelPath } from "../elf/kernel-file.js";
+import { loadElf } from "../elf/kernel-image.js";
 import { GuardvisorError, isGuardvisorError } from "../errors.js";
 import { HealthManager, HM_DEFAULTS } from "../health/health-manager.js";
 import { Kvm } from "../kvm/kvm.js";

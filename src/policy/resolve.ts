@@ -15,7 +15,7 @@ import {
   type PolicyRule,
 } from "../decide/policy.js";
 import type { ElfImage, ElfSymbol } from "../elf/elf.js";
-import { protectedRegions } from "../elf/elf.js";
+import { protectedRegions } from "../elf/kernel-image.js";
 import type { FieldPath, PolicyFile } from "./load.js";
 import { CR0_BITS, CR4_BITS, integrityObjectName, msrName } from "./names.js";
 import type { PolicySpec, RuleSpec } from "./schema.js";

@@ -11,7 +11,6 @@ import {
   EM_386,
   ET_DYN,
   ET_REL,
-  loadElf,
   MAX_NAME_BYTES,
   PF_R,
   PF_W,
@@ -19,8 +18,6 @@ import {
   PT_GNU_STACK,
   PT_INTERP,
   parseElf,
-  physicalEntry,
-  protectedRegions,
   SHF_ALLOC,
   SHN_ABS,
   SHN_XINDEX,
@@ -33,8 +30,8 @@ import {
   STT_NOTYPE,
   STT_OBJECT,
   segmentBytes,
-  validateLayout,
 } from "../../src/elf/elf.js";
+import { loadElf, physicalEntry, protectedRegions, validateLayout } from "../../src/elf/kernel-image.js";
 import { Symbolizer } from "../../src/elf/symbolizer.js";
 import { GuardvisorError } from "../../src/errors.js";
 import {
