@@ -12,7 +12,7 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import type { DecisionResult } from "../decide/decider.js";
 import { defaultKernelPath, readKernelFile } from "../elf/kernel-file.js";
@@ -90,7 +90,8 @@ export interface HostBenchJson {
   host: "native";
   runId: string;
   quick: boolean;
-  machine: { cpu: string; cpus: number; kernel: string; node: string };
+  /** `load1`: the 1-minute load average when the run ended (other work on the CPUs skews the IDC figures most). */
+  machine: { cpu: string; cpus: number; kernel: string; node: string; load1: number };
   plan: HostPlan;
   dispatch: Record<DispatchKind, HostPath>;
   idc: HostPath;
@@ -278,7 +279,7 @@ export async function runHostBench(o: HostBenchOptions = {}): Promise<HostBenchJ
       host: "native",
       runId,
       quick: o.quick === true,
-      machine: { cpu: m.cpu, cpus: m.cpus, kernel: m.kernel, node: m.node },
+      machine: { cpu: m.cpu, cpus: m.cpus, kernel: m.kernel, node: m.node, load1: round(loadavg()[0] ?? 0, 2) },
       plan,
       dispatch,
       idc: path(tail(idc.samples.values()), tailOf(cp, "host-pingpong", plan.idcSamples)),
@@ -306,7 +307,7 @@ export function formatHostMarkdown(j: HostBenchJson): string {
   const row = (name: string, p: HostPath) =>
     `| ${name} | ${f2(p.p50Us)} | ${f2(p.p99Us)} | ${f2(p.p999Us)} | ${f2(p.baseline.p50Us)} | ${f2(p.baseline.p99Us)} | ${f2(p.baseline.p999Us)} | ${f1(p.ratioP50)} | ${f1(p.ratioP99)} |`;
   return [
-    `Measured on: ${j.machine.cpu}, ${j.machine.cpus} CPUs, Linux ${j.machine.kernel}, Node ${j.machine.node}${j.quick ? " (--quick)" : ""}; run ${j.runId}.`,
+    `Measured on: ${j.machine.cpu}, ${j.machine.cpus} CPUs (load ${j.machine.load1}), Linux ${j.machine.kernel}, Node ${j.machine.node}${j.quick ? " (--quick)" : ""}; run ${j.runId}.`,
     "",
     "| path | p50 µs | p99 µs | p99.9 µs | C p50 µs | C p99 µs | C p99.9 µs | p50 ratio | p99 ratio |",
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -329,7 +330,7 @@ export function formatHostReport(j: HostBenchJson): string {
     `p50 ${f2(x.p50Us)} µs  p99 ${f2(x.p99Us)} µs  p99.9 ${f2(x.p999Us)} µs   C: ${f2(x.baseline.p50Us)} / ${f2(x.baseline.p99Us)} / ${f2(x.baseline.p999Us)} µs   ratio ${f1(x.ratioP50)} / ${f1(x.ratioP99)}`;
   return [
     `Host bench (native, no KVM), run ${j.runId}`,
-    `${j.machine.cpu}, ${j.machine.cpus} CPUs, Node ${j.machine.node}; clock floor ${j.clockNs} ns (C ${j.baselines.dispatch.clockNs} ns)`,
+    `${j.machine.cpu}, ${j.machine.cpus} CPUs (load ${j.machine.load1}), Node ${j.machine.node}; clock floor ${j.clockNs} ns (C ${j.baselines.dispatch.clockNs} ns)`,
     "",
     "Dispatcher path (per exit; exception = capture + step), against bench/host_dispatch.c:",
     ...DISPATCH_KINDS.map((k) => `  ${k.padEnd(10)} ${p(j.dispatch[k])}`),

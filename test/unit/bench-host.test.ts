@@ -45,6 +45,7 @@ describe("guardvisor bench --host", () => {
     assert.deepEqual(j.plan, HOST_QUICK_PLAN);
     assert.equal(typeof j.machine.cpu, "string");
     assert.equal(j.machine.node, process.version);
+    assert.equal(typeof j.machine.load1, "number");
     assert.match(j.runId, /^[0-9a-z]+-\d+-[0-9a-f]{8}$/);
     assert.deepEqual(Object.keys(j.dispatch), [...DISPATCH_KINDS]);
     for (const k of DISPATCH_KINDS) assertPath(j.dispatch[k], `dispatch.${k}`, HOST_QUICK_PLAN.dispatchSamples);
