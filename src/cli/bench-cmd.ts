@@ -1,6 +1,8 @@
 /**
  * `guardvisor bench [--json] [--quick]`: every verdict path measured against
  * the bare KVM exit in one run (src/bench/, docs/performance.md).
+ * `guardvisor bench --host`: the per-exit software alone, at native speed and
+ * without KVM, against C baselines measured in the same run (src/bench/host.ts).
  *
  * Exit codes: 0 every measurement was taken (targets are reported, not
  * enforced); 1 a measurement could not be taken (a guest did not complete, a
@@ -8,6 +10,7 @@
  * build; 3 KVM is unavailable; 70 internal error. Errors are one line.
  */
 import type { Command } from "commander";
+import { formatHostMarkdown, formatHostReport, runHostBench } from "../bench/host.js";
 import { buildBenchJson, formatBenchMarkdown, formatBenchReport } from "../bench/report.js";
 import { runBench } from "../bench/run.js";
 import { GuardvisorError, isGuardvisorError } from "../errors.js";
@@ -26,6 +29,7 @@ interface BenchFlags {
   json?: boolean;
   markdown?: boolean;
   quick?: boolean;
+  host?: boolean;
   kvm: string;
   hmTimeout: number;
 }
@@ -34,6 +38,13 @@ async function benchCommand(flags: BenchFlags): Promise<number> {
   if (flags.json && flags.markdown) throw new GuardvisorError("CONFIG_INVALID", "give --json or --markdown, not both");
   const progress = flags.json ? undefined : (line: string) => process.stderr.write(`bench: ${line}\n`);
   try {
+    if (flags.host) {
+      const h = await runHostBench({ quick: flags.quick, onProgress: progress });
+      process.stdout.write(
+        flags.json ? `${JSON.stringify(h)}\n` : flags.markdown ? formatHostMarkdown(h) : formatHostReport(h),
+      );
+      return 0;
+    }
     const m = await runBench({
       quick: flags.quick,
       kvmPath: flags.kvm,
@@ -65,6 +76,7 @@ export function registerBenchCommands(program: Command, setExit: (code: number) 
     .option("--json", "print one JSON object with every measurement on stdout")
     .option("--markdown", "print the results tables of docs/performance.md, filled in")
     .option("--quick", "shorter runs: the whole bench in under a minute")
+    .option("--host", "no KVM: the per-exit software alone (dispatcher path, IDC round trip) against C baselines")
     .option("--kvm <path>", "the KVM device", DEFAULT_KVM_PATH)
     .option(...HM_TIMEOUT_OPTION)
     .addHelpText("after", BENCH_EXIT_HELP)

@@ -31,6 +31,13 @@ const HDR = (n: string) => IDC_HEADER.offset(n);
 const CTL = (n: string) => IDC_GUEST_CTL.offset(n);
 const REQ = (n: string) => IDC_REQUEST.offset(n);
 const RESP = (n: string) => IDC_RESPONSE.offset(n);
+/** The offsets a waiting decider reads on every poll, looked up once. */
+const CTL_RESP_PUBLISHED = CTL("resp_published");
+const RESP_SEQ = RESP("seq");
+const RESP_VERDICT = RESP("verdict");
+const RESP_RULE = RESP("rule");
+const RESP_POLICY_HASH = RESP("policy_hash");
+const RESP_CHECK = RESP("check");
 
 export type ResponseState =
   | { state: "pending" }
@@ -353,21 +360,21 @@ export class IdcChannel {
   poll(seq: bigint): ResponseState {
     if (!this.outstanding.has(seq)) return { state: "invalid", why: `request ${seq} is not outstanding` };
     const r = this.region;
-    const publishedResp = r.load64(this.base + CTL("resp_published"));
+    const publishedResp = r.load64(this.base + CTL_RESP_PUBLISHED);
     if (publishedResp >= this.nextSeq) {
       return { state: "invalid", why: `response for unknown request ${publishedResp}` };
     }
     const at = this.slot("resp", seq);
-    const got = r.load64(at + RESP("seq"));
+    const got = r.load64(at + RESP_SEQ);
     if (got !== seq) {
       // An older answer still in the slot is normal; anything else is garbage.
       if (got === 0n || got + BigInt(this.nslots) <= seq) return { state: "pending" };
       return { state: "invalid", why: `response slot holds seq ${got}, expected ${seq}` };
     }
-    const vnum = r.view.getUint32(at + RESP("verdict"), true);
-    const rule = r.view.getUint32(at + RESP("rule"), true);
-    const policyHash = r.view.getUint32(at + RESP("policy_hash"), true);
-    const check = r.view.getUint32(at + RESP("check"), true);
+    const vnum = r.view.getUint32(at + RESP_VERDICT, true);
+    const rule = r.view.getUint32(at + RESP_RULE, true);
+    const policyHash = r.view.getUint32(at + RESP_POLICY_HASH, true);
+    const check = r.view.getUint32(at + RESP_CHECK, true);
     if (check !== responseCheck(seq, vnum, rule, policyHash)) {
       return { state: "invalid", why: `bad check word for request ${seq}` };
     }

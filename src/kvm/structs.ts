@@ -61,48 +61,94 @@ export function zeroRegs(): Regs {
   return out;
 }
 
+/**
+ * The field offsets of the kernel structs, looked up once (the addon's tables
+ * are keyed by name; registers are decoded on every exit).
+ */
+interface Offsets {
+  regs: readonly number[];
+  seg: { base: number; limit: number; selector: number; u8: readonly number[] };
+  dtable: { base: number; limit: number };
+  sregs: { segs: readonly number[]; gdt: number; idt: number; crs: readonly number[] };
+}
+
+let offsets: Offsets | undefined;
+
+function offs(): Offsets {
+  if (offsets) return offsets;
+  const R = kernelLayout("kvm_regs");
+  const G = kernelLayout("kvm_segment");
+  const D = kernelLayout("kvm_dtable");
+  const S = kernelLayout("kvm_sregs");
+  offsets = {
+    regs: REG_NAMES.map((r) => R.off(r)),
+    seg: { base: G.off("base"), limit: G.off("limit"), selector: G.off("selector"), u8: SEG_U8.map((f) => G.off(f)) },
+    dtable: { base: D.off("base"), limit: D.off("limit") },
+    sregs: {
+      segs: SEGMENT_NAMES.map((n) => S.off(n)),
+      gdt: S.off("gdt"),
+      idt: S.off("idt"),
+      crs: CRS.map(([, f]) => S.off(f)),
+    },
+  };
+  return offsets;
+}
+
 export function decodeRegs(view: DataView, base = 0): Regs {
-  const L = kernelLayout("kvm_regs");
+  const o = offs().regs;
   const out = {} as Regs;
-  for (const r of REG_NAMES) out[r] = view.getBigUint64(base + L.off(r), true);
+  for (let i = 0; i < REG_NAMES.length; i++)
+    out[REG_NAMES[i] as RegName] = view.getBigUint64(base + (o[i] as number), true);
   return out;
 }
 
 export function encodeRegs(regs: Regs, view: DataView, base = 0): void {
-  const L = kernelLayout("kvm_regs");
-  for (const r of REG_NAMES) view.setBigUint64(base + L.off(r), BigInt.asUintN(64, regs[r]), true);
+  const o = offs().regs;
+  for (let i = 0; i < REG_NAMES.length; i++) {
+    view.setBigUint64(base + (o[i] as number), BigInt.asUintN(64, regs[REG_NAMES[i] as RegName]), true);
+  }
 }
 
 const SEG_U8 = ["type", "present", "dpl", "db", "s", "l", "g", "avl", "unusable"] as const;
 
 function decodeSegment(view: DataView, at: number): Segment {
-  const L = kernelLayout("kvm_segment");
-  const seg = {
-    base: view.getBigUint64(at + L.off("base"), true),
-    limit: view.getUint32(at + L.off("limit"), true),
-    selector: view.getUint16(at + L.off("selector"), true),
-  } as Segment;
-  for (const f of SEG_U8) seg[f] = view.getUint8(at + L.off(f));
-  return seg;
+  const o = offs().seg;
+  const u8 = o.u8;
+  return {
+    base: view.getBigUint64(at + o.base, true),
+    limit: view.getUint32(at + o.limit, true),
+    selector: view.getUint16(at + o.selector, true),
+    type: view.getUint8(at + (u8[0] as number)),
+    present: view.getUint8(at + (u8[1] as number)),
+    dpl: view.getUint8(at + (u8[2] as number)),
+    db: view.getUint8(at + (u8[3] as number)),
+    s: view.getUint8(at + (u8[4] as number)),
+    l: view.getUint8(at + (u8[5] as number)),
+    g: view.getUint8(at + (u8[6] as number)),
+    avl: view.getUint8(at + (u8[7] as number)),
+    unusable: view.getUint8(at + (u8[8] as number)),
+  };
 }
 
 function encodeSegment(seg: Segment, view: DataView, at: number): void {
-  const L = kernelLayout("kvm_segment");
-  view.setBigUint64(at + L.off("base"), seg.base, true);
-  view.setUint32(at + L.off("limit"), seg.limit, true);
-  view.setUint16(at + L.off("selector"), seg.selector, true);
-  for (const f of SEG_U8) view.setUint8(at + L.off(f), seg[f]);
+  const o = offs().seg;
+  view.setBigUint64(at + o.base, seg.base, true);
+  view.setUint32(at + o.limit, seg.limit, true);
+  view.setUint16(at + o.selector, seg.selector, true);
+  SEG_U8.forEach((f, i) => {
+    view.setUint8(at + (o.u8[i] as number), seg[f]);
+  });
 }
 
 function decodeDTable(view: DataView, at: number): DTable {
-  const L = kernelLayout("kvm_dtable");
-  return { base: view.getBigUint64(at + L.off("base"), true), limit: view.getUint16(at + L.off("limit"), true) };
+  const o = offs().dtable;
+  return { base: view.getBigUint64(at + o.base, true), limit: view.getUint16(at + o.limit, true) };
 }
 
 function encodeDTable(t: DTable, view: DataView, at: number): void {
-  const L = kernelLayout("kvm_dtable");
-  view.setBigUint64(at + L.off("base"), t.base, true);
-  view.setUint16(at + L.off("limit"), t.limit, true);
+  const o = offs().dtable;
+  view.setBigUint64(at + o.base, t.base, true);
+  view.setUint16(at + o.limit, t.limit, true);
 }
 
 const CRS = [
@@ -116,13 +162,29 @@ const CRS = [
 ] as const;
 
 export function decodeSregs(view: DataView, base = 0): Sregs {
-  const L = kernelLayout("kvm_sregs");
-  const out = {} as Sregs;
-  for (const s of SEGMENT_NAMES) out[s] = decodeSegment(view, base + L.off(s));
-  out.gdt = decodeDTable(view, base + L.off("gdt"));
-  out.idt = decodeDTable(view, base + L.off("idt"));
-  for (const [k, f] of CRS) out[k] = view.getBigUint64(base + L.off(f), true);
-  return out;
+  const o = offs().sregs;
+  const seg = (i: number) => decodeSegment(view, base + (o.segs[i] as number));
+  const cr = (i: number) => view.getBigUint64(base + (o.crs[i] as number), true);
+  // In SEGMENT_NAMES and CRS order.
+  return {
+    cs: seg(0),
+    ds: seg(1),
+    es: seg(2),
+    fs: seg(3),
+    gs: seg(4),
+    ss: seg(5),
+    tr: seg(6),
+    ldt: seg(7),
+    gdt: decodeDTable(view, base + o.gdt),
+    idt: decodeDTable(view, base + o.idt),
+    cr0: cr(0),
+    cr2: cr(1),
+    cr3: cr(2),
+    cr4: cr(3),
+    cr8: cr(4),
+    efer: cr(5),
+    apicBase: cr(6),
+  };
 }
 
 /**
@@ -130,11 +192,15 @@ export function decodeSregs(view: DataView, base = 0): Sregs {
  * fields we do not model (the interrupt bitmap) are preserved.
  */
 export function encodeSregs(s: Sregs, view: DataView, base = 0): void {
-  const L = kernelLayout("kvm_sregs");
-  for (const n of SEGMENT_NAMES) encodeSegment(s[n], view, base + L.off(n));
-  encodeDTable(s.gdt, view, base + L.off("gdt"));
-  encodeDTable(s.idt, view, base + L.off("idt"));
-  for (const [k, f] of CRS) view.setBigUint64(base + L.off(f), s[k], true);
+  const o = offs().sregs;
+  SEGMENT_NAMES.forEach((n, i) => {
+    encodeSegment(s[n], view, base + (o.segs[i] as number));
+  });
+  encodeDTable(s.gdt, view, base + o.gdt);
+  encodeDTable(s.idt, view, base + o.idt);
+  CRS.forEach(([k], i) => {
+    view.setBigUint64(base + (o.crs[i] as number), s[k], true);
+  });
 }
 
 /** The privilege level the vCPU runs at (the RPL of CS always equals CPL). */

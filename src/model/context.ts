@@ -5,7 +5,14 @@
  * the types every layer above the KVM objects shares, so deciders, the IDC
  * channel and the audit log need not reach into the VMM for it.
  */
-import { ABI_CONSTANTS, CONTEXT_RECORD, EVENT_KINDS, type EventKind, REG_NAMES } from "../abi/guest-abi.js";
+import {
+  ABI_CONSTANTS,
+  CONTEXT_RECORD,
+  EVENT_KINDS,
+  type EventKind,
+  REG_NAMES,
+  type RegName,
+} from "../abi/guest-abi.js";
 import { GuardvisorError } from "../errors.js";
 import { type Regs, zeroRegs } from "../kvm/structs.js";
 
@@ -76,6 +83,36 @@ const KIND_BY_NUMBER = new Map<number, EventKind>(Object.entries(EVENT_KINDS).ma
 
 const O = (name: string) => CONTEXT_RECORD.offset(name);
 
+/** The record's field offsets, looked up once (a record is encoded on every event). */
+const OFF = {
+  access_len: O("access_len"),
+  cpl: O("cpl"),
+  cr0: O("cr0"),
+  cr2: O("cr2"),
+  cr3: O("cr3"),
+  cr4: O("cr4"),
+  data: O("data"),
+  efer: O("efer"),
+  error_code: O("error_code"),
+  flags: O("flags"),
+  gpa: O("gpa"),
+  insn: O("insn"),
+  insn_len: O("insn_len"),
+  kind: O("kind"),
+  magic: O("magic"),
+  msr_index: O("msr_index"),
+  msr_value: O("msr_value"),
+  object: O("object"),
+  region_id: O("region_id"),
+  region_offset: O("region_offset"),
+  regs: O("regs"),
+  seq: O("seq"),
+  vcpu: O("vcpu"),
+  vector: O("vector"),
+  version: O("version"),
+  vm_id: O("vm_id"),
+} as const;
+
 /** Encode into `out` (at `at`), or into a fresh buffer of CONTEXT_RECORD.size bytes. */
 export function encodeContext(c: ContextRecord, out?: Uint8Array, at = 0): Uint8Array {
   const buf = out ?? new Uint8Array(CONTEXT_RECORD.size);
@@ -89,34 +126,34 @@ export function encodeContext(c: ContextRecord, out?: Uint8Array, at = 0): Uint8
   }
   buf.fill(0, at, at + CONTEXT_RECORD.size);
   const v = new DataView(buf.buffer, buf.byteOffset + at, CONTEXT_RECORD.size);
-  v.setUint32(O("magic"), ABI_CONSTANTS.CTX_MAGIC, true);
-  v.setUint32(O("version"), ABI_CONSTANTS.CTX_VERSION, true);
-  v.setBigUint64(O("seq"), BigInt(c.seq), true);
-  v.setUint32(O("kind"), EVENT_KINDS[c.kind], true);
-  v.setUint32(O("vm_id"), c.vmId, true);
-  v.setUint32(O("vcpu"), c.vcpu, true);
-  v.setUint32(O("cpl"), c.cpl, true);
-  v.setUint32(O("region_id"), c.regionId, true);
-  v.setUint32(O("vector"), c.vector, true);
-  v.setBigUint64(O("error_code"), BigInt.asUintN(64, c.errorCode), true);
-  v.setUint32(O("msr_index"), c.msrIndex, true);
-  v.setUint32(O("access_len"), accessLen, true);
-  v.setBigUint64(O("msr_value"), BigInt.asUintN(64, c.msrValue), true);
-  v.setBigUint64(O("gpa"), BigInt(c.gpa), true);
-  v.setBigUint64(O("region_offset"), BigInt(c.regionOffset), true);
-  buf.set(c.data, at + O("data"));
-  REG_NAMES.forEach((r, i) => {
-    v.setBigUint64(O("regs") + 8 * i, BigInt.asUintN(64, c.regs[r]), true);
-  });
-  v.setBigUint64(O("cr0"), c.cr0, true);
-  v.setBigUint64(O("cr2"), c.cr2, true);
-  v.setBigUint64(O("cr3"), c.cr3, true);
-  v.setBigUint64(O("cr4"), c.cr4, true);
-  v.setBigUint64(O("efer"), c.efer, true);
-  buf.set(c.insn, at + O("insn"));
-  v.setUint32(O("insn_len"), c.insn.length, true);
-  v.setUint32(O("flags"), c.flags, true);
-  v.setUint32(O("object"), c.object, true);
+  v.setUint32(OFF.magic, ABI_CONSTANTS.CTX_MAGIC, true);
+  v.setUint32(OFF.version, ABI_CONSTANTS.CTX_VERSION, true);
+  v.setBigUint64(OFF.seq, BigInt(c.seq), true);
+  v.setUint32(OFF.kind, EVENT_KINDS[c.kind], true);
+  v.setUint32(OFF.vm_id, c.vmId, true);
+  v.setUint32(OFF.vcpu, c.vcpu, true);
+  v.setUint32(OFF.cpl, c.cpl, true);
+  v.setUint32(OFF.region_id, c.regionId, true);
+  v.setUint32(OFF.vector, c.vector, true);
+  v.setBigUint64(OFF.error_code, BigInt.asUintN(64, c.errorCode), true);
+  v.setUint32(OFF.msr_index, c.msrIndex, true);
+  v.setUint32(OFF.access_len, accessLen, true);
+  v.setBigUint64(OFF.msr_value, BigInt.asUintN(64, c.msrValue), true);
+  v.setBigUint64(OFF.gpa, BigInt(c.gpa), true);
+  v.setBigUint64(OFF.region_offset, BigInt(c.regionOffset), true);
+  buf.set(c.data, at + OFF.data);
+  for (let i = 0; i < REG_NAMES.length; i++) {
+    v.setBigUint64(OFF.regs + 8 * i, BigInt.asUintN(64, c.regs[REG_NAMES[i] as RegName]), true);
+  }
+  v.setBigUint64(OFF.cr0, c.cr0, true);
+  v.setBigUint64(OFF.cr2, c.cr2, true);
+  v.setBigUint64(OFF.cr3, c.cr3, true);
+  v.setBigUint64(OFF.cr4, c.cr4, true);
+  v.setBigUint64(OFF.efer, c.efer, true);
+  buf.set(c.insn, at + OFF.insn);
+  v.setUint32(OFF.insn_len, c.insn.length, true);
+  v.setUint32(OFF.flags, c.flags, true);
+  v.setUint32(OFF.object, c.object, true);
   return buf;
 }
 

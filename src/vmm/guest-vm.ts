@@ -465,7 +465,7 @@ function resolveEntry(image: ElfImage, want: string | bigint | undefined): bigin
 }
 
 /** Copy every PT_LOAD segment to its physical address and zero its tail. */
-function loadSegments(mem: GuestMemory, image: ElfImage): void {
+export function loadSegments(mem: GuestMemory, image: ElfImage): void {
   for (const s of image.loadSegments) {
     const paddr = Number(s.paddr);
     mem.write(paddr, image.data.subarray(s.offset, s.offset + s.filesz));
@@ -474,7 +474,7 @@ function loadSegments(mem: GuestMemory, image: ElfImage): void {
 }
 
 /** Each protected region at the kernel virtual address its PT_LOAD segment maps it to. */
-function virtualRanges(image: ElfImage, regions: readonly ProtectedRegion[]): VirtualRange[] {
+export function virtualRanges(image: ElfImage, regions: readonly ProtectedRegion[]): VirtualRange[] {
   const out: VirtualRange[] = [];
   for (const r of regions) {
     const seg = image.segments.find(

@@ -58,6 +58,9 @@ const PAGE = 4096n;
 const MAX_PINNED_PAGES = 1 << 18;
 
 const sameTranslation = (a: bigint, b: bigint) => (a & ~IGNORED) === (b & ~IGNORED);
+/** ~IGNORED as two 32-bit halves. */
+const KEEP_LO = Number(~IGNORED & 0xffffffffn) | 0;
+const KEEP_HI = Number((~IGNORED >> 32n) & 0xffffffffn) | 0;
 
 export class PagingSeal {
   private readonly pinned = new Map<number, PinnedEntry>();
@@ -82,6 +85,7 @@ export class PagingSeal {
   seal(cr3: bigint, ranges: readonly VirtualRange[]): void {
     if (this.sealed) return;
     this.sealedCr3 = cr3 & PTE_ADDR_MASK;
+    this.fast = undefined;
     let pages = 0;
     for (const r of ranges) {
       for (let va = r.start & ~(PAGE - 1n); va < r.end && pages < MAX_PINNED_PAGES; va += PAGE, pages++) {
@@ -103,14 +107,51 @@ export class PagingSeal {
     }
   }
 
-  /** The pinned entries whose translation changed since the seal. */
+  /**
+   * The pinned entries whose translation changed since the seal. Checked on
+   * every exit: the entries' addresses and sealed values (less the ignored
+   * bits) are kept as 32-bit halves, so the check allocates nothing.
+   */
   changes(): PagingChange[] {
+    const fast = (this.fast ??= this.flatten());
+    const w = fast.words;
+    const mem = this.mem.view;
+    let changed = false;
+    for (let i = 0; i < fast.at.length; i++) {
+      const at = fast.at[i] as number;
+      if (
+        (mem.getUint32(at, true) & KEEP_LO) >>> 0 !== w[2 * i] ||
+        (mem.getUint32(at + 4, true) & KEEP_HI) >>> 0 !== w[2 * i + 1]
+      ) {
+        changed = true;
+        break;
+      }
+    }
+    if (!changed) return [];
     const out: PagingChange[] = [];
     for (const [entry, pin] of this.pinned) {
       const now = this.mem.readU64(entry);
       if (!sameTranslation(pin.value, now)) out.push({ entry, from: pin.value, to: now, va: pin.va, name: pin.name });
     }
     return out;
+  }
+
+  /** The pinned entries for the allocation-free check (built once, after the seal). */
+  private fast: { at: Uint32Array; words: Uint32Array } | undefined;
+
+  private flatten(): { at: Uint32Array; words: Uint32Array } {
+    const at = new Uint32Array(this.pinned.size);
+    const words = new Uint32Array(2 * this.pinned.size);
+    let i = 0;
+    for (const [entry, pin] of this.pinned) {
+      // Pinned entries lie in RAM (pinWalk checks), which is below 4 GiB plus a page.
+      at[i] = entry;
+      const kept = pin.value & ~IGNORED;
+      words[2 * i] = Number(kept & 0xffffffffn);
+      words[2 * i + 1] = Number(kept >> 32n);
+      i++;
+    }
+    return { at, words };
   }
 
   /** Put a pinned entry back as it was sealed. */

@@ -5,8 +5,6 @@
  */
 import type { GuestMemory } from "../kvm/guest-memory.js";
 
-const P = 1n;
-const PS = 0x80n;
 const ADDR_MASK = 0x000ffffffffff000n;
 
 export function isCanonical(va: bigint): boolean {
@@ -14,26 +12,33 @@ export function isCanonical(va: bigint): boolean {
   return top === 0n || top === 0x1ffffn;
 }
 
-/** Translate a guest-virtual address with the tables at `cr3`; undefined when not mapped. */
+/**
+ * Translate a guest-virtual address with the tables at `cr3`; undefined when
+ * not mapped. Walked in 32-bit halves (no BigInt per level: this runs several
+ * times per exit); entry addresses are bits 12-51, so every sum stays exact.
+ */
 export function translate(mem: GuestMemory, cr3: bigint, va: bigint): number | undefined {
   if (!isCanonical(va)) return undefined;
-  let table = cr3 & ADDR_MASK;
-  const shifts = [39n, 30n, 21n, 12n];
+  const lo = Number(va & 0xffffffffn);
+  const hi = Number((va >> 32n) & 0xffffn);
+  const idx = [(hi >>> 7) & 0x1ff, ((hi << 2) | (lo >>> 30)) & 0x1ff, (lo >>> 21) & 0x1ff, (lo >>> 12) & 0x1ff];
+  let table = Number(cr3 & ADDR_MASK);
+  const v = mem.view;
   for (let level = 0; level < 4; level++) {
-    const shift = shifts[level] as bigint;
-    const index = (va >> shift) & 0x1ffn;
-    const at = table + index * 8n;
-    if (at + 8n > BigInt(mem.size)) return undefined;
-    const entry = mem.readU64(Number(at));
-    if ((entry & P) === 0n) return undefined;
-    const large = level > 0 && level < 3 && (entry & PS) !== 0n;
+    const at = table + (idx[level] as number) * 8;
+    if (at + 8 > mem.size) return undefined;
+    const eLo = v.getUint32(at, true);
+    const eHi = v.getUint32(at + 4, true);
+    if ((eLo & 1) === 0) return undefined;
+    const base = (eHi & 0xfffff) * 0x1_0000_0000 + ((eLo & 0xfffff000) >>> 0);
+    const large = level > 0 && level < 3 && (eLo & 0x80) !== 0;
     if (large || level === 3) {
-      const pageMask = (1n << shift) - 1n;
-      const base = entry & ADDR_MASK & ~pageMask;
-      const pa = base | (va & pageMask);
-      return pa < BigInt(Number.MAX_SAFE_INTEGER) ? Number(pa) : undefined;
+      const pageMask = level === 1 ? 0x3fffffff : level === 2 ? 0x1fffff : 0xfff;
+      // The page base without its offset bits (a large page's low address bits are flags, not address).
+      const pageBase = base - (base % (pageMask + 1));
+      return pageBase + (lo & pageMask);
     }
-    table = entry & ADDR_MASK;
+    table = base;
   }
   return undefined;
 }
@@ -80,16 +85,18 @@ export function physicalOffsetIn(
  * first byte that is not mapped or not in RAM (so the result may be shorter).
  */
 export function readVirtual(mem: GuestMemory, cr3: bigint, va: bigint, len: number): Uint8Array {
-  const out: number[] = [];
+  const out = new Uint8Array(Math.max(0, len));
+  let n = 0;
   let addr = va;
-  while (out.length < len) {
+  while (n < len) {
     const pa = translate(mem, cr3, addr);
     if (pa === undefined) break;
     const inPage = 4096 - (pa % 4096);
-    const n = Math.min(inPage, len - out.length);
-    if (!mem.contains(pa, n)) break;
-    for (const b of mem.slice(pa, n)) out.push(b);
-    addr += BigInt(n);
+    const k = Math.min(inPage, len - n);
+    if (!mem.contains(pa, k)) break;
+    out.set(mem.slice(pa, k), n);
+    n += k;
+    addr += BigInt(k);
   }
-  return Uint8Array.from(out);
+  return n === len ? out : out.slice(0, n);
 }
