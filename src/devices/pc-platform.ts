@@ -213,7 +213,7 @@ export class I8042 implements PortDevice {
     if (port === I8042_COMMAND) {
       fillValue(data, size, count, I8042_STATUS_SYS | (this.reply >= 0 ? I8042_STATUS_OBF : 0));
     } else if (port === I8042_DATA) {
-      fillValue(data, size, count, this.reply >= 0 ? this.reply : 0);
+      fillValue(data, size, count, Math.max(this.reply, 0));
       this.reply = -1;
     } else {
       data.fill(0xff); // 0x61-0x63 are not the controller's (KVM answers 0x61 itself)

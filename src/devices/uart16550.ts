@@ -150,7 +150,7 @@ export class Uart16550 implements PortDevice {
         if (this.dlab) return this.dll;
         const b = this.rbr;
         this.rbr = -1;
-        return b < 0 ? 0 : b;
+        return Math.max(b, 0);
       }
       case UART.IER_DLM:
         return this.dlab ? this.dlm : this.ier;
