@@ -21,6 +21,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ["policy", "vmm"],
   ["health"],
   ["audit", "event-fold", "scenarios", "metrics", "lab"],
+  ["linux"],
   ["runner"],
   ["bench"],
   ["cli"],
