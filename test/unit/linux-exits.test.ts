@@ -26,6 +26,7 @@ function handler() {
     getRegs: () => ({ ...regs }),
     setRegs: (r) => {
       regs.rip = r.rip;
+      regs.rflags = r.rflags;
       log.push(`rip=${r.rip.toString(16)}`);
     },
     setMsrResult: (e) => log.push(`msr=${e}`),
@@ -33,7 +34,7 @@ function handler() {
     cancelException: (v) => log.push(`cancel=${v}`),
     resetRequested: () => reset,
   });
-  return { h, log };
+  return { h, log, regs };
 }
 
 /** The kvm_run data of an emulation failure: flags, then size and bytes packed little-endian. */
@@ -74,7 +75,11 @@ describe("Linux exits", () => {
     const r = handler().h.dispatch({ kind: "shutdown" });
     assert.equal(r.kind === "stop" && r.outcome, "crash");
     assert.match(r.kind === "stop" ? r.detail : "", /triple fault .* at RIP 0xffffffff81000000/);
-    const u = handler().h.dispatch({ kind: "internal-error", suberror: 1, data: emulationData([0x0f, 0x01, 0xca]) });
+    const u = handler().h.dispatch({
+      kind: "internal-error",
+      suberror: 1,
+      data: emulationData([0x48, 0x0f, 0xae, 0x2f]),
+    });
     assert.equal(u.kind === "stop" && u.outcome, "crash");
     assert.match(u.kind === "stop" ? u.detail : "", /suberror 1/);
   });
@@ -85,6 +90,21 @@ describe("Linux exits", () => {
     assert.deepEqual(r, { kind: "continue" });
     assert.deepEqual(log, ["cancel=6", "rip=ffffffff81000001", "inject=3"]);
     assert.equal(h.counters.int3, 1);
+  });
+
+  it("a CLAC or STAC the emulator failed on clears or sets RFLAGS.AC and steps over it", () => {
+    const { h, log, regs } = handler();
+    const AC = 1n << 18n;
+    regs.rflags = 0x2n | AC;
+    assert.deepEqual(h.dispatch({ kind: "internal-error", suberror: 1, data: emulationData([0x0f, 0x01, 0xca]) }), {
+      kind: "continue",
+    });
+    assert.deepEqual(log, ["cancel=6", "rip=ffffffff81000003"]);
+    assert.equal(regs.rflags, 0x2n);
+    h.dispatch({ kind: "internal-error", suberror: 1, data: emulationData([0x0f, 0x01, 0xcb]) });
+    assert.equal(regs.rflags, 0x2n | AC);
+    assert.equal(regs.rip, 0xffffffff81000006n);
+    assert.equal(h.counters.clacStac, 2);
   });
 
   it("reads the instruction bytes of an emulation failure only when KVM flags them", () => {
