@@ -5,7 +5,7 @@
  * count are reported as test diagnostics.
  *
  * The guest is built by src/linux/test-guest.ts (build/linux/, never
- * committed). Limit: GV_LINUX_BOOT_TIMEOUT_S (default 1200 s), times the time scale.
+ * committed). Limit: GV_LINUX_BOOT_TIMEOUT_S (default 600 s), times the time scale.
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -18,7 +18,7 @@ import { buildLinuxTestGuest, parseResultLine } from "../../src/linux/test-guest
 import { scaled } from "../../src/time-scale.js";
 import { skipWithoutKvm } from "../support/kvm.js";
 
-const LIMIT_MS = scaled(Number(process.env.GV_LINUX_BOOT_TIMEOUT_S ?? 1200) * 1000);
+const LIMIT_MS = scaled(Number(process.env.GV_LINUX_BOOT_TIMEOUT_S ?? 600) * 1000);
 
 /**
  * PVM (KVM without hardware virtualisation) runs a stock kernel's ring 0
