@@ -6,6 +6,7 @@
  *
  * The guest is built by src/linux/test-guest.ts (build/linux/, never
  * committed). Limit: GV_LINUX_BOOT_TIMEOUT_S (default 600 s), times the time scale.
+ * GV_LINUX_CONSOLE=1 streams the guest's console to stderr as it arrives.
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -51,6 +52,11 @@ describe("a stock Linux guest", { skip: skipWithoutKvm || pvmSkip }, () => {
         cmdline: `${DEFAULT_LINUX_CMDLINE} gv.scenario=linux-benign`,
         memSize: 256 * MIB,
         onSerial: (line) => {
+          if (process.env.GV_LINUX_CONSOLE === "1") {
+            process.stderr.write(
+              `[${((vm?.elapsedMs() ?? 0) / 1000).toFixed(1)} s, ${vm?.exitCount() ?? 0} exits] ${line}\n`,
+            );
+          }
           const r = parseResultLine(line);
           if (r && !result && vm) {
             result = r;
