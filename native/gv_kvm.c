@@ -239,6 +239,8 @@ IOCTL_INT(CreateVm, KVM_CREATE_VM)
 IOCTL_INT(GetVcpuMmapSize, KVM_GET_VCPU_MMAP_SIZE)
 IOCTL_INT(CreateVcpu, KVM_CREATE_VCPU)
 IOCTL_INT(GetTscKhz, KVM_GET_TSC_KHZ)
+IOCTL_INT(CreateIrqchip, KVM_CREATE_IRQCHIP)
+IOCTL_INT(SetTssAddr, KVM_SET_TSS_ADDR)
 
 /* ---------- ioctls with a fixed-size struct in a caller's buffer ---------- */
 
@@ -271,6 +273,19 @@ IOCTL_BUF(GetVcpuEvents, KVM_GET_VCPU_EVENTS, struct kvm_vcpu_events)
 IOCTL_BUF(SetVcpuEvents, KVM_SET_VCPU_EVENTS, struct kvm_vcpu_events)
 IOCTL_BUF(SetGuestDebug, KVM_SET_GUEST_DEBUG, struct kvm_guest_debug)
 IOCTL_BUF(EnableCap, KVM_ENABLE_CAP, struct kvm_enable_cap)
+IOCTL_BUF(CreatePit2, KVM_CREATE_PIT2, struct kvm_pit_config)
+IOCTL_BUF(SetIdentityMapAddr, KVM_SET_IDENTITY_MAP_ADDR, __u64)
+
+/* irqLine(vmFd, irq, level): KVM_IRQ_LINE, a line of the in-kernel interrupt controllers. */
+static napi_value IrqLine(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd, irq, level;
+  if (!arg_i32(env, argv[0], &fd) || !arg_i32(env, argv[1], &irq) || !arg_i32(env, argv[2], &level) || irq < 0)
+    return throw_type(env, "irqLine(fd, irq, level)");
+  struct kvm_irq_level l = {.irq = (uint32_t)irq, .level = (uint32_t)(level ? 1 : 0)};
+  if (xioctl(fd, KVM_IRQ_LINE, &l) < 0) return throw_errno(env, "KVM_IRQ_LINE", errno);
+  return NULL;
+}
 
 /* Variable-length structs: the header says how many entries follow; check the buffer holds them. */
 static napi_value ioctl_var(napi_env env, napi_callback_info info, unsigned long req, const char *name,
@@ -607,7 +622,13 @@ static napi_value make_layouts(napi_env env) {
   LAYOUT(kvm_cpuid2, struct kvm_cpuid2);
   OFF(kvm_cpuid2, struct kvm_cpuid2, "nent", nent);
   OFF(kvm_cpuid2, struct kvm_cpuid2, "entries", entries);
-  new_layout(env, layouts, "kvm_cpuid_entry2", sizeof(struct kvm_cpuid_entry2));
+  LAYOUT(kvm_cpuid_entry2, struct kvm_cpuid_entry2);
+#define C(x) OFF(kvm_cpuid_entry2, struct kvm_cpuid_entry2, #x, x)
+  C(function); C(index); C(flags); C(eax); C(ebx); C(ecx); C(edx);
+#undef C
+
+  LAYOUT(kvm_pit_config, struct kvm_pit_config);
+  OFF(kvm_pit_config, struct kvm_pit_config, "flags", flags);
 
   return layouts;
 }
@@ -625,6 +646,8 @@ static napi_value make_constants(napi_env env) {
   K(KVM_CAP_USER_MEMORY); K(KVM_CAP_READONLY_MEM); K(KVM_CAP_SET_GUEST_DEBUG); K(KVM_CAP_VCPU_EVENTS);
   K(KVM_CAP_IMMEDIATE_EXIT); K(KVM_CAP_SYNC_REGS); K(KVM_CAP_X86_USER_SPACE_MSR); K(KVM_CAP_X86_MSR_FILTER);
   K(KVM_CAP_NR_MEMSLOTS); K(KVM_CAP_EXT_CPUID); K(KVM_CAP_NR_VCPUS);
+  K(KVM_CAP_IRQCHIP); K(KVM_CAP_PIT2); K(KVM_CAP_SET_TSS_ADDR); K(KVM_CAP_SET_IDENTITY_MAP_ADDR);
+  K(KVM_CAP_TSC_DEADLINE_TIMER); K(KVM_PIT_SPEAKER_DUMMY); K(KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
   K(KVM_SYNC_X86_REGS); K(KVM_SYNC_X86_SREGS); K(KVM_SYNC_X86_EVENTS);
   K(KVM_GUESTDBG_ENABLE); K(KVM_GUESTDBG_SINGLESTEP); K(KVM_GUESTDBG_USE_HW_BP); K(KVM_GUESTDBG_USE_SW_BP);
   K(KVM_MSR_FILTER_READ); K(KVM_MSR_FILTER_WRITE); K(KVM_MSR_FILTER_MAX_RANGES);
@@ -653,6 +676,11 @@ static napi_value Init(napi_env env, napi_value exports) {
       FN("setUserMemoryRegion", SetUserMemoryRegion),
       FN("enableCap", EnableCap),
       FN("setMsrFilter", SetMsrFilter),
+      FN("createIrqchip", CreateIrqchip),
+      FN("createPit2", CreatePit2),
+      FN("setTssAddr", SetTssAddr),
+      FN("setIdentityMapAddr", SetIdentityMapAddr),
+      FN("irqLine", IrqLine),
       FN("run", Run),
       FN("getRegs", GetRegs),
       FN("setRegs", SetRegs),

@@ -21,6 +21,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ["policy", "vmm"],
   ["health"],
   ["audit", "scenarios", "metrics", "control", "lab"],
+  ["linux"],
   ["run"],
   ["bench"],
   ["cli"],

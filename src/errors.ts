@@ -18,6 +18,10 @@ export const ERROR_CODES = {
   ELF_INVALID: "ELF_INVALID",
   /** A kernel image whose segments do not fit guest RAM or overlap. */
   ELF_LAYOUT: "ELF_LAYOUT",
+  /** A Linux kernel image that is not a bzImage Guardvisor can boot (x86 boot protocol 2.12+, 64-bit entry). */
+  LINUX_IMAGE_INVALID: "LINUX_IMAGE_INVALID",
+  /** A System.map file that cannot be read as "address type name" lines. */
+  LINUX_SYSTEM_MAP_INVALID: "LINUX_SYSTEM_MAP_INVALID",
   /** Bad configuration: the message names the field. */
   CONFIG_INVALID: "CONFIG_INVALID",
   /** Unknown scenario name. */

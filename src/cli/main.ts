@@ -32,6 +32,7 @@ import { registerAuditCommands } from "./audit-cmd.js";
 import { registerBenchCommands } from "./bench-cmd.js";
 import { registerControlCommands } from "./control-cmd.js";
 import { registerLabCommands } from "./lab-cmd.js";
+import { runLinuxCommand } from "./linux-cmd.js";
 import { startRunObservers } from "./observe.js";
 import { HM_TIMEOUT_OPTION, intOption } from "./options.js";
 import { registerPolicyCommands } from "./policy-cmd.js";
@@ -115,6 +116,10 @@ interface RunFlags {
   metricsPort?: number;
   /** The control socket's path (guardvisor guests / resume). */
   control?: string;
+  /** A stock Linux bzImage to boot instead of a gv-kernel guest (src/cli/linux-cmd.ts). */
+  linux?: string;
+  initrd?: string;
+  systemMap?: string;
   /** false with --no-lab. */
   lab: boolean;
 }
@@ -313,6 +318,26 @@ function checkRunFlags(flags: RunFlags): void {
   checkRunOptions({ ...commonRunOptions(flags), scenarios: flags.scenario, guests: flags.guests });
 }
 
+/** run --linux: the gv-kernel options do not apply; --mem and --timeout keep their meaning with Linux defaults. */
+async function runLinux(flags: RunFlags, cmd: Command): Promise<number> {
+  if (flags.scenario || flags.kernel) {
+    throw new GuardvisorError("CONFIG_INVALID", "--linux: give it instead of --scenario or --kernel");
+  }
+  const given = (name: string) => cmd.getOptionValueSource(name) !== "default";
+  return runLinuxCommand(
+    {
+      linux: flags.linux as string,
+      initrd: flags.initrd,
+      cmdline: flags.cmdline,
+      systemMap: flags.systemMap,
+      mem: given("mem") ? flags.mem : undefined,
+      timeout: given("timeout") ? flags.timeout : undefined,
+      json: flags.json,
+    },
+    sayErr,
+  );
+}
+
 async function runCommand(flags: RunFlags): Promise<number> {
   if (flags.scenario?.includes("all")) return runAll(flags);
   const control: RunControl = {};
@@ -403,6 +428,9 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
       collect,
     )
     .option("--kernel <elf>", "your own kernel: an ELF64 x86-64 image following docs/guest-abi.md")
+    .option("--linux <bzImage>", "boot a stock Linux kernel on one vCPU and print its console (docs/linux-guests.md)")
+    .option("--initrd <file>", "with --linux: the initramfs")
+    .option("--system-map <file>", "with --linux: the kernel's System.map (checked and loaded)")
     .option("--guests <n>", `guests sharing one health VM (1..${ABI_CONSTANTS.IDC_MAX_GUESTS})`, intOption("--guests"))
     .addOption(
       new Option("--decider <name>", "who rules on events: the health VM, or the VMM itself")
@@ -461,7 +489,14 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
       "after",
       `\n--scenario all runs every built-in scenario in turn and prints one verdict per scenario.${TIME_SCALE_HELP}${EXIT_HELP}`,
     )
-    .action(async (flags: RunFlags) => {
+    .action(async (flags: RunFlags, cmd: Command) => {
+      if (flags.linux !== undefined) {
+        setExit((await runInLabIfNoKvm(flags.lab, args, sayErr)) ?? (await runLinux(flags, cmd)));
+        return;
+      }
+      if (flags.initrd !== undefined || flags.systemMap !== undefined) {
+        throw new GuardvisorError("CONFIG_INVALID", "--initrd, --system-map: only with --linux");
+      }
       checkRunFlags(flags);
       setExit((await runInLabIfNoKvm(flags.lab, args, sayErr)) ?? (await runCommand(flags)));
     });

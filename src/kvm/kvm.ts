@@ -134,6 +134,35 @@ export class Vm {
     wrapNative("KVM_X86_SET_MSR_FILTER", () => native().setMsrFilter(this.fd, defaultDeny ? 1 : 0, ranges));
   }
 
+  /** KVM_CREATE_IRQCHIP: the in-kernel PIC pair, IOAPIC and a local APIC per vCPU (before any vCPU). */
+  createIrqchip(): void {
+    wrapNative("KVM_CREATE_IRQCHIP", () => native().createIrqchip(this.fd));
+  }
+
+  /** KVM_CREATE_PIT2: the in-kernel i8254 timer (after the irqchip); `speakerDummy` answers port 0x61 too. */
+  createPit2(speakerDummy = true): void {
+    const L = kernelLayout("kvm_pit_config");
+    const buf = new Uint8Array(L.size);
+    new DataView(buf.buffer).setUint32(L.off("flags"), speakerDummy ? K("KVM_PIT_SPEAKER_DUMMY") : 0, true);
+    wrapNative("KVM_CREATE_PIT2", () => native().createPit2(this.fd, buf));
+  }
+
+  /** KVM_SET_TSS_ADDR: three pages of guest-physical space, outside RAM, that VMX needs for real mode. */
+  setTssAddr(gpa: number): void {
+    wrapNative("KVM_SET_TSS_ADDR", () => native().setTssAddr(this.fd, gpa));
+  }
+
+  /** KVM_SET_IDENTITY_MAP_ADDR: one page of guest-physical space, outside RAM (VMX without unrestricted guest). */
+  setIdentityMapAddr(gpa: number): void {
+    const buf = new BigUint64Array([BigInt(gpa)]);
+    wrapNative("KVM_SET_IDENTITY_MAP_ADDR", () => native().setIdentityMapAddr(this.fd, buf));
+  }
+
+  /** KVM_IRQ_LINE: drive a line of the in-kernel interrupt controllers (see irqLine for other threads). */
+  irqLine(irq: number, level: boolean): void {
+    irqLine(this.fd, irq, level);
+  }
+
   /** KVM_CREATE_VCPU and map its kvm_run page. */
   createVcpu(id: number): VcpuHandle {
     const fd = wrapNative(`KVM_CREATE_VCPU ${id}`, () => native().createVcpu(this.fd, id));
@@ -147,6 +176,11 @@ export class Vm {
     this.closed = true;
     native().close(this.fd);
   }
+}
+
+/** KVM_IRQ_LINE on a VM by its fd: a device model on a vCPU thread raises or lowers an interrupt line. */
+export function irqLine(vmFd: number, irq: number, level: boolean): void {
+  wrapNative("KVM_IRQ_LINE", () => native().irqLine(vmFd, irq, level ? 1 : 0));
 }
 
 /** Plain data that lets any thread attach to a vCPU. */

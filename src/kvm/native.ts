@@ -30,6 +30,11 @@ export interface NativeKvm {
   setUserMemoryRegion(vmFd: number, slot: number, flags: number, gpa: number, size: number, hostAddr: bigint): void;
   enableCap(vmFd: number, buf: Bytes): number;
   setMsrFilter(vmFd: number, defaultDeny: number, ranges: MsrFilterRange[]): void;
+  createIrqchip(vmFd: number): number;
+  createPit2(vmFd: number, buf: Bytes): number;
+  setTssAddr(vmFd: number, addr: number): number;
+  setIdentityMapAddr(vmFd: number, buf: Bytes): number;
+  irqLine(vmFd: number, irq: number, level: number): void;
   run(vcpuFd: number): number;
   getRegs(vcpuFd: number, buf: Bytes): number;
   setRegs(vcpuFd: number, buf: Bytes): number;

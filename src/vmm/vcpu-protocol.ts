@@ -55,7 +55,16 @@ export type WorkerMessage =
   | { type: "ready"; tid: number }
   | { type: "serial"; line: string }
   | { type: "event"; event: CapturedEvent }
-  | { type: "stopped"; outcome: StopOutcome | "stopped"; code?: number; detail: string; stats: DispatchStats }
+  | {
+      type: "stopped";
+      outcome: StopOutcome | "stopped";
+      code?: number;
+      detail: string;
+      /** The gv-kernel worker's dispatch statistics. */
+      stats?: DispatchStats;
+      /** Counters of a worker with no ExitDispatcher (a Linux guest's: exits by kind, device counts). */
+      counters?: Record<string, number>;
+    }
   | { type: "hm-fault"; fault: HmFault }
   /** A `pause` verdict parked the vCPU (CMD_PAUSE): the owner resumes it with CMD_RUN. */
   | { type: "paused"; detail: string }

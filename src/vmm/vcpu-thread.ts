@@ -7,6 +7,7 @@ import { Worker } from "node:worker_threads";
 import type { HmFault } from "../decide/hm-vm-decider.js";
 import { GuardvisorError } from "../errors.js";
 import { RunPage } from "../kvm/exits.js";
+import type { VcpuHandle } from "../kvm/kvm.js";
 import { native } from "../kvm/native.js";
 import { scaled } from "../time-scale.js";
 import type { CapturedEvent, DispatchStats, GuestReport, StopOutcome } from "./dispatcher.js";
@@ -37,6 +38,15 @@ export interface VcpuStop {
   code?: number;
   detail: string;
   stats?: DispatchStats;
+  counters?: Record<string, number>;
+}
+
+/** A worker other than the gv-kernel one (src/vmm/vcpu-worker.ts): its entry file and kick period. */
+export interface VcpuThreadOptions {
+  /** The worker's entry file; it speaks the same messages and control word (vcpu-protocol.ts). */
+  script: URL;
+  /** Kick the vCPU out of KVM_RUN this often (ms, before the time scale); 0: never. Default SEAL_CHECK_MS. */
+  kickMs?: number;
 }
 
 export interface VcpuListeners {
@@ -59,14 +69,18 @@ export class VcpuThread {
   readonly ready: Promise<void>;
   readonly done: Promise<VcpuStop>;
 
-  constructor(init: Omit<VcpuWorkerInit, "control">, listeners: VcpuListeners) {
+  constructor(init: Omit<VcpuWorkerInit, "control">, listeners: VcpuListeners);
+  /** Another worker entry (`options.script`), started with `init` plus the control word. */
+  constructor(init: { vcpu: VcpuHandle }, listeners: VcpuListeners, options: VcpuThreadOptions);
+  constructor(init: { vcpu: VcpuHandle }, listeners: VcpuListeners, options?: VcpuThreadOptions) {
     const control = new SharedArrayBuffer(CTRL_SLOTS * 4);
     this.ctrl = new Int32Array(control);
     Atomics.store(this.ctrl, CTRL_CMD, CMD_PAUSE);
     this.run = new RunPage(native().arrayBufferAt(init.vcpu.runAddr, init.vcpu.runSize));
-    this.worker = new Worker(new URL("./vcpu-worker.js", import.meta.url), {
-      workerData: { ...init, control } satisfies VcpuWorkerInit,
+    this.worker = new Worker(options?.script ?? new URL("./vcpu-worker.js", import.meta.url), {
+      workerData: { ...init, control },
     });
+    const kickMs = options?.kickMs ?? SEAL_CHECK_MS;
     let markReady: () => void = () => {};
     let failReady: (e: Error) => void = () => {};
     this.ready = new Promise<void>((res, rej) => {
@@ -79,10 +93,12 @@ export class VcpuThread {
         switch (m.type) {
           case "ready":
             this.tid = m.tid;
-            this.sealCheck = setInterval(() => {
-              if (Atomics.load(this.ctrl, CTRL_IN_RUN) === 1) this.kick();
-            }, scaled(SEAL_CHECK_MS));
-            this.sealCheck.unref();
+            if (kickMs > 0) {
+              this.sealCheck = setInterval(() => {
+                if (Atomics.load(this.ctrl, CTRL_IN_RUN) === 1) this.kick();
+              }, scaled(kickMs));
+              this.sealCheck.unref();
+            }
             markReady();
             break;
           case "serial":
@@ -103,7 +119,7 @@ export class VcpuThread {
           case "stopped":
             this.finished = true;
             clearInterval(this.sealCheck);
-            result = { outcome: m.outcome, code: m.code, detail: m.detail, stats: m.stats };
+            result = { outcome: m.outcome, code: m.code, detail: m.detail, stats: m.stats, counters: m.counters };
             break;
           case "error":
             result = { outcome: "crash", detail: `vCPU thread failed: ${m.code}: ${m.message}` };
