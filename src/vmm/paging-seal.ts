@@ -113,7 +113,8 @@ export class PagingSeal {
    * bits) are kept as 32-bit halves, so the check allocates nothing.
    */
   changes(): PagingChange[] {
-    const fast = (this.fast ??= this.flatten());
+    this.fast ??= this.flatten();
+    const fast = this.fast;
     const w = fast.words;
     const mem = this.mem.view;
     let changed = false;
