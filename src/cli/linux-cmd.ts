@@ -3,9 +3,11 @@
  * boot a stock Linux kernel on one vCPU and print its console until it ends
  * (docs/linux-guests.md).
  */
+
 import { readFileSync } from "node:fs";
 import { configError, GuardvisorError } from "../errors.js";
 import { Kvm } from "../kvm/kvm.js";
+import { insideLab } from "../lab/fallback.js";
 import { DEFAULT_LINUX_CMDLINE, MIB, validateLinuxMemMiB } from "../linux/boot-params.js";
 import { LinuxVm } from "../linux/linux-vm.js";
 import { parseSystemMap } from "../linux/system-map.js";
@@ -48,7 +50,9 @@ export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) 
     const map = parseSystemMap(readInput(flags.systemMap, "--system-map"), flags.systemMap);
     sayErr(`System.map: ${map.symbols.length} symbols`);
   }
-  const cmdline = `${DEFAULT_LINUX_CMDLINE} ${flags.cmdline ?? ""}`.trim();
+  // In the lab the guest's local APIC timer never fires (docs/linux-guests.md): the kernel keeps the PIT.
+  const lab = insideLab() ? " nolapic" : "";
+  const cmdline = `${DEFAULT_LINUX_CMDLINE}${lab} ${flags.cmdline ?? ""}`.trim();
   const timeoutMs = flags.timeout !== undefined ? flags.timeout * 1000 : scaled(DEFAULT_LINUX_TIMEOUT_S * 1000);
   const kvm = Kvm.open();
   let vm: LinuxVm | undefined;

@@ -491,7 +491,8 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
     )
     .action(async (flags: RunFlags, cmd: Command) => {
       if (flags.linux !== undefined) {
-        setExit((await runInLabIfNoKvm(flags.lab, args, sayErr)) ?? (await runLinux(flags, cmd)));
+        const lab = await runInLabIfNoKvm(flags.lab, args, sayErr, { needsHardwareVirt: true });
+        setExit(lab ?? (await runLinux(flags, cmd)));
         return;
       }
       if (flags.initrd !== undefined || flags.systemMap !== undefined) {

@@ -4,7 +4,6 @@
  * 0x40000001 features: kvm-clock and friends) present, and the APIC ids of
  * the one vCPU made consistent with the in-kernel local APIC (id = vCPU id).
  */
-import { existsSync } from "node:fs";
 import { GuardvisorError } from "../errors.js";
 import { kernelLayout } from "../kvm/native.js";
 
@@ -119,7 +118,4 @@ export function linuxCpuid(supported: readonly CpuidEntry[], vcpuId = 0, o: Linu
   return out;
 }
 
-/** The host's KVM is PVM (KVM without hardware virtualisation; guest ring 0 goes through its emulator). */
-export function hostKvmIsPvm(): boolean {
-  return existsSync("/sys/module/kvm_pvm");
-}
+export { hostKvmIsPvm } from "../lab/fallback.js";
