@@ -138,6 +138,8 @@ function machine(f: MachineFacts | undefined): MachineFacts {
     kernel: f.kernel,
     kvmModule: f.kvmModule,
     node: String(f.node),
+    host: f.host === "lab" || f.host === "pvm" ? f.host : "native",
+    emulated: f.host === "lab" || f.host === "pvm",
   };
 }
 
@@ -209,6 +211,9 @@ export function formatBenchReport(j: BenchJson): string {
   const lines: string[] = [];
   lines.push(
     `Guardvisor bench${benchFlags(j)}: one protected write or ud2, timed in the guest (TSC ${round(j.tscKhz / 1000, 1)} MHz)`,
+    ...(j.machine.emulated
+      ? [`EMULATED (host: ${j.machine.host}): read the ratios only; absolute times say nothing about a KVM host`]
+      : []),
     "",
   );
   lines.push(
@@ -288,6 +293,12 @@ export function formatBenchMarkdown(j: BenchJson, date = new Date()): string {
   const s = j.stormPerSec;
   const pct = (v: number) => `${round((v / s.bare) * 100, 1)}% of bare`;
   const lines = [
+    ...(m.emulated
+      ? [
+          `**Emulated (${m.host === "lab" ? "the lab: KVM inside QEMU TCG" : "PVM: KVM without hardware virtualisation"}): ratios only; absolute times say nothing about a KVM host.**`,
+          "",
+        ]
+      : []),
     `Measured on ${m.cpu}, ${m.cpus} CPUs, ${m.memGiB} GiB, Linux ${m.kernel}, ${m.kvmModule}, Node ${m.node}, ` +
       `${date.toISOString().slice(0, 10)}, with \`guardvisor bench${benchFlags(j)}\` ` +
       `(guest TSC ${round(j.tscKhz / 1000, 1)} MHz).`,

@@ -106,6 +106,10 @@ describe("benchmarks on KVM", { skip: skipWithoutKvm }, () => {
     assert.ok(j.idleHmCpuPct >= 0);
     assert.equal(j.quick, true);
     assert.ok(j.machine.cpus > 0 && j.machine.kvmModule.length > 0);
+    // Where KVM ran, and so whether the figures are emulated (ratios only).
+    const host = process.env.GV_LAB === "1" ? "lab" : j.machine.kvmModule === "kvm_pvm" ? "pvm" : "native";
+    assert.equal(j.machine.host, host);
+    assert.equal(j.machine.emulated, host !== "native");
     assert.ok(!r.stdout.includes("null"));
     assert.ok(seconds < scaled(60_000) / 1000, `bench --quick took ${seconds} s`);
   });

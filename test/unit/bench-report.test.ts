@@ -37,6 +37,8 @@ function measurements(): BenchMeasurements {
       kernel: "6.1.0-test",
       kvmModule: "kvm_intel",
       node: "v20.0.0",
+      host: "native",
+      emulated: false,
     },
   };
 }
