@@ -11,6 +11,7 @@ import { GuardvisorError } from "../errors.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { type Kvm, releaseVcpu, Vcpu, type VcpuHandle, type Vm } from "../kvm/kvm.js";
 import { makeRegions, type ProtectedRegion } from "../model/regions.js";
+import { timeScale } from "../time-scale.js";
 import type { CapturedEvent } from "../vmm/dispatcher.js";
 import { ProtectionMap } from "../vmm/protection.js";
 import type { ProtectionArmed } from "../vmm/vcpu-protocol.js";
@@ -31,10 +32,12 @@ import type { SystemMap } from "./system-map.js";
 import { decompressPayload, parseVmlinux } from "./vmlinux.js";
 
 /**
- * With a seal, the vCPU is kicked out of KVM_RUN this often (ms, times the
- * time scale) so that ring 3 is seen even when user space makes no exit.
+ * With a seal, the vCPU is kicked out of KVM_RUN this often (ms of wall
+ * time, not scaled: a slower machine runs user space longer, but the kick
+ * must still land in it) so that ring 3 is seen even when user space makes
+ * no exit. Finding ring 3 this way is a matter of chance (docs/linux-guests.md).
  */
-export const LINUX_SEAL_KICK_MS = 2;
+export const LINUX_SEAL_KICK_MS = 1;
 
 /** The memory slot holding all guest RAM (until the seal splits it from there on). */
 const RAM_SLOT = 0;
@@ -241,7 +244,10 @@ export class LinuxVm {
             if (self) self.armed = a;
           },
         },
-        { script: new URL("./linux-worker.js", import.meta.url), kickMs: regions ? LINUX_SEAL_KICK_MS : 0 },
+        {
+          script: new URL("./linux-worker.js", import.meta.url),
+          kickMs: regions ? LINUX_SEAL_KICK_MS / timeScale() : 0,
+        },
       );
       await thread.ready;
       const sealed = ranges && regions ? { ranges, regions, map: config.systemMap } : undefined;
