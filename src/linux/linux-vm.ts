@@ -6,9 +6,15 @@
  * Then run to the end (reset, debug-exit, crash) or a timeout, with the
  * console lines. Any failure while building tears down what was built.
  */
+import { compilePolicy, DEFAULT_POLICY, type Policy } from "../decide/policy.js";
 import { GuardvisorError } from "../errors.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { type Kvm, releaseVcpu, Vcpu, type VcpuHandle, type Vm } from "../kvm/kvm.js";
+import { makeRegions, type ProtectedRegion } from "../model/regions.js";
+import { timeScale } from "../time-scale.js";
+import type { CapturedEvent } from "../vmm/dispatcher.js";
+import { ProtectionMap } from "../vmm/protection.js";
+import type { ProtectionArmed } from "../vmm/vcpu-protocol.js";
 import { type VcpuStop, VcpuThread } from "../vmm/vcpu-thread.js";
 import {
   DEFAULT_LINUX_CMDLINE,
@@ -20,8 +26,21 @@ import {
 } from "./boot-params.js";
 import { type BzImage, parseBzImage } from "./bzimage.js";
 import { decodeCpuid, encodeCpuid, hostKvmIsPvm, linuxCpuid } from "./cpuid.js";
+import { type KernelRanges, kernelProtectedRanges, kernelVirtual, rangeOffset, symbolize } from "./kernel-ranges.js";
 import type { LinuxWorkerInit } from "./linux-worker.js";
+import type { SystemMap } from "./system-map.js";
 import { decompressPayload, parseVmlinux } from "./vmlinux.js";
+
+/**
+ * With a seal, the vCPU is kicked out of KVM_RUN this often (ms of wall
+ * time, not scaled: a slower machine runs user space longer, but the kick
+ * must still land in it) so that ring 3 is seen even when user space makes
+ * no exit. Finding ring 3 this way is a matter of chance (docs/linux-guests.md).
+ */
+export const LINUX_SEAL_KICK_MS = 1;
+
+/** The memory slot holding all guest RAM (until the seal splits it from there on). */
+const RAM_SLOT = 0;
 
 /** Guest-physical pages KVM may need outside RAM (below the 4 GiB boundary, above any RAM we allow). */
 export const KVM_TSS_ADDR = 0xfffbd000;
@@ -50,6 +69,34 @@ export interface LinuxVmConfig {
   pvmSafeCpuid?: boolean;
   /** Each console line as it arrives. */
   onSerial?: (line: string) => void;
+  /**
+   * Seal the kernel's code and read-only data once user space runs
+   * (linux-seal.ts). Needs host decompression (the vmlinux's sections).
+   */
+  seal?: boolean;
+  /** A System.map: the sealed bounds come from its symbols, and events name them. */
+  systemMap?: SystemMap;
+  /** The policy that decides writes to sealed memory (default DEFAULT_POLICY: deny). */
+  policy?: Policy;
+}
+
+/** A write to sealed memory, as the run reports it. */
+export interface LinuxSealEvent extends CapturedEvent {
+  /** The target: "section+0xoff", and "(symbol+0xoff)" with a System.map. */
+  target: string;
+  /** The target's kernel virtual address. */
+  targetVirtual?: bigint;
+  /** The writing instruction as "symbol+0xoff" (with a System.map). */
+  writer?: string;
+}
+
+/** What the seal did in a run. */
+export interface LinuxSealReport {
+  ranges: KernelRanges;
+  /** When it was armed (undefined: the guest never ran in ring 3). */
+  armed?: ProtectionArmed & { elapsedMs: number };
+  /** The events (the worker posts at most MAX_POSTED_EVENTS). */
+  events: LinuxSealEvent[];
 }
 
 /** How a Linux run ended. */
@@ -69,6 +116,8 @@ export interface LinuxRunResult {
   console: string[];
   /** A "Kernel panic" line was seen on the console. */
   panicked: boolean;
+  /** With a seal: when it was armed and what writes hit it. */
+  seal?: LinuxSealReport;
 }
 
 export const MAX_CONSOLE_LINES = 100_000;
@@ -76,6 +125,9 @@ export const MAX_CONSOLE_LINES = 100_000;
 export class LinuxVm {
   private released = false;
   private startedAt = 0;
+  private startedAtEpoch = 0;
+  private armed: ProtectionArmed | undefined;
+  private readonly sealEvents: LinuxSealEvent[] = [];
 
   private constructor(
     /** The console lines so far (at most MAX_CONSOLE_LINES). */
@@ -86,13 +138,42 @@ export class LinuxVm {
     readonly memory: GuestMemory,
     private readonly vcpu: VcpuHandle,
     private readonly thread: VcpuThread,
+    /** The sealed ranges (with a seal). */
+    readonly sealed: { ranges: KernelRanges; regions: ProtectedRegion[]; map?: SystemMap } | undefined,
   ) {}
+
+  /** A sealed-memory event, named for people. */
+  private sealEvent(e: CapturedEvent): LinuxSealEvent {
+    const s = this.sealed;
+    const ranges = s?.ranges.ranges ?? [];
+    const va = kernelVirtual(ranges, e.gpa);
+    const sym = s?.map && va !== undefined ? symbolize(s.map, va) : undefined;
+    const where = rangeOffset(ranges, e.gpa) ?? `0x${e.gpa.toString(16)}`;
+    return {
+      ...e,
+      target: sym ? `${where} (${sym})` : where,
+      targetVirtual: va,
+      writer: s?.map ? symbolize(s.map, e.rip) : undefined,
+    };
+  }
+
+  /** SHA-256 of each sealed range now (in range order). */
+  sealedHashes(): string[] {
+    const s = this.sealed;
+    return s ? new ProtectionMap(s.regions, this.memory.size).hash(this.memory) : [];
+  }
 
   /** Build the VM, paused before the kernel's first instruction. */
   static async build(kvm: Kvm, config: LinuxVmConfig): Promise<LinuxVm> {
     const image = parseBzImage(config.kernel, config.kernelName);
-    const vmlinux =
-      (config.decompress ?? "host") === "host" ? parseVmlinux(decompressPayload(image), config.memSize) : undefined;
+    const payload = (config.decompress ?? "host") === "host" ? decompressPayload(image) : undefined;
+    const vmlinux = payload ? parseVmlinux(payload, config.memSize) : undefined;
+    if (config.seal && !payload) {
+      throw new GuardvisorError("CONFIG_INVALID", "seal: needs the kernel decompressed on the host (its sections)");
+    }
+    const ranges =
+      config.seal && payload ? kernelProtectedRanges(payload, config.memSize, config.systemMap) : undefined;
+    const regions = ranges ? makeRegions(ranges.ranges, config.memSize) : undefined;
     const pvmSafe = config.pvmSafeCpuid ?? hostKvmIsPvm();
     const cmdline = config.cmdline ?? DEFAULT_LINUX_CMDLINE;
     const plan = planLinuxBoot(image, {
@@ -121,7 +202,7 @@ export class LinuxVm {
       vm.createPit2();
       memory = GuestMemory.allocate(plan.memSize);
       vm.setUserMemoryRegion({
-        slot: 0,
+        slot: RAM_SLOT,
         gpa: 0,
         size: memory.size,
         hostAddr: memory.hostAddressOf(0),
@@ -134,7 +215,20 @@ export class LinuxVm {
       cpu.setSregs(linuxBootSregs(cpu.getSregs()));
       cpu.setRegs(linuxBootRegs(plan));
       const lines: string[] = [];
-      const init: Omit<LinuxWorkerInit, "control"> = { vcpu, vmFd: vm.fd };
+      const init: Omit<LinuxWorkerInit, "control"> = {
+        vcpu,
+        vmFd: vm.fd,
+        seal: regions
+          ? {
+              memory: memory.handle,
+              regions,
+              policy: compilePolicy(config.policy ?? DEFAULT_POLICY, regions),
+              ramSlot: RAM_SLOT,
+            }
+          : undefined,
+      };
+      let self: LinuxVm | undefined;
+      const early: CapturedEvent[] = [];
       thread = new VcpuThread(
         init,
         {
@@ -142,12 +236,24 @@ export class LinuxVm {
             if (lines.length < MAX_CONSOLE_LINES) lines.push(line);
             config.onSerial?.(line);
           },
-          onEvent: () => {},
+          onEvent: (e) => {
+            if (self) self.sealEvents.push(self.sealEvent(e));
+            else early.push(e);
+          },
+          onArmed: (a) => {
+            if (self) self.armed = a;
+          },
         },
-        { script: new URL("./linux-worker.js", import.meta.url), kickMs: 0 },
+        {
+          script: new URL("./linux-worker.js", import.meta.url),
+          kickMs: regions ? LINUX_SEAL_KICK_MS / timeScale() : 0,
+        },
       );
       await thread.ready;
-      return new LinuxVm(lines, image, plan, vm, memory, vcpu, thread);
+      const sealed = ranges && regions ? { ranges, regions, map: config.systemMap } : undefined;
+      self = new LinuxVm(lines, image, plan, vm, memory, vcpu, thread, sealed);
+      for (const e of early) self.sealEvents.push(self.sealEvent(e));
+      return self;
     } catch (e) {
       if (thread) await thread.terminate();
       if (vcpu) releaseVcpu(vcpu);
@@ -180,6 +286,7 @@ export class LinuxVm {
       this.thread.stop();
     }, timeoutMs);
     this.startedAt = performance.now();
+    this.startedAtEpoch = Date.now();
     this.thread.resume();
     let stop: VcpuStop;
     try {
@@ -204,6 +311,13 @@ export class LinuxVm {
       counters: stop.counters ?? {},
       console: this.console,
       panicked: this.console.some((l) => l.includes("Kernel panic")),
+      seal: this.sealed
+        ? {
+            ranges: this.sealed.ranges,
+            armed: this.armed ? { ...this.armed, elapsedMs: this.armed.timeMs - this.startedAtEpoch } : undefined,
+            events: this.sealEvents,
+          }
+        : undefined,
     };
   }
 

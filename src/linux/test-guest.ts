@@ -6,7 +6,8 @@
  * the run). Built into build/linux/, never committed; rebuilt when its
  * inputs change.
  *
- * Result line ⚑: `GV-RESULT scenario=NAME status=ok|unknown-scenario kernel=RELEASE uptime=SECONDS`
+ * Result line ⚑: `GV-RESULT scenario=NAME status=ok|unknown-scenario [schedstats=0|1] kernel=RELEASE uptime=SECONDS`
+ * (`linux-static-key` turns on schedstats, a static key, and says whether it is on.)
  */
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
@@ -17,7 +18,7 @@ import { type CpioEntry, cpioArchive } from "../lab/cpio.js";
 import { isStaticElf } from "../lab/inputs.js";
 
 /** Scenarios the test init knows. */
-export const LINUX_SCENARIOS = ["linux-benign"] as const;
+export const LINUX_SCENARIOS = ["linux-benign", "linux-static-key"] as const;
 
 export const INIT_SCRIPT = `#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp
@@ -32,6 +33,10 @@ for a in $(cat /proc/cmdline); do
 done
 case "$scenario" in
   linux-benign) status=ok ;;
+  linux-static-key)
+    # Turn on schedstats: static_branch_enable(), so the kernel patches its text (text_poke) from a subshell.
+    (echo 1 > /proc/sys/kernel/sched_schedstats) 2>/dev/null
+    status="ok schedstats=$(cat /proc/sys/kernel/sched_schedstats 2>/dev/null)" ;;
   *) status=unknown-scenario ;;
 esac
 echo "GV-RESULT scenario=$scenario status=$status kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"

@@ -51,7 +51,28 @@ export interface VcpuWorkerInit {
   control: SharedArrayBuffer;
 }
 
+/** A worker armed write protection while the guest ran (a Linux guest's seal, at its first ring-3 exit). */
+export interface ProtectionArmed {
+  /** Exits before the one that armed it. */
+  exits: number;
+  /** Host wall-clock time, ms since the epoch. */
+  timeMs: number;
+  /** The guest's privilege level and RIP at that exit. */
+  cpl: number;
+  rip: bigint;
+  /** Bytes of the protected ranges, and of the read-only pages over them. */
+  protectedBytes: number;
+  readOnlyBytes: number;
+  /** The memory slots now backing guest RAM. */
+  slots: { gpa: number; size: number; readonly: boolean }[];
+  /** SHA-256 of each protected range at that moment, in range order. */
+  hashes: string[];
+  /** Microseconds the arming took (hashing, re-slotting). */
+  armUs: number;
+}
+
 export type WorkerMessage =
+  | { type: "armed"; armed: ProtectionArmed }
   | { type: "ready"; tid: number }
   | { type: "serial"; line: string }
   | { type: "event"; event: CapturedEvent }

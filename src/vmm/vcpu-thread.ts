@@ -21,6 +21,7 @@ import {
   CTRL_IN_RUN,
   CTRL_PROGRESS,
   CTRL_SLOTS,
+  type ProtectionArmed,
   type VcpuWorkerInit,
   type WorkerMessage,
 } from "./vcpu-protocol.js";
@@ -56,6 +57,8 @@ export interface VcpuListeners {
   onGuestReport?(r: GuestReport): void;
   /** A `pause` verdict parked the vCPU; resume() lets it go on. */
   onPaused?(detail: string): void;
+  /** The worker armed write protection while the guest ran. */
+  onArmed?(a: ProtectionArmed): void;
 }
 
 export class VcpuThread {
@@ -115,6 +118,9 @@ export class VcpuThread {
             break;
           case "paused":
             listeners.onPaused?.(m.detail);
+            break;
+          case "armed":
+            listeners.onArmed?.(m.armed);
             break;
           case "stopped":
             this.finished = true;

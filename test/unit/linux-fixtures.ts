@@ -96,3 +96,96 @@ export function fakeVmlinux(entry: number, segments: FakeSegment[]): Uint8Array 
   });
   return out;
 }
+
+export interface FakeKernelSection {
+  name: string;
+  /** Virtual address. */
+  addr: bigint;
+  size: number;
+  /** SHF_* (default SHF_ALLOC). */
+  flags?: number;
+  /** SHT_* (default SHT_PROGBITS). */
+  type?: number;
+}
+
+/** The kernel's virtual base: physical = virtual - START_KERNEL_MAP. */
+export const START_KERNEL_MAP = 0xffffffff80000000n;
+
+/**
+ * An ELF64 vmlinux with PT_LOAD segments (virtual, physical, size) and
+ * section headers, no contents: enough for kernel-ranges.ts.
+ */
+export function fakeKernelElf(
+  segments: { vaddr: bigint; paddr: number; memsz: number }[],
+  sections: FakeKernelSection[],
+): Uint8Array {
+  const phoff = 64;
+  const names = [""];
+  const nameAt: number[] = [];
+  let strSize = 1;
+  for (const s of [...sections.map((x) => x.name), ".shstrtab"]) {
+    nameAt.push(strSize);
+    names.push(s);
+    strSize += s.length + 1;
+  }
+  const strOff = phoff + 56 * segments.length;
+  const shoff = Math.ceil((strOff + strSize) / 8) * 8;
+  const shnum = sections.length + 2;
+  const out = new Uint8Array(shoff + 64 * shnum);
+  const v = new DataView(out.buffer);
+  out.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
+  v.setUint16(16, 2, true);
+  v.setUint16(18, 62, true);
+  v.setUint32(20, 1, true);
+  v.setBigUint64(24, 0x1000000n, true);
+  v.setBigUint64(32, BigInt(phoff), true);
+  v.setBigUint64(40, BigInt(shoff), true);
+  v.setUint16(52, 64, true);
+  v.setUint16(54, 56, true);
+  v.setUint16(56, segments.length, true);
+  v.setUint16(58, 64, true);
+  v.setUint16(60, shnum, true);
+  v.setUint16(62, shnum - 1, true);
+  segments.forEach((s, i) => {
+    const at = phoff + 56 * i;
+    v.setUint32(at, 1, true);
+    v.setBigUint64(at + 16, s.vaddr, true);
+    v.setBigUint64(at + 24, BigInt(s.paddr), true);
+    v.setBigUint64(at + 40, BigInt(s.memsz), true);
+  });
+  out.set(Buffer.from(`${names.join("\0")}\0`, "latin1"), strOff);
+  sections.forEach((s, i) => {
+    const at = shoff + 64 * (i + 1);
+    v.setUint32(at, nameAt[i] as number, true);
+    v.setUint32(at + 4, s.type ?? 1, true);
+    v.setBigUint64(at + 8, BigInt(s.flags ?? 0x2), true);
+    v.setBigUint64(at + 16, s.addr, true);
+    v.setBigUint64(at + 32, BigInt(s.size), true);
+  });
+  const str = shoff + 64 * (shnum - 1);
+  v.setUint32(str, nameAt[sections.length] as number, true);
+  v.setUint32(str + 4, 3, true); // SHT_STRTAB
+  v.setBigUint64(str + 24, BigInt(strOff), true);
+  v.setBigUint64(str + 32, BigInt(strSize), true);
+  return out;
+}
+
+/** A small kernel laid out like x86-64's: .text, a gap, .rodata and friends in segment 0; .data in segment 1. */
+export function fakeLinuxKernel(): Uint8Array {
+  const k = (p: number) => START_KERNEL_MAP + BigInt(p);
+  return fakeKernelElf(
+    [
+      { vaddr: k(0x1000000), paddr: 0x1000000, memsz: 0x2345a0 },
+      { vaddr: k(0x1400000), paddr: 0x1400000, memsz: 0x10000 },
+    ],
+    [
+      { name: ".text", addr: k(0x1000000), size: 0x101d32, flags: 0x6 },
+      { name: ".rodata", addr: k(0x1200000), size: 0x20000, flags: 0x3 },
+      { name: "__ex_table", addr: k(0x1220000), size: 0x1000 },
+      { name: ".notes", addr: k(0x1221000), size: 0x1000, type: 7 },
+      { name: ".BTF", addr: k(0x1222000), size: 0x125a0 },
+      { name: ".data", addr: k(0x1400000), size: 0x10000, flags: 0x3 },
+      { name: ".bss", addr: k(0x1410000), size: 0x10000, flags: 0x3, type: 8 },
+    ],
+  );
+}
