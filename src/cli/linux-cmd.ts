@@ -9,7 +9,7 @@ import { configError, GuardvisorError } from "../errors.js";
 import { Kvm } from "../kvm/kvm.js";
 import { insideLab } from "../lab/fallback.js";
 import { DEFAULT_LINUX_CMDLINE, MIB, validateLinuxMemMiB } from "../linux/boot-params.js";
-import { LinuxVm } from "../linux/linux-vm.js";
+import { type LinuxSealReport, LinuxVm } from "../linux/linux-vm.js";
 import { parseSystemMap } from "../linux/system-map.js";
 import { scaled } from "../time-scale.js";
 
@@ -27,6 +27,8 @@ export interface LinuxRunFlags {
   /** Seconds; undefined: DEFAULT_LINUX_TIMEOUT_S (times the time scale). */
   timeout?: number;
   json?: boolean;
+  /** Seal the kernel's code and read-only data once user space runs (default policy: writes denied). */
+  seal?: boolean;
 }
 
 function readInput(path: string, field: string): Uint8Array {
@@ -46,10 +48,10 @@ export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) 
   }
   const kernel = readInput(flags.linux, "--linux");
   const initrd = flags.initrd ? readInput(flags.initrd, "--initrd") : undefined;
-  if (flags.systemMap) {
-    const map = parseSystemMap(readInput(flags.systemMap, "--system-map"), flags.systemMap);
-    sayErr(`System.map: ${map.symbols.length} symbols`);
-  }
+  const systemMap = flags.systemMap
+    ? parseSystemMap(readInput(flags.systemMap, "--system-map"), flags.systemMap)
+    : undefined;
+  if (systemMap) sayErr(`System.map: ${systemMap.symbols.length} symbols`);
   // In the lab the guest's local APIC timer never fires (docs/linux-guests.md): the kernel keeps the PIT.
   const lab = insideLab() ? " nolapic" : "";
   const cmdline = `${DEFAULT_LINUX_CMDLINE}${lab} ${flags.cmdline ?? ""}`.trim();
@@ -63,6 +65,8 @@ export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) 
       initrd,
       cmdline,
       memSize: memMiB * MIB,
+      seal: flags.seal === true,
+      systemMap,
       onSerial: (line) => {
         if (!flags.json) process.stdout.write(`${line}\n`);
       },
@@ -80,10 +84,12 @@ export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) 
           panicked: end.panicked,
           counters: end.counters,
           console: end.console,
+          ...(end.seal ? { seal: sealSummary(end.seal) } : {}),
         })}\n`,
       );
     } else {
       sayErr(`the Linux guest ended (${end.outcome}) after ${secs} s and ${end.exits} exits: ${end.detail}`);
+      if (end.seal) sayErr(sealLine(end.seal));
     }
     const clean = (end.outcome === "reset" || (end.outcome === "exit" && end.code === 0)) && !end.panicked;
     return clean ? 0 : 1;
@@ -91,4 +97,44 @@ export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) 
     await vm?.destroy();
     kvm.close();
   }
+}
+
+const hex = (n: number | bigint) => `0x${n.toString(16)}`;
+
+/** The seal's report as JSON: when it was armed, what it covers, each write that hit it. */
+function sealSummary(s: LinuxSealReport): Record<string, unknown> {
+  const a = s.armed;
+  return {
+    source: s.ranges.source,
+    ranges: s.ranges.ranges.map((r) => ({ name: r.name, start: hex(r.start), end: hex(r.end) })),
+    armed: a
+      ? {
+          afterMs: Math.round(a.elapsedMs),
+          exits: a.exits,
+          rip: hex(a.rip),
+          protectedBytes: a.protectedBytes,
+          readOnlyBytes: a.readOnlyBytes,
+        }
+      : null,
+    events: s.events.map((e) => ({
+      seq: e.seq,
+      kind: e.kind,
+      target: e.target,
+      rip: hex(e.rip),
+      ...(e.writer ? { writer: e.writer } : {}),
+      verdict: e.verdict,
+      rule: e.rule,
+      ...(e.note ? { note: e.note } : {}),
+    })),
+  };
+}
+
+function sealLine(s: LinuxSealReport): string {
+  const a = s.armed;
+  if (!a) return "seal: never armed (the guest was not seen in ring 3)";
+  const denied = s.events.filter((e) => e.verdict === "deny").length;
+  return (
+    `seal: armed after ${(a.elapsedMs / 1000).toFixed(1)} s at exit ${a.exits}, ${a.protectedBytes} bytes of ` +
+    `${s.ranges.ranges.map((r) => r.name).join(" and ")}; ${s.events.length} write(s) hit it, ${denied} denied`
+  );
 }

@@ -120,6 +120,8 @@ interface RunFlags {
   linux?: string;
   initrd?: string;
   systemMap?: string;
+  /** With --linux: seal the kernel's code and read-only data after init. */
+  seal?: boolean;
   /** false with --no-lab. */
   lab: boolean;
 }
@@ -330,6 +332,7 @@ async function runLinux(flags: RunFlags, cmd: Command): Promise<number> {
       initrd: flags.initrd,
       cmdline: flags.cmdline,
       systemMap: flags.systemMap,
+      seal: flags.seal,
       mem: given("mem") ? flags.mem : undefined,
       timeout: given("timeout") ? flags.timeout : undefined,
       json: flags.json,
@@ -431,6 +434,10 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
     .option("--linux <bzImage>", "boot a stock Linux kernel on one vCPU and print its console (docs/linux-guests.md)")
     .option("--initrd <file>", "with --linux: the initramfs")
     .option("--system-map <file>", "with --linux: the kernel's System.map (checked and loaded)")
+    .option(
+      "--seal",
+      "with --linux: seal the kernel's code and read-only data once user space runs (writes to them denied)",
+    )
     .option("--guests <n>", `guests sharing one health VM (1..${ABI_CONSTANTS.IDC_MAX_GUESTS})`, intOption("--guests"))
     .addOption(
       new Option("--decider <name>", "who rules on events: the health VM, or the VMM itself")
@@ -495,8 +502,8 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
         setExit(lab ?? (await runLinux(flags, cmd)));
         return;
       }
-      if (flags.initrd !== undefined || flags.systemMap !== undefined) {
-        throw new GuardvisorError("CONFIG_INVALID", "--initrd, --system-map: only with --linux");
+      if (flags.initrd !== undefined || flags.systemMap !== undefined || flags.seal) {
+        throw new GuardvisorError("CONFIG_INVALID", "--initrd, --system-map, --seal: only with --linux");
       }
       checkRunFlags(flags);
       setExit((await runInLabIfNoKvm(flags.lab, args, sayErr)) ?? (await runCommand(flags)));

@@ -25,6 +25,7 @@ import { hostKvmIsPvm } from "../../src/linux/cpuid.js";
 import { type LinuxRunResult, LinuxVm } from "../../src/linux/linux-vm.js";
 import { buildLinuxTestGuest, parseResultLine } from "../../src/linux/test-guest.js";
 import { scaled } from "../../src/time-scale.js";
+import { cli } from "../support/cli.js";
 import { skipWithoutKvm } from "../support/kvm.js";
 
 /** In the lab the guest's local APIC timer never fires: the PIT it is (see linux-boot.test.ts). */
@@ -196,6 +197,39 @@ describe("sealing a stock Linux guest", { skip: skipWithoutKvm || pvmSkip }, () 
     assert.equal(r.end.panicked, false);
     assert.notEqual(r.hashesAtEnd[0], armed.hashes[0], "the text was patched");
     assert.equal(r.hashesAtEnd[1], armed.hashes[1], "the read-only data was not written");
+  });
+
+  it("run --linux --seal --json, as the README shows: sealed after init, no write hit it, a clean reset", {
+    timeout: LIMIT_MS + 120_000,
+  }, () => {
+    const guest = buildLinuxTestGuest();
+    const r = cli(
+      [
+        "run",
+        "--linux",
+        guest.kernel,
+        "--initrd",
+        guest.initrd,
+        "--cmdline",
+        "gv.scenario=linux-benign",
+        "--seal",
+        "--json",
+      ],
+      LIMIT_MS + 60_000,
+    );
+    assert.equal(r.status, 0, r.stderr.slice(-2000));
+    const j = JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "{}");
+    assert.equal(j.outcome, "reset");
+    assert.equal(j.panicked, false);
+    assert.equal(j.seal.source, "elf");
+    assert.deepEqual(
+      j.seal.ranges.map((x: { name: string }) => x.name),
+      [".text", ".rodata"],
+    );
+    assert.ok(j.seal.armed, "armed once user space ran");
+    assert.ok(j.seal.armed.protectedBytes > 2 * MIB);
+    assert.deepEqual(j.seal.events, []);
+    assert.ok(j.console.some((l: string) => /GV-RESULT scenario=linux-benign status=ok/.test(l)));
   });
 });
 
