@@ -7,8 +7,7 @@
 import { readFileSync } from "node:fs";
 import { configError, GuardvisorError } from "../errors.js";
 import { Kvm } from "../kvm/kvm.js";
-import { insideLab } from "../lab/fallback.js";
-import { DEFAULT_LINUX_CMDLINE, MIB, validateLinuxMemMiB } from "../linux/boot-params.js";
+import { DEFAULT_LINUX_CMDLINE, labLinuxCmdline, MIB, validateLinuxMemMiB } from "../linux/boot-params.js";
 import { type LinuxSealReport, LinuxVm } from "../linux/linux-vm.js";
 import { parseSystemMap } from "../linux/system-map.js";
 import { scaled } from "../time-scale.js";
@@ -52,9 +51,7 @@ export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) 
     ? parseSystemMap(readInput(flags.systemMap, "--system-map"), flags.systemMap)
     : undefined;
   if (systemMap) sayErr(`System.map: ${systemMap.symbols.length} symbols`);
-  // In the lab the guest's local APIC timer never fires (docs/linux-guests.md): the kernel keeps the PIT.
-  const lab = insideLab() ? " nolapic" : "";
-  const cmdline = `${DEFAULT_LINUX_CMDLINE}${lab} ${flags.cmdline ?? ""}`.trim();
+  const cmdline = `${DEFAULT_LINUX_CMDLINE}${labLinuxCmdline()} ${flags.cmdline ?? ""}`.trim();
   const timeoutMs = flags.timeout !== undefined ? flags.timeout * 1000 : scaled(DEFAULT_LINUX_TIMEOUT_S * 1000);
   const kvm = Kvm.open();
   let vm: LinuxVm | undefined;

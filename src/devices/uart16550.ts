@@ -15,10 +15,10 @@
  * control characters are replaced.
  */
 import { CONTINUE, type DeviceAction, type PortDevice } from "./bus.js";
+import { ConsoleLines } from "./console-lines.js";
 
 export const COM1_BASE = 0x3f8;
 export const COM1_IRQ = 4;
-export const MAX_LINE = 4096;
 
 /** Register offsets. */
 export const UART = {
@@ -76,10 +76,8 @@ export class Uart16550 implements PortDevice {
   private rbr = -1;
   private thrPending = false;
   private irqLevel = false;
-  private line: number[] = [];
-  private readonly onLine: (line: string) => void;
+  private readonly out: ConsoleLines;
   private readonly irq: ((level: boolean) => void) | undefined;
-  bytesOut = 0;
   /** Times the interrupt line was raised. */
   interrupts = 0;
 
@@ -87,7 +85,7 @@ export class Uart16550 implements PortDevice {
     this.firstPort = o.base ?? COM1_BASE;
     this.lastPort = this.firstPort + 7;
     this.name = o.name ?? "com1";
-    this.onLine = o.onLine;
+    this.out = new ConsoleLines(o.onLine);
     this.irq = o.irq;
   }
 
@@ -192,7 +190,7 @@ export class Uart16550 implements PortDevice {
 
   private transmit(b: number): void {
     if ((this.mcr & MCR_LOOP) !== 0) this.rbr = b;
-    else this.put(b);
+    else this.out.put(b);
     // Sent at once: the transmitter is empty again.
     this.thrPending = true;
   }
@@ -205,24 +203,13 @@ export class Uart16550 implements PortDevice {
     this.irq?.(level);
   }
 
-  private put(b: number): void {
-    this.bytesOut++;
-    if (b === 0x0a) {
-      this.flush();
-      return;
-    }
-    if (b === 0x0d) return;
-    this.line.push(b);
-    if (this.line.length >= MAX_LINE) this.flush();
+  /** Every byte sent, newlines included. */
+  get bytesOut(): number {
+    return this.out.bytesOut;
   }
 
   /** Emit a partial line (at the end of a run). */
   flush(): void {
-    if (this.line.length === 0) return;
-    const text = Buffer.from(this.line)
-      .toString("latin1")
-      .replace(/[^\x20-\x7e\t]/g, "?");
-    this.line = [];
-    this.onLine(text);
+    this.out.flush();
   }
 }

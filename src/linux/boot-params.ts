@@ -17,8 +17,10 @@
  * Everything below 1 MiB lies in memory Linux keeps reserved once it runs.
  */
 import { configError } from "../errors.js";
-import type { Regs, Segment, Sregs } from "../kvm/structs.js";
+import type { Regs, Sregs } from "../kvm/structs.js";
 import { zeroRegs } from "../kvm/structs.js";
+import { insideLab } from "../lab/fallback.js";
+import { longModeSregs } from "../vmm/boot.js";
 import { type BzImage, HDR, LOADFLAG_LOADED_HIGH } from "./bzimage.js";
 import type { Vmlinux } from "./vmlinux.js";
 
@@ -108,6 +110,15 @@ export interface LinuxBootPlan {
 
 /** The command line defaults: the serial console, no KASLR, a reboot through the keyboard controller, no I/O delay port. */
 export const DEFAULT_LINUX_CMDLINE = "console=ttyS0 earlyprintk=serial nokaslr reboot=k panic=-1 io_delay=none pci=off";
+
+/**
+ * What the command line gets in the lab: there the guest's local APIC timer
+ * never fires, so the kernel keeps the PIT (`nolapic`; docs/linux-guests.md).
+ * Empty elsewhere.
+ */
+export function labLinuxCmdline(): string {
+  return insideLab() ? " nolapic" : "";
+}
 
 /** Check a RAM size in MiB for a Linux guest: a clear error naming the field. */
 export function validateLinuxMemMiB(mib: number, field = "--mem"): number {
@@ -260,41 +271,18 @@ export function writeLinuxBoot(ram: Uint8Array, image: BzImage, plan: LinuxBootP
   }
 }
 
-function flat(selector: number, code: boolean): Segment {
-  return {
-    base: 0n,
-    limit: 0xffffffff,
-    selector,
-    type: code ? 11 : 3,
-    present: 1,
-    dpl: 0,
-    db: code ? 0 : 1,
-    s: 1,
-    l: code ? 1 : 0,
-    g: 1,
-    avl: 0,
-    unusable: 0,
-  };
-}
-
 /** The special registers at the 64-bit entry: long mode, paging on the identity tables, the boot GDT. */
 export function linuxBootSregs(current: Sregs): Sregs {
-  const data = flat(BOOT_DS, false);
-  return {
-    ...current,
-    cs: flat(BOOT_CS, true),
-    ds: data,
-    es: data,
-    fs: data,
-    gs: data,
-    ss: data,
-    gdt: { base: BigInt(LINUX_GDT), limit: LINUX_BOOT_GDT.length * 8 - 1 },
-    idt: { base: 0n, limit: 0 },
+  return longModeSregs(current, {
+    codeSelector: BOOT_CS,
+    dataSelector: BOOT_DS,
+    gdtBase: LINUX_GDT,
+    gdtEntries: LINUX_BOOT_GDT.length,
     cr0: CR0_PE | CR0_ET | CR0_NE | CR0_PG,
     cr3: BigInt(LINUX_PML4),
     cr4: CR4_PAE,
     efer: EFER_LME | EFER_LMA,
-  };
+  });
 }
 
 /** The registers at the 64-bit entry: RIP at load address + 0x200, RSI at the zero page, interrupts off. */

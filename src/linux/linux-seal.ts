@@ -19,7 +19,7 @@ import { CONTEXT_FLAGS } from "../abi/guest-abi.js";
 import type { Decider } from "../decide/decider.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
 import { cplOf, type Regs, type Sregs } from "../kvm/structs.js";
-import { emptyContext, encodeContext } from "../model/context.js";
+import { capturedContext, encodeContext } from "../model/context.js";
 import type { ProtectedRegion } from "../model/regions.js";
 import { effectOf } from "../vmm/act.js";
 import type { CapturedEvent, ExitAction } from "../vmm/dispatcher.js";
@@ -141,16 +141,11 @@ export class LinuxSeal {
       store = undefined;
     }
     const rip = store ? store.site.rip : regs.rip;
-    const ctx = emptyContext("protected-write", { ...regs, rip });
-    ctx.seq = ++this.seq;
-    ctx.vmId = this.d.vmId;
-    ctx.vcpu = this.d.vcpuId;
-    ctx.cpl = cplOf(sregs);
-    ctx.cr0 = sregs.cr0;
-    ctx.cr2 = sregs.cr2;
-    ctx.cr3 = sregs.cr3;
-    ctx.cr4 = sregs.cr4;
-    ctx.efer = sregs.efer;
+    const ctx = capturedContext("protected-write", { ...regs, rip }, sregs, {
+      seq: ++this.seq,
+      vmId: this.d.vmId,
+      vcpu: this.d.vcpuId,
+    });
     ctx.insn = readVirtual(this.d.memory, sregs.cr3, rip, 16);
     if (ctx.insn.length > 0) ctx.flags |= CONTEXT_FLAGS.INSN_VALID;
     if (!store) ctx.flags |= CONTEXT_FLAGS.WRITER_UNKNOWN;

@@ -14,7 +14,7 @@ import {
   type RegName,
 } from "../abi/guest-abi.js";
 import { GuardvisorError } from "../errors.js";
-import { type Regs, zeroRegs } from "../kvm/structs.js";
+import { cplOf, type Regs, type Sregs, zeroRegs } from "../kvm/structs.js";
 
 export interface ContextRecord {
   seq: number;
@@ -77,6 +77,30 @@ export function emptyContext(kind: EventKind, regs?: Regs): ContextRecord {
     insn: new Uint8Array(0),
     flags: 0,
   };
+}
+
+/**
+ * A record of `kind` captured from a vCPU: its registers, privilege level and
+ * control registers, numbered `seq` for VM `vmId`, vCPU `vcpu`. The event's
+ * own fields (gpa, data, vector, instruction bytes…) are the caller's.
+ */
+export function capturedContext(
+  kind: EventKind,
+  regs: Regs,
+  sregs: Sregs,
+  who: { seq: number; vmId: number; vcpu: number },
+): ContextRecord {
+  const ctx = emptyContext(kind, regs);
+  ctx.seq = who.seq;
+  ctx.vmId = who.vmId;
+  ctx.vcpu = who.vcpu;
+  ctx.cpl = cplOf(sregs);
+  ctx.cr0 = sregs.cr0;
+  ctx.cr2 = sregs.cr2;
+  ctx.cr3 = sregs.cr3;
+  ctx.cr4 = sregs.cr4;
+  ctx.efer = sregs.efer;
+  return ctx;
 }
 
 const KIND_BY_NUMBER = new Map<number, EventKind>(Object.entries(EVENT_KINDS).map(([k, v]) => [v, k as EventKind]));

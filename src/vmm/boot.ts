@@ -121,24 +121,50 @@ function flatSegment(selector: number, code: boolean): Segment {
   };
 }
 
-/** The special registers at the entry point, on top of what KVM reports after reset. */
-export function bootSregs(current: Sregs): Sregs {
-  const data = flatSegment(C.SEL_KERNEL_DATA, false);
+/** What a 64-bit entry with flat segments differs in: the selectors, the GDT, the control registers. */
+export interface LongModeEntry {
+  codeSelector: number;
+  dataSelector: number;
+  gdtBase: number;
+  gdtEntries: number;
+  cr0: bigint;
+  cr3: bigint;
+  cr4: bigint;
+  efer: bigint;
+}
+
+/** Special registers for a 64-bit entry on flat segments (no IDT yet), on top of what KVM reports after reset. */
+export function longModeSregs(current: Sregs, e: LongModeEntry): Sregs {
+  const data = flatSegment(e.dataSelector, false);
   return {
     ...current,
-    cs: flatSegment(C.SEL_KERNEL_CODE, true),
+    cs: flatSegment(e.codeSelector, true),
     ds: data,
     es: data,
     fs: data,
     gs: data,
     ss: data,
-    gdt: { base: BigInt(C.BOOT_GDT), limit: BOOT_GDT.length * 8 - 1 },
+    gdt: { base: BigInt(e.gdtBase), limit: e.gdtEntries * 8 - 1 },
     idt: { base: 0n, limit: 0 },
+    cr0: e.cr0,
+    cr3: e.cr3,
+    cr4: e.cr4,
+    efer: e.efer,
+  };
+}
+
+/** The special registers at the entry point, on top of what KVM reports after reset. */
+export function bootSregs(current: Sregs): Sregs {
+  return longModeSregs(current, {
+    codeSelector: C.SEL_KERNEL_CODE,
+    dataSelector: C.SEL_KERNEL_DATA,
+    gdtBase: C.BOOT_GDT,
+    gdtEntries: BOOT_GDT.length,
     cr0: CR0_BOOT,
     cr3: BigInt(C.BOOT_PML4),
     cr4: CR4_BOOT,
     efer: EFER_BOOT,
-  };
+  });
 }
 
 export function bootRegs(entry: number): Regs {

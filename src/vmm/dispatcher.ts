@@ -12,7 +12,7 @@ import type { IoBus } from "../devices/bus.js";
 import type { VcpuExit } from "../kvm/exits.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
 import { cplOf, type Regs, type Sregs } from "../kvm/structs.js";
-import { type ContextRecord, emptyContext, encodeContext } from "../model/context.js";
+import { type ContextRecord, capturedContext, encodeContext } from "../model/context.js";
 import type { ProtectedRegion } from "../model/regions.js";
 import { type Effect, effectOf, type VmFate } from "./act.js";
 import type { ExceptionCapture } from "./exception-capture.js";
@@ -679,16 +679,7 @@ export class ExitDispatcher {
 
   /** First-time capture: registers, control registers and instruction bytes. */
   capture(kind: EventKind, regs: Regs = this.d.cpu.getRegs(), sregs: Sregs = this.sregs()): ContextRecord {
-    const ctx = emptyContext(kind, regs);
-    ctx.seq = ++this.seq;
-    ctx.vmId = this.d.vmId;
-    ctx.vcpu = this.d.vcpuId;
-    ctx.cpl = cplOf(sregs);
-    ctx.cr0 = sregs.cr0;
-    ctx.cr2 = sregs.cr2;
-    ctx.cr3 = sregs.cr3;
-    ctx.cr4 = sregs.cr4;
-    ctx.efer = sregs.efer;
+    const ctx = capturedContext(kind, regs, sregs, { seq: ++this.seq, vmId: this.d.vmId, vcpu: this.d.vcpuId });
     this.setInsn(ctx, sregs, regs.rip);
     return ctx;
   }

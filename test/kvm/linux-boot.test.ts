@@ -12,38 +12,15 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import { Kvm } from "../../src/kvm/kvm.js";
-import { DEFAULT_LINUX_CMDLINE, MIB } from "../../src/linux/boot-params.js";
-import { hostKvmIsPvm } from "../../src/linux/cpuid.js";
+import { DEFAULT_LINUX_CMDLINE, labLinuxCmdline, MIB } from "../../src/linux/boot-params.js";
 import { LinuxVm } from "../../src/linux/linux-vm.js";
 import { buildLinuxTestGuest, parseResultLine } from "../../src/linux/test-guest.js";
 import { scaled } from "../../src/time-scale.js";
-import { skipWithoutKvm } from "../support/kvm.js";
-
-/**
- * In the lab (KVM with SVM inside QEMU TCG) the guest's local APIC timer never
- * fires: the kernel's clock stops as soon as the APIC is set up (virtual-wire
- * mode; with or without the TSC-deadline timer) and user space waits forever.
- * With `nolapic` the kernel keeps the PIT through the PIC and boots
- * (docs/linux-guests.md). Elsewhere the local APIC is used.
- */
-const LAB_CMDLINE = process.env.GV_LAB === "1" ? " nolapic" : "";
+import { skipWithoutHardwareVirt } from "../support/kvm.js";
 
 const LIMIT_MS = scaled(Number(process.env.GV_LINUX_BOOT_TIMEOUT_S ?? 600) * 1000);
 
-/**
- * PVM (KVM without hardware virtualisation) runs a stock kernel's ring 0
- * through its instruction emulator: about a thousand times slower than
- * native and missing instructions Linux needs (docs/linux-guests.md). There
- * the test runs only when asked (GV_LINUX_ON_PVM=1); the lab runs it on KVM
- * with SVM.
- */
-const pvmSkip =
-  hostKvmIsPvm() && process.env.GV_LINUX_ON_PVM !== "1"
-    ? "SKIPPED on PVM: a stock kernel's ring 0 needs instructions PVM's emulator lacks (docs/linux-guests.md); run it in the lab, or set GV_LINUX_ON_PVM=1"
-    : false;
-if (pvmSkip && !skipWithoutKvm) process.stderr.write(`\n!!!!! ${pvmSkip} !!!!!\n\n`);
-
-describe("a stock Linux guest", { skip: skipWithoutKvm || pvmSkip }, () => {
+describe("a stock Linux guest", { skip: skipWithoutHardwareVirt }, () => {
   it("boots the Debian kernel to user space, prints its result line and resets", {
     timeout: LIMIT_MS + 120_000,
   }, async (t) => {
@@ -58,7 +35,7 @@ describe("a stock Linux guest", { skip: skipWithoutKvm || pvmSkip }, () => {
         kernel: readFileSync(guest.kernel),
         kernelName: guest.kernel,
         initrd: readFileSync(guest.initrd),
-        cmdline: `${DEFAULT_LINUX_CMDLINE} gv.scenario=linux-benign${LAB_CMDLINE}`,
+        cmdline: `${DEFAULT_LINUX_CMDLINE} gv.scenario=linux-benign${labLinuxCmdline()}`,
         memSize: 256 * MIB,
         onSerial: (line) => {
           if (process.env.GV_LINUX_CONSOLE === "1") {

@@ -20,22 +20,14 @@ import { readFileSync } from "node:fs";
 import { describe, it, type TestContext } from "node:test";
 import { FAILSAFE_DEFAULTS, type Policy } from "../../src/decide/policy.js";
 import { Kvm } from "../../src/kvm/kvm.js";
-import { DEFAULT_LINUX_CMDLINE, LINUX_LOAD_ADDR, MIB } from "../../src/linux/boot-params.js";
-import { hostKvmIsPvm } from "../../src/linux/cpuid.js";
+import { DEFAULT_LINUX_CMDLINE, LINUX_LOAD_ADDR, labLinuxCmdline, MIB } from "../../src/linux/boot-params.js";
 import { type LinuxRunResult, LinuxVm } from "../../src/linux/linux-vm.js";
 import { buildLinuxTestGuest, parseResultLine } from "../../src/linux/test-guest.js";
 import { scaled } from "../../src/time-scale.js";
 import { cli } from "../support/cli.js";
-import { skipWithoutKvm } from "../support/kvm.js";
+import { skipWithoutHardwareVirt } from "../support/kvm.js";
 
-/** In the lab the guest's local APIC timer never fires: the PIT it is (see linux-boot.test.ts). */
-const LAB_CMDLINE = process.env.GV_LAB === "1" ? " nolapic" : "";
 const LIMIT_MS = scaled(Number(process.env.GV_LINUX_BOOT_TIMEOUT_S ?? 600) * 1000);
-
-const pvmSkip =
-  hostKvmIsPvm() && process.env.GV_LINUX_ON_PVM !== "1"
-    ? "SKIPPED on PVM: a stock kernel's ring 0 needs instructions PVM's emulator lacks (docs/linux-guests.md); run it in the lab, or set GV_LINUX_ON_PVM=1"
-    : false;
 
 /** The console line Linux prints in mark_rodata_ro(), just before it runs /init. */
 const RODATA_RO = /Write protecting the kernel read-only data/;
@@ -65,7 +57,7 @@ async function bootSealed(t: TestContext, scenario: string, policy?: Policy): Pr
       kernel: readFileSync(guest.kernel),
       kernelName: guest.kernel,
       initrd: readFileSync(guest.initrd),
-      cmdline: `${DEFAULT_LINUX_CMDLINE} gv.scenario=${scenario}${LAB_CMDLINE}`,
+      cmdline: `${DEFAULT_LINUX_CMDLINE} gv.scenario=${scenario}${labLinuxCmdline()}`,
       memSize: 256 * MIB,
       seal: true,
       policy,
@@ -130,7 +122,7 @@ function assertArmed(r: SealedRun): NonNullable<NonNullable<LinuxRunResult["seal
   return armed;
 }
 
-describe("sealing a stock Linux guest", { skip: skipWithoutKvm || pvmSkip }, () => {
+describe("sealing a stock Linux guest", { skip: skipWithoutHardwareVirt }, () => {
   it("arms once user space runs, keeps the sealed bytes intact, and the guest still boots and resets", {
     timeout: LIMIT_MS + 120_000,
   }, async (t) => {
