@@ -32,6 +32,8 @@ export interface KernelSection {
   flags: bigint;
   /** Virtual address. */
   addr: bigint;
+  /** Where its bytes start in the file (unchecked: meaningless for NOBITS; check before reading). */
+  offset: bigint;
   size: bigint;
 }
 
@@ -125,7 +127,7 @@ export function readKernelElf(bytes: Uint8Array): { sections: KernelSection[]; s
   };
   const sections = raw.slice(1).map((s) => {
     if (s.addr + s.size > 0xffffffffffffffffn) throw invalid(`a vmlinux section wraps the address space`);
-    return { name: nameOf(s.nameAt), type: s.type, flags: s.flags, addr: s.addr, size: s.size };
+    return { name: nameOf(s.nameAt), type: s.type, flags: s.flags, addr: s.addr, offset: s.offset, size: s.size };
   });
   return { sections, segments };
 }

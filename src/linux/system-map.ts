@@ -59,6 +59,11 @@ export function parseSystemMap(data: Uint8Array | string, name = "System.map"): 
     symbols.push({ address: BigInt(`0x${addr}`), type, name: sym });
   });
   if (symbols.length === 0) throw invalid(`${name} holds no symbols`);
+  return systemMapOf(symbols);
+}
+
+/** A map of `symbols`: sorted by address (ties keep their order), and by name (the first of a name wins). */
+export function systemMapOf(symbols: readonly KernelSymbol[]): SystemMap {
   const sorted = symbols
     .map((s, i) => [s, i] as const)
     .sort(([a, i], [b, j]) => (a.address < b.address ? -1 : a.address > b.address ? 1 : i - j));

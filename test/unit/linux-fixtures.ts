@@ -106,6 +106,8 @@ export interface FakeKernelSection {
   flags?: number;
   /** SHT_* (default SHT_PROGBITS). */
   type?: number;
+  /** Its bytes in the file (default none: offset 0). */
+  data?: Uint8Array;
 }
 
 /** The kernel's virtual base: physical = virtual - START_KERNEL_MAP. */
@@ -131,7 +133,16 @@ export function fakeKernelElf(
   const strOff = phoff + 56 * segments.length;
   const shoff = Math.ceil((strOff + strSize) / 8) * 8;
   const shnum = sections.length + 2;
-  const out = new Uint8Array(shoff + 64 * shnum);
+  const dataAt: number[] = [];
+  let end = shoff + 64 * shnum;
+  for (const s of sections) {
+    dataAt.push(s.data ? end : 0);
+    end += s.data?.length ?? 0;
+  }
+  const out = new Uint8Array(end);
+  sections.forEach((s, i) => {
+    if (s.data) out.set(s.data, dataAt[i] as number);
+  });
   const v = new DataView(out.buffer);
   out.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
   v.setUint16(16, 2, true);
@@ -160,6 +171,7 @@ export function fakeKernelElf(
     v.setUint32(at + 4, s.type ?? 1, true);
     v.setBigUint64(at + 8, BigInt(s.flags ?? 0x2), true);
     v.setBigUint64(at + 16, s.addr, true);
+    v.setBigUint64(at + 24, BigInt(dataAt[i] as number), true);
     v.setBigUint64(at + 32, BigInt(s.size), true);
   });
   const str = shoff + 64 * (shnum - 1);
