@@ -30,7 +30,7 @@ interface Totals {
  * KVM tests that need hardware virtualisation (a stock Linux kernel's ring 0):
  * where /dev/kvm is PVM they run in the lab instead (docs/linux-guests.md).
  */
-const NEEDS_HW_VIRT = ["kvm/linux-boot.test.js", "kvm/linux-seal.test.js"];
+const NEEDS_HW_VIRT = ["kvm/linux-boot.test.js", "kvm/linux-seal.test.js", "kvm/linux-attacks.test.js"];
 
 const ZERO: Totals = { tests: 0, pass: 0, fail: 0, skipped: 0, cancelled: 0, todo: 0 };
 

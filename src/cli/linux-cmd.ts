@@ -5,11 +5,18 @@
  */
 
 import { readFileSync } from "node:fs";
+import type { DeciderName } from "../decide/decider.js";
+import { defaultKernelPath, readKernelFile } from "../elf/kernel-file.js";
 import { configError, GuardvisorError } from "../errors.js";
+import { VmEngineBackend } from "../health/backends.js";
+import { HealthManager } from "../health/health-manager.js";
 import { Kvm } from "../kvm/kvm.js";
 import { DEFAULT_LINUX_CMDLINE, labLinuxCmdline, MIB, validateLinuxMemMiB } from "../linux/boot-params.js";
-import { type LinuxSealReport, LinuxVm } from "../linux/linux-vm.js";
+import { type LinuxRunResult, type LinuxSealReport, LinuxVm } from "../linux/linux-vm.js";
 import { parseSystemMap } from "../linux/system-map.js";
+import { buildLinuxTestGuest, LINUX_SCENARIOS, parseResultLine } from "../linux/test-guest.js";
+import { loadPolicyFile } from "../policy/load.js";
+import { DEFAULT_RESTART_LIMIT, HM_MEM_MIB } from "../run/options.js";
 import { scaled } from "../time-scale.js";
 
 export const DEFAULT_LINUX_MEM_MIB = 256;
@@ -28,6 +35,12 @@ export interface LinuxRunFlags {
   json?: boolean;
   /** Seal the kernel's code and read-only data once user space runs (default policy: writes denied). */
   seal?: boolean;
+  /** A Linux test scenario (LINUX_SCENARIOS): run by the test initramfs; implies --seal. */
+  scenario?: string;
+  /** A policy file (YAML or JSON) for the seal's events; default: the built-in default policy. */
+  policy?: string;
+  /** Who decides the seal's events (default vmm; hm-vm boots the health VM). */
+  decider?: DeciderName;
 }
 
 function readInput(path: string, field: string): Uint8Array {
@@ -38,37 +51,93 @@ function readInput(path: string, field: string): Uint8Array {
   }
 }
 
-/** Boot, stream the console to stdout, and return the process exit code (0: the guest reset or exited with 0). */
-export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) => void): Promise<number> {
-  const memMiB = flags.mem ?? DEFAULT_LINUX_MEM_MIB;
-  validateLinuxMemMiB(memMiB);
+/** The options checked before anything runs (and before a move into the lab): clear errors naming the option. */
+export function checkLinuxFlags(flags: LinuxRunFlags): void {
+  validateLinuxMemMiB(flags.mem ?? DEFAULT_LINUX_MEM_MIB);
   if (flags.timeout !== undefined && (!Number.isInteger(flags.timeout) || flags.timeout <= 0)) {
     throw configError("--timeout", "must be a positive number of seconds");
   }
+  const scenario = flags.scenario;
+  if (scenario !== undefined && !(LINUX_SCENARIOS as readonly string[]).includes(scenario)) {
+    throw configError(
+      "--scenario",
+      `with --linux, one of ${LINUX_SCENARIOS.join(", ")}; got ${JSON.stringify(scenario)}`,
+    );
+  }
+  if (flags.policy && !flags.seal && scenario === undefined) {
+    throw configError("--policy", "with --linux, it governs the seal: give --seal or --scenario");
+  }
+  if (flags.policy) loadPolicyFile(flags.policy); // a bad file is a clear error now, not after a boot
+}
+
+/** Boot, stream the console to stdout, and return the process exit code (0: the guest reset or exited with 0). */
+export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) => void): Promise<number> {
+  checkLinuxFlags(flags);
+  const memMiB = flags.mem ?? DEFAULT_LINUX_MEM_MIB;
   const kernel = readInput(flags.linux, "--linux");
-  const initrd = flags.initrd ? readInput(flags.initrd, "--initrd") : undefined;
+  const scenario = flags.scenario;
+  // A scenario runs in the test initramfs (built when missing: npm run build:linux-guest).
+  const initrdPath = flags.initrd ?? (scenario ? buildLinuxTestGuest().initrd : undefined);
+  const initrd = initrdPath ? readInput(initrdPath, "--initrd") : undefined;
+  const seal = flags.seal === true || scenario !== undefined;
+  const policyFile = flags.policy ? loadPolicyFile(flags.policy) : undefined;
   const systemMap = flags.systemMap
     ? parseSystemMap(readInput(flags.systemMap, "--system-map"), flags.systemMap)
     : undefined;
   if (systemMap) sayErr(`System.map: ${systemMap.symbols.length} symbols`);
-  const cmdline = `${DEFAULT_LINUX_CMDLINE}${labLinuxCmdline()} ${flags.cmdline ?? ""}`.trim();
+  const extra = [scenario ? `gv.scenario=${scenario}` : "", flags.cmdline ?? ""].join(" ");
+  const cmdline = `${DEFAULT_LINUX_CMDLINE}${labLinuxCmdline()} ${extra}`.replace(/ +/g, " ").trim();
   const timeoutMs = flags.timeout !== undefined ? flags.timeout * 1000 : scaled(DEFAULT_LINUX_TIMEOUT_S * 1000);
   const kvm = Kvm.open();
   let vm: LinuxVm | undefined;
+  let health: HealthManager | undefined;
   try {
-    vm = await LinuxVm.build(kvm, {
-      kernel,
-      kernelName: flags.linux,
-      initrd,
-      cmdline,
-      memSize: memMiB * MIB,
-      seal: flags.seal === true,
-      systemMap,
-      onSerial: (line) => {
-        if (!flags.json) process.stdout.write(`${line}\n`);
-      },
-    });
-    const end = await vm.runToEnd(timeoutMs);
+    if (flags.decider === "hm-vm" && seal) {
+      health = await HealthManager.start({
+        backend: new VmEngineBackend(kvm, readKernelFile(defaultKernelPath()), defaultKernelPath(), HM_MEM_MIB),
+        nguests: 1,
+      });
+    }
+    const hm = health;
+    /** Earlier boots that a verdict restarted: what each ended with and saw. */
+    const earlier: Record<string, unknown>[] = [];
+    let end: LinuxRunResult;
+    for (let restarts = 0; ; restarts++) {
+      vm = await LinuxVm.build(kvm, {
+        kernel,
+        kernelName: flags.linux,
+        initrd,
+        // A new boot after a restart verdict says which it is (the test init acts on it).
+        cmdline: restarts > 0 ? `${cmdline} gv.restart=${restarts}` : cmdline,
+        memSize: memMiB * MIB,
+        seal,
+        systemMap,
+        policyFile,
+        decider: hm ? hm.deciderFor(0) : { kind: "vmm" },
+        onPolicy: (p) => hm?.installRules(0, p.table),
+        onHmFault: (f) => hm?.reportFault(f),
+        onSerial: (line) => {
+          if (!flags.json) process.stdout.write(`${line}\n`);
+        },
+      });
+      const restartLimit = vm.policy.restart?.limit ?? DEFAULT_RESTART_LIMIT;
+      end = await vm.runToEnd(timeoutMs);
+      await vm.destroy();
+      vm = undefined;
+      if (end.outcome !== "restart") break;
+      if (restarts >= restartLimit) {
+        end = { ...end, outcome: "halt", detail: `${end.detail}; restart limit ${restartLimit} reached: halt` };
+        break;
+      }
+      earlier.push({
+        outcome: end.outcome,
+        detail: end.detail,
+        elapsedMs: Math.round(end.elapsedMs),
+        ...(end.seal ? { seal: sealSummary(end.seal) } : {}),
+      });
+      sayErr(`the Linux guest is restarted (${restarts + 1} of at most ${restartLimit}): ${end.detail}`);
+      if (end.seal && !flags.json) sayErr(sealLine(end.seal));
+    }
     const secs = (end.elapsedMs / 1000).toFixed(1);
     if (flags.json) {
       process.stdout.write(
@@ -79,9 +148,14 @@ export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) 
           elapsedMs: Math.round(end.elapsedMs),
           exits: end.exits,
           panicked: end.panicked,
+          decider: hm ? "hm-vm" : "vmm",
+          ...(hm ? { healthVm: hm.status() } : {}),
+          restarts: earlier.length,
+          ...(earlier.length ? { restarted: earlier } : {}),
           counters: end.counters,
           console: end.console,
-          ...(end.seal ? { seal: sealSummary(end.seal) } : {}),
+          ...(scenario ? { scenario, result: scenarioResult(end.console) ?? null } : {}),
+          ...(end.seal ? { integrity: end.seal.integrity, seal: sealSummary(end.seal) } : {}),
         })}\n`,
       );
     } else {
@@ -92,17 +166,30 @@ export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) 
     return clean ? 0 : 1;
   } finally {
     await vm?.destroy();
+    await health?.stop();
     kvm.close();
   }
 }
 
 const hex = (n: number | bigint) => `0x${n.toString(16)}`;
 
+/** The test init's result line, fields by name (undefined: it printed none). */
+function scenarioResult(console: readonly string[]): Record<string, string> | undefined {
+  for (const line of console) {
+    const r = parseResultLine(line);
+    if (r) return r;
+  }
+  return undefined;
+}
+
 /** The seal's report as JSON: when it was armed, what it covers, each write that hit it. */
 function sealSummary(s: LinuxSealReport): Record<string, unknown> {
   const a = s.armed;
   return {
     source: s.ranges.source,
+    symbols: s.symbols ?? null,
+    patchSites: s.patchSites,
+    crashBreakpoints: Object.fromEntries(Object.entries(s.crashBreakpoints).map(([k, v]) => [k, hex(v)])),
     ranges: s.ranges.ranges.map((r) => ({ name: r.name, start: hex(r.start), end: hex(r.end) })),
     armed: a
       ? {
@@ -120,6 +207,7 @@ function sealSummary(s: LinuxSealReport): Record<string, unknown> {
       rip: hex(e.rip),
       ...(e.writer ? { writer: e.writer } : {}),
       verdict: e.verdict,
+      decidedBy: e.decidedBy,
       rule: e.rule,
       ...(e.note ? { note: e.note } : {}),
     })),
@@ -130,8 +218,15 @@ function sealLine(s: LinuxSealReport): string {
   const a = s.armed;
   if (!a) return "seal: never armed (the guest was not seen in ring 3)";
   const denied = s.events.filter((e) => e.verdict === "deny").length;
-  return (
+  const lines = [
     `seal: armed after ${(a.elapsedMs / 1000).toFixed(1)} s at exit ${a.exits}, ${a.protectedBytes} bytes of ` +
-    `${s.ranges.ranges.map((r) => r.name).join(" and ")}; ${s.events.length} write(s) hit it, ${denied} denied`
-  );
+      `${s.ranges.ranges.map((r) => r.name).join(" and ")}; ${s.events.length} event(s), ${denied} denied; ` +
+      `sealed bytes ${s.integrity.intact ? "intact" : `changed at ${s.integrity.changed.join(", ")}`}`,
+  ];
+  for (const e of s.events) {
+    lines.push(
+      `  #${e.seq} ${e.kind} ${e.target}${e.writer ? ` by ${e.writer}` : ""}: ${e.verdict} (${e.rule})${e.note ? `: ${e.note}` : ""}`,
+    );
+  }
+  return lines.join("\n");
 }

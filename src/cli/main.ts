@@ -10,6 +10,7 @@ import { GuardvisorError, isGuardvisorError } from "../errors.js";
 import { HM_DEFAULTS } from "../health/health-manager.js";
 import type { InjectSpec } from "../idc/channel.js";
 import { runInLabIfNoKvm } from "../lab/fallback.js";
+import { LINUX_SCENARIO_DESCRIPTIONS, LINUX_SCENARIOS } from "../linux/test-guest.js";
 import { guestName } from "../names.js";
 import { readPolicyKernel } from "../policy/compile-file.js";
 import { loadPolicyFile } from "../policy/load.js";
@@ -32,7 +33,7 @@ import { registerAuditCommands } from "./audit-cmd.js";
 import { registerBenchCommands } from "./bench-cmd.js";
 import { registerControlCommands } from "./control-cmd.js";
 import { registerLabCommands } from "./lab-cmd.js";
-import { runLinuxCommand } from "./linux-cmd.js";
+import { checkLinuxFlags, type LinuxRunFlags, runLinuxCommand } from "./linux-cmd.js";
 import { startRunObservers } from "./observe.js";
 import { HM_TIMEOUT_OPTION, intOption } from "./options.js";
 import { registerPolicyCommands } from "./policy-cmd.js";
@@ -321,24 +322,26 @@ function checkRunFlags(flags: RunFlags): void {
 }
 
 /** run --linux: the gv-kernel options do not apply; --mem and --timeout keep their meaning with Linux defaults. */
-async function runLinux(flags: RunFlags, cmd: Command): Promise<number> {
-  if (flags.scenario || flags.kernel) {
-    throw new GuardvisorError("CONFIG_INVALID", "--linux: give it instead of --scenario or --kernel");
+function linuxRunFlags(flags: RunFlags, cmd: Command): LinuxRunFlags {
+  if (flags.kernel) throw new GuardvisorError("CONFIG_INVALID", "--linux: give it instead of --kernel");
+  if ((flags.scenario?.length ?? 0) > 1) {
+    throw new GuardvisorError("CONFIG_INVALID", "--scenario: one Linux scenario per run with --linux");
   }
   const given = (name: string) => cmd.getOptionValueSource(name) !== "default";
-  return runLinuxCommand(
-    {
-      linux: flags.linux as string,
-      initrd: flags.initrd,
-      cmdline: flags.cmdline,
-      systemMap: flags.systemMap,
-      seal: flags.seal,
-      mem: given("mem") ? flags.mem : undefined,
-      timeout: given("timeout") ? flags.timeout : undefined,
-      json: flags.json,
-    },
-    sayErr,
-  );
+  return {
+    linux: flags.linux as string,
+    initrd: flags.initrd,
+    cmdline: flags.cmdline,
+    systemMap: flags.systemMap,
+    seal: flags.seal,
+    scenario: flags.scenario?.[0],
+    policy: flags.policy,
+    // A Linux guest's events are decided in the VMM unless --decider hm-vm is given.
+    decider: given("decider") ? flags.decider : "vmm",
+    mem: given("mem") ? flags.mem : undefined,
+    timeout: given("timeout") ? flags.timeout : undefined,
+    json: flags.json,
+  };
 }
 
 async function runCommand(flags: RunFlags): Promise<number> {
@@ -427,20 +430,27 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
     .description("boot a guest kernel (a built-in scenario or your own ELF) and watch it to its end")
     .option(
       "--scenario <name>",
-      `a built-in gv-kernel scenario (${SCENARIOS.map((s) => s.name).join(", ")}); repeat it to give each guest its own`,
+      `a built-in gv-kernel scenario (${SCENARIOS.map((s) => s.name).join(", ")}); repeat it to give each guest its own; ` +
+        `with --linux, one Linux scenario (${LINUX_SCENARIOS.join(", ")}), run in the test initramfs with the seal on`,
       collect,
     )
     .option("--kernel <elf>", "your own kernel: an ELF64 x86-64 image following docs/guest-abi.md")
     .option("--linux <bzImage>", "boot a stock Linux kernel on one vCPU and print its console (docs/linux-guests.md)")
-    .option("--initrd <file>", "with --linux: the initramfs")
-    .option("--system-map <file>", "with --linux: the kernel's System.map (checked and loaded)")
+    .option("--initrd <file>", "with --linux: the initramfs (with --scenario: the test initramfs, built when missing)")
+    .option(
+      "--system-map <file>",
+      "with --linux: the kernel's System.map (checked and loaded; default: the kernel's own kallsyms tables)",
+    )
     .option(
       "--seal",
-      "with --linux: seal the kernel's code and read-only data once user space runs (writes to them denied)",
+      "with --linux: seal the kernel's code and read-only data once user space runs, pin CR0.WP/SMEP/SMAP and the syscall MSRs, catch oopses and panics (writes denied; the kernel's own text_poke allowed)",
     )
     .option("--guests <n>", `guests sharing one health VM (1..${ABI_CONSTANTS.IDC_MAX_GUESTS})`, intOption("--guests"))
     .addOption(
-      new Option("--decider <name>", "who rules on events: the health VM, or the VMM itself")
+      new Option(
+        "--decider <name>",
+        "who rules on events: the health VM, or the VMM itself (with --linux the default is vmm)",
+      )
         .choices([...DECIDERS])
         .default(DEFAULT_DECIDER),
     )
@@ -498,8 +508,10 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
     )
     .action(async (flags: RunFlags, cmd: Command) => {
       if (flags.linux !== undefined) {
+        const linuxFlags = linuxRunFlags(flags, cmd);
+        checkLinuxFlags(linuxFlags);
         const lab = await runInLabIfNoKvm(flags.lab, args, sayErr, { needsHardwareVirt: true });
-        setExit(lab ?? (await runLinux(flags, cmd)));
+        setExit(lab ?? (await runLinuxCommand(linuxFlags, sayErr)));
         return;
       }
       if (flags.initrd !== undefined || flags.systemMap !== undefined || flags.seal) {
@@ -514,13 +526,19 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
     .description("list the built-in scenarios")
     .option("--json", "print them as JSON")
     .action((flags: { json?: boolean }) => {
+      // gv-kernel's scenarios, then the stock Linux ones (run --linux BZIMAGE --scenario NAME).
+      const all = [
+        ...SCENARIOS.map((s) => ({ name: s.name, description: s.description, guest: "gv-kernel" })),
+        ...LINUX_SCENARIOS.map((n) => ({ name: n, description: LINUX_SCENARIO_DESCRIPTIONS[n], guest: "linux" })),
+      ];
       if (flags.json) {
-        process.stdout.write(
-          `${JSON.stringify(SCENARIOS.map((s) => ({ name: s.name, description: s.description })))}\n`,
-        );
+        process.stdout.write(`${JSON.stringify(all)}\n`);
       } else {
-        const width = Math.max(...SCENARIOS.map((s) => s.name.length));
-        for (const s of SCENARIOS) process.stdout.write(`${s.name.padEnd(width)}  ${s.description}\n`);
+        const width = Math.max(...all.map((s) => s.name.length));
+        for (const s of all) {
+          const how = s.guest === "linux" ? " (run --linux BZIMAGE --scenario)" : "";
+          process.stdout.write(`${s.name.padEnd(width)}  ${s.description}${how}\n`);
+        }
       }
       setExit(EXIT.OK);
     });

@@ -89,6 +89,12 @@ export interface Policy {
   defaults: Record<EventKind, Verdict>;
   /** Absent = enforce. */
   mode?: PolicyMode;
+  /**
+   * A stock Linux guest's own runtime code patching (text_poke at its static
+   * key, static call and ftrace sites): absent = "sanctioned", allowed;
+   * "immutable" denies it like any other write to sealed code.
+   */
+  kernelPatching?: "sanctioned" | "immutable";
   /** Absent = no MSR filter entries, no sealing, no pinned bits. */
   objects?: PolicyObjects;
   /** Absent = restarts are not limited by the policy. */

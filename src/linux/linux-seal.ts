@@ -15,18 +15,20 @@
  * by the policy (default: deny, the write is dropped and the guest goes on).
  * Reads never exit. Dependencies are injected: tested without KVM.
  */
-import { CONTEXT_FLAGS } from "../abi/guest-abi.js";
-import type { Decider } from "../decide/decider.js";
+import { ABI_CONSTANTS, CONTEXT_FLAGS, type EventKind } from "../abi/guest-abi.js";
+import type { Decider, DecisionResult } from "../decide/decider.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
 import { cplOf, type Regs, type Sregs } from "../kvm/structs.js";
-import { capturedContext, encodeContext } from "../model/context.js";
+import { type ContextRecord, capturedContext, encodeContext } from "../model/context.js";
 import type { ProtectedRegion } from "../model/regions.js";
-import { effectOf } from "../vmm/act.js";
+import { effectOf, type VmFate } from "../vmm/act.js";
 import type { CapturedEvent, ExitAction } from "../vmm/dispatcher.js";
-import { readVirtual } from "../vmm/paging.js";
+import { mappedWritable, readVirtual } from "../vmm/paging.js";
 import { ProtectionMap, planMemorySlots, type SlotPlan } from "../vmm/protection.js";
+import { type BrokenSeal, SealState } from "../vmm/seal-state.js";
 import type { ProtectionArmed } from "../vmm/vcpu-protocol.js";
 import { locateStore } from "../vmm/write-site.js";
+import { type KernelPatching, notSanctioned } from "./kernel-patching.js";
 
 /** Events posted to the owner at most (the rest are only counted). */
 export const MAX_POSTED_EVENTS = 256;
@@ -48,7 +50,41 @@ export interface LinuxSealDeps {
   locate?: typeof locateStore;
   /** Monotonic clock in nanoseconds. */
   now?: () => bigint;
+  /** The kernel virtual address of a protected guest-physical address (for the patch-site check). */
+  virtualOf?: (gpa: number) => bigint | undefined;
+  /** How to recognise the kernel's own text_poke (absent: no write is sanctioned). */
+  patching?: KernelPatching;
+  /** "immutable": even the kernel's sanctioned patching is decided like any other write. */
+  kernelPatching?: "sanctioned" | "immutable";
+  /** From arming on, writes to the syscall MSRs exit to the VMM (the MSR filter); absent: MSRs unprotected. */
+  protectMsrs?: () => void;
+  /** Perform an MSR write the verdict lets through; false when KVM refuses the value. */
+  setMsr?: (index: number, value: bigint) => boolean;
+  /** Answer the MSR exit: 1 raises #GP at the WRMSR. */
+  setMsrResult?: (error: 0 | 1) => void;
+  setSregs?: (s: Sregs) => void;
+  /**
+   * Make the next KVM_RUN return at once, after it completed the exit's
+   * pending operation (kvm_run.immediate_exit): registers may be set only then.
+   */
+  requestImmediateExit?: () => void;
+  /** A kernel virtual address in .rodata: arming at a system call waits until it is mapped read-only. */
+  readOnlyProbe?: bigint;
+  /**
+   * What the sealed ranges must hold (the regions' bytes one after another):
+   * filled when the seal is armed, and every write a verdict performs goes
+   * into it too. The owner compares it with guest memory at the end.
+   */
+  shadow?: Uint8Array;
 }
+
+/** The rule name and reason of a write recognised as the kernel's own text_poke. */
+export const SANCTIONED_RULE = "linux-text-poke";
+export const SANCTIONED_REASON =
+  "the kernel's text_poke at a static key, static call or ftrace site (kernel-patching: sanctioned)";
+
+/** Console output exits are many: pinned registers are checked on one in this many (every other exit: always). */
+export const PIN_CHECK_EVERY_IO = 64;
 
 export interface LinuxSealCounters {
   /** Exits (and kicks) on which the CPL was looked at before arming. */
@@ -61,6 +97,12 @@ export interface LinuxSealCounters {
   performedWrites: number;
   /** Events counted but not posted (past MAX_POSTED_EVENTS). */
   eventsNotPosted: number;
+  /** Protected writes recognised as the kernel's sanctioned text_poke (allowed unless immutable). */
+  sanctionedWrites: number;
+  /** Writes to the protected MSRs after arming (each one an event). */
+  msrWrites: number;
+  /** Pinned CR bits or the IDTR found changed (each one an event). */
+  pinsBroken: number;
 }
 
 const hex = (n: bigint | number) => `0x${n.toString(16)}`;
@@ -72,15 +114,24 @@ export class LinuxSeal {
     sharedPageWrites: 0,
     performedWrites: 0,
     eventsNotPosted: 0,
+    sanctionedWrites: 0,
+    msrWrites: 0,
+    pinsBroken: 0,
   };
   private readonly map: ProtectionMap;
   private isArmed = false;
   private seq = 0;
   private readonly now: () => bigint;
+  /** CR0.WP, CR4.SMEP/SMAP and the IDTR as the kernel had them when the seal was armed. */
+  private readonly pins: SealState;
+  private ioExits = 0;
+  /** Sealed values to put back once the pending operation of the exit that found them is complete. */
+  private deferred: BrokenSeal["restore"][] = [];
 
   constructor(private readonly d: LinuxSealDeps) {
     this.map = new ProtectionMap(d.regions, d.memory.size);
     this.now = d.now ?? process.hrtime.bigint;
+    this.pins = new SealState(d.memory, undefined);
   }
 
   get armed(): boolean {
@@ -88,25 +139,39 @@ export class LinuxSeal {
   }
 
   /**
-   * Before an exit is handled: arm the seal when the guest is in ring 3.
-   * `exits` is the exit count so far (for the record). True when it armed now.
+   * Arm the seal if the kernel has finished initialising. `trigger`:
+   * "ring3", an exit (or kick) that finds the vCPU in ring 3; "syscall", the
+   * breakpoint on the system-call entry: user space made its first system
+   * call, and the kernel's read-only data is read-only in its page tables
+   * (mark_rodata_ro() ran: init's self-patching is over). `exits` is the
+   * exit count so far (for the record). True when it armed now.
    */
-  check(exits: number): boolean {
+  check(exits: number, trigger: "ring3" | "syscall" = "ring3"): boolean {
     if (this.isArmed) return false;
     this.counters.armChecks++;
     const sregs = this.d.getSregs();
-    if (cplOf(sregs) !== 3) return false;
+    if (trigger === "ring3" && cplOf(sregs) !== 3) return false;
+    if (trigger === "syscall") {
+      const probe = this.d.readOnlyProbe;
+      // The kernel's own tables: without PCID bits and PTI's user-half bit (12) of CR3.
+      const kernelCr3 = sregs.cr3 & ~0x1fffn;
+      if (probe === undefined || mappedWritable(this.d.memory, kernelCr3, probe) !== false) return false;
+    }
     const t0 = this.now();
     const slots = planMemorySlots(this.d.memory.size, this.d.regions);
     // The bytes as they are now: the owner compares them at the end.
     const hashes = this.map.hash(this.d.memory);
+    this.copyToShadow();
     this.d.reslot(slots);
+    this.d.protectMsrs?.();
+    if (this.d.setSregs) this.pins.seal(ABI_CONSTANTS.SEAL_CR | ABI_CONSTANTS.SEAL_IDT, () => sregs);
     this.isArmed = true;
     const ro = slots.filter((s) => s.readonly);
     this.d.armed({
       exits,
       timeMs: Date.now(),
       cpl: cplOf(sregs),
+      trigger,
       rip: this.d.getRegs().rip,
       protectedBytes: this.map.protectedBytes,
       readOnlyBytes: ro.reduce((n, s) => n + s.size, 0),
@@ -141,11 +206,7 @@ export class LinuxSeal {
       store = undefined;
     }
     const rip = store ? store.site.rip : regs.rip;
-    const ctx = capturedContext("protected-write", { ...regs, rip }, sregs, {
-      seq: ++this.seq,
-      vmId: this.d.vmId,
-      vcpu: this.d.vcpuId,
-    });
+    const ctx = this.context("protected-write", { ...regs, rip }, sregs);
     ctx.insn = readVirtual(this.d.memory, sregs.cr3, rip, 16);
     if (ctx.insn.length > 0) ctx.flags |= CONTEXT_FLAGS.INSN_VALID;
     if (!store) ctx.flags |= CONTEXT_FLAGS.WRITER_UNKNOWN;
@@ -153,8 +214,6 @@ export class LinuxSeal {
     ctx.regionOffset = target.offset;
     ctx.gpa = gpa;
     ctx.data = data.slice(0, 8);
-    const decision = this.d.decider.decide(ctx);
-    const effect = effectOf("protected-write", decision.verdict);
     const notes = [
       `${target.region.name}+${hex(target.offset)}`,
       `cpl ${ctx.cpl}`,
@@ -162,45 +221,196 @@ export class LinuxSeal {
       `${data.length} bytes ${Buffer.from(data).toString("hex")}`,
       store ? `writer ${hex(store.site.rip)}` : `writer not found; resumes at ${hex(regs.rip)}`,
     ];
+    const why = this.d.patching
+      ? notSanctioned(this.d.patching, {
+          cpl: ctx.cpl,
+          regs,
+          writerRip: rip,
+          cr3: sregs.cr3,
+          target: this.d.virtualOf?.(gpa),
+          memory: this.d.memory,
+        })
+      : "no symbols to recognise text_poke by";
+    let decision: DecisionResult;
+    if (why === undefined) {
+      this.counters.sanctionedWrites++;
+      notes.push("the kernel's text_poke");
+      decision =
+        this.d.kernelPatching === "immutable"
+          ? this.d.decider.decide(ctx)
+          : { verdict: "allow", decidedBy: "vmm", rule: SANCTIONED_RULE, reason: SANCTIONED_REASON };
+    } else {
+      notes.push(`not the kernel's text_poke: ${why}`);
+      decision = this.d.decider.decide(ctx);
+    }
+    const effect = effectOf("protected-write", decision.verdict);
     if (effect.perform) {
       this.counters.performedWrites++;
       this.d.memory.write(gpa, data);
+      this.shadowWrite(gpa, data);
     }
     // A fault (#GP at the writer) is not raised for a Linux guest yet: the write is dropped.
     if (effect.fault) notes.push("fault verdicts are not applied to Linux guests yet: dropped");
-    if (this.seq <= MAX_POSTED_EVENTS) {
-      this.d.event({
-        seq: ctx.seq,
-        kind: "protected-write",
-        vmId: ctx.vmId,
-        vcpu: ctx.vcpu,
-        regionId: ctx.regionId,
-        gpa,
-        rip,
-        vector: 0,
-        object: 0,
-        msrIndex: 0,
-        note: notes.join("; "),
-        verdict: decision.verdict,
-        decidedBy: decision.decidedBy,
-        rule: decision.rule,
-        reason: decision.reason,
-        latencyUs: Number(this.now() - t0) / 1000,
-        timeMs: Date.now(),
-        record: encodeContext(ctx),
-      });
-    } else this.counters.eventsNotPosted++;
-    switch (effect.vm) {
-      case "runs":
-        return { kind: "continue" };
-      case "paused":
-        return { kind: "pause", detail: `protected write at ${hex(gpa)}: paused by verdict` };
-      case "halted":
-        return { kind: "stop", outcome: "halt", detail: `protected write at ${hex(gpa)}: halted by verdict` };
-      case "restarted":
-        return { kind: "stop", outcome: "restart", detail: `protected write at ${hex(gpa)}: restart by verdict` };
-      case "crashed":
-        return { kind: "stop", outcome: "crash", detail: `protected write at ${hex(gpa)}` };
+    this.post(ctx, decision, t0, notes.join("; "), { gpa, regionId: ctx.regionId });
+    return fateAction(effect.vm, `protected write at ${hex(gpa)}`);
+  }
+
+  /**
+   * After arming, on an exit: are CR0.WP, CR4.SMEP/SMAP and the IDTR as
+   * sealed? Checked on every exit but console I/O, and on one in
+   * PIN_CHECK_EVERY_IO of those. A change is an `integrity` event; a verdict
+   * that restores puts the sealed value back before the guest goes on.
+   * `pending`: the exit has an operation KVM completes on the next KVM_RUN
+   * (MMIO, port I/O, MSR): registers must not be set before that (api.rst),
+   * so the value is put back on the immediate exit that follows.
+   */
+  checkPins(exit: { io: boolean; pending: boolean }): ExitAction | undefined {
+    if (!this.isArmed || !this.d.setSregs) return undefined;
+    if (this.deferred.length > 0) {
+      const fixed = { ...this.d.getSregs() };
+      for (const restore of this.deferred) restore(fixed);
+      this.deferred = [];
+      this.d.setSregs(fixed);
     }
+    if (exit.io && ++this.ioExits % PIN_CHECK_EVERY_IO !== 0) return undefined;
+    const sregs = this.d.getSregs();
+    const broken = this.pins.broken(sregs);
+    if (broken.length === 0) return undefined;
+    const t0 = this.now();
+    const regs = this.d.getRegs();
+    const restores: BrokenSeal["restore"][] = [];
+    let end: ExitAction | undefined;
+    for (const b of broken) {
+      this.counters.pinsBroken++;
+      const ctx = this.context("integrity", regs, sregs);
+      ctx.object = b.object;
+      ctx.flags |= CONTEXT_FLAGS.WRITER_UNKNOWN; // found after the fact
+      const decision = this.d.decider.decide(ctx);
+      const effect = effectOf("integrity", decision.verdict);
+      if (effect.restore) restores.push(b.restore);
+      this.post(ctx, decision, t0, b.what, { object: b.object });
+      // The first object's ending decides; a pause yields to a stop.
+      const action = fateAction(effect.vm, b.what);
+      if (action.kind !== "continue" && (end === undefined || (end.kind === "pause" && action.kind === "stop"))) {
+        end = action;
+      }
+    }
+    if (restores.length > 0 && exit.pending && this.d.requestImmediateExit) {
+      this.deferred = restores;
+      this.d.requestImmediateExit();
+    } else if (restores.length > 0) {
+      const fixed = { ...sregs };
+      for (const restore of restores) restore(fixed);
+      this.d.setSregs(fixed);
+    }
+    return end;
+  }
+
+  /** A write to a protected MSR (the filter is installed when the seal is armed). */
+  onMsrWrite(index: number, value: bigint): ExitAction {
+    const t0 = this.now();
+    this.counters.msrWrites++;
+    const regs = this.d.getRegs();
+    const ctx = this.context("msr-write", regs, this.d.getSregs());
+    ctx.msrIndex = index;
+    ctx.msrValue = value;
+    const decision = this.d.decider.decide(ctx);
+    const effect = effectOf("msr-write", decision.verdict);
+    let note = `MSR ${hex(index)} <- ${hex(value)}`;
+    if (effect.perform) {
+      const ok = this.d.setMsr?.(index, value) ?? false;
+      this.d.setMsrResult?.(ok ? 0 : 1);
+      if (!ok) note += "; KVM refused the value: #GP in the guest";
+    } else if (effect.fault) {
+      this.d.setMsrResult?.(1);
+      note += "; #GP in the guest";
+    } else {
+      this.d.setMsrResult?.(0); // dropped: the guest believes it wrote
+      note += "; dropped";
+    }
+    this.post(ctx, decision, t0, note, { msrIndex: index });
+    return fateAction(effect.vm, `write of MSR ${hex(index)}`);
+  }
+
+  private copyToShadow(): void {
+    const sh = this.d.shadow;
+    if (!sh) return;
+    let at = 0;
+    for (const r of this.d.regions) {
+      sh.set(this.d.memory.read(r.start, r.end - r.start), at);
+      at += r.end - r.start;
+    }
+  }
+
+  /** A performed write, in the shadow too (the part of it inside the regions). */
+  private shadowWrite(gpa: number, data: Uint8Array): void {
+    const sh = this.d.shadow;
+    if (!sh) return;
+    let at = 0;
+    for (const r of this.d.regions) {
+      const from = Math.max(gpa, r.start);
+      const to = Math.min(gpa + data.length, r.end);
+      if (from < to) sh.set(data.subarray(from - gpa, to - gpa), at + (from - r.start));
+      at += r.end - r.start;
+    }
+  }
+
+  /** A context record of `kind` for this vCPU, numbered. */
+  context(kind: EventKind, regs: Regs, sregs: Sregs): ContextRecord {
+    return capturedContext(kind, regs, sregs, { seq: ++this.seq, vmId: this.d.vmId, vcpu: this.d.vcpuId });
+  }
+
+  /** Post the event of a decided record (the first MAX_POSTED_EVENTS; the rest are counted). */
+  post(
+    ctx: ContextRecord,
+    decision: DecisionResult,
+    t0: bigint,
+    note: string,
+    fields: Partial<Pick<CapturedEvent, "gpa" | "regionId" | "vector" | "object" | "msrIndex">> = {},
+  ): void {
+    if (ctx.seq > MAX_POSTED_EVENTS) {
+      this.counters.eventsNotPosted++;
+      return;
+    }
+    this.d.event({
+      seq: ctx.seq,
+      kind: ctx.kind,
+      vmId: ctx.vmId,
+      vcpu: ctx.vcpu,
+      regionId: 0,
+      gpa: 0,
+      rip: ctx.regs.rip,
+      vector: 0,
+      object: 0,
+      msrIndex: 0,
+      ...fields,
+      note,
+      verdict: decision.verdict,
+      decidedBy: decision.decidedBy,
+      rule: decision.rule,
+      reason: decision.reason,
+      latencyUs: Number(this.now() - t0) / 1000,
+      timeMs: Date.now(),
+      record: encodeContext(ctx),
+    });
+  }
+}
+
+/** How a stop says a verdict asked for a restart (not the guest resetting itself). */
+export const RESTART_BY_VERDICT = "restart by verdict";
+
+/** What the vCPU does next, from a verdict's fate for the VM. */
+export function fateAction(fate: VmFate, what: string): ExitAction {
+  switch (fate) {
+    case "runs":
+      return { kind: "continue" };
+    case "paused":
+      return { kind: "pause", detail: `${what}: paused by verdict` };
+    case "halted":
+      return { kind: "stop", outcome: "halt", detail: `${what}: halted by verdict` };
+    case "restarted":
+      return { kind: "stop", outcome: "restart", detail: `${what}: ${RESTART_BY_VERDICT}` };
+    case "crashed":
+      return { kind: "stop", outcome: "crash", detail: what };
   }
 }

@@ -6,15 +6,21 @@
  * Then run to the end (reset, debug-exit, crash) or a timeout, with the
  * console lines. Any failure while building tears down what was built.
  */
-import { compilePolicy, DEFAULT_POLICY, type Policy } from "../decide/policy.js";
+
+import type { HmFault } from "../decide/hm-vm-decider.js";
+import { type CompiledPolicy, compilePolicy, DEFAULT_POLICY, type Policy } from "../decide/policy.js";
 import { GuardvisorError } from "../errors.js";
 import { GuestMemory } from "../kvm/guest-memory.js";
 import { type Kvm, releaseVcpu, Vcpu, type VcpuHandle, type Vm } from "../kvm/kvm.js";
+import { K } from "../kvm/native.js";
 import { makeRegions, type ProtectedRegion } from "../model/regions.js";
+import type { PolicyFile } from "../policy/load.js";
+import { integrityObjectName } from "../policy/names.js";
+import { type PolicyKernel, resolvePolicy } from "../policy/resolve.js";
 import { timeScale } from "../time-scale.js";
 import type { CapturedEvent } from "../vmm/dispatcher.js";
 import { ProtectionMap } from "../vmm/protection.js";
-import type { ProtectionArmed } from "../vmm/vcpu-protocol.js";
+import type { DeciderInit, ProtectionArmed } from "../vmm/vcpu-protocol.js";
 import { type VcpuStop, VcpuThread } from "../vmm/vcpu-thread.js";
 import {
   DEFAULT_LINUX_CMDLINE,
@@ -26,7 +32,10 @@ import {
 } from "./boot-params.js";
 import { type BzImage, parseBzImage } from "./bzimage.js";
 import { decodeCpuid, encodeCpuid, hostKvmIsPvm, linuxCpuid } from "./cpuid.js";
+import { kallsymsFromVmlinux } from "./kallsyms.js";
+import { type KernelPatching, kernelPatching } from "./kernel-patching.js";
 import { type KernelRanges, kernelProtectedRanges, kernelVirtual, rangeOffset, symbolize } from "./kernel-ranges.js";
+import { RESTART_BY_VERDICT } from "./linux-seal.js";
 import type { LinuxWorkerInit } from "./linux-worker.js";
 import type { SystemMap } from "./system-map.js";
 import { decompressPayload, parseVmlinux } from "./vmlinux.js";
@@ -74,10 +83,24 @@ export interface LinuxVmConfig {
    * (linux-seal.ts). Needs host decompression (the vmlinux's sections).
    */
   seal?: boolean;
-  /** A System.map: the sealed bounds come from its symbols, and events name them. */
+  /**
+   * A System.map: the sealed bounds come from its symbols. Without one the
+   * kernel's own kallsyms tables (read from the vmlinux) name symbols.
+   */
   systemMap?: SystemMap;
   /** The policy that decides writes to sealed memory (default DEFAULT_POLICY: deny). */
   policy?: Policy;
+  /**
+   * A policy file to resolve against this kernel instead (its regions name
+   * the sealed sections, `.text` and `.rodata`; symbols are not available to it).
+   */
+  policyFile?: PolicyFile;
+  /** Who decides the seal's events (default: the in-VMM decider). */
+  decider?: DeciderInit;
+  /** The compiled policy, before the guest runs (an hm-vm decider's health VM installs its rule table). */
+  onPolicy?: (p: CompiledPolicy) => void;
+  /** The hm-vm decider saw the health VM misbehave. */
+  onHmFault?: (f: HmFault) => void;
 }
 
 /** A write to sealed memory, as the run reports it. */
@@ -97,10 +120,51 @@ export interface LinuxSealReport {
   armed?: ProtectionArmed & { elapsedMs: number };
   /** The events (the worker posts at most MAX_POSTED_EVENTS). */
   events: LinuxSealEvent[];
+  /** Where symbol names came from, and how many. */
+  symbols?: { source: "system-map" | "kallsyms"; count: number };
+  /** How many patch sites text_poke may write (0: sanctioned patching not recognised). */
+  patchSites: number;
+  /** Oopses and panics are caught at these, and the seal armed at the system-call entry (kernel virtual addresses). */
+  crashBreakpoints: Record<string, bigint>;
+  /** The sealed ranges at the end: what was sealed plus the writes verdicts let through? */
+  integrity: { intact: boolean; changed: string[] };
+}
+
+/** What a sealed guest is protected with. */
+interface LinuxSealed {
+  ranges: KernelRanges;
+  regions: ProtectedRegion[];
+  map?: SystemMap;
+  symbolSource?: "system-map" | "kallsyms";
+  patching?: KernelPatching;
+  crash: Record<string, bigint>;
+  /** What the sealed ranges must hold: armed bytes plus the writes verdicts performed. */
+  shadow: Uint8Array;
+}
+
+/** The kernel as a policy file sees it: its sealed sections (no symbols: kernel addresses exceed what policies take). */
+export function linuxPolicyKernel(ranges: KernelRanges, name: string): PolicyKernel {
+  return {
+    name,
+    regions: ranges.ranges.map((r) => ({ name: r.name, start: r.start, end: r.end })),
+    symbols: [],
+    physical: () => undefined,
+  };
+}
+
+/** The kernel's symbols: the System.map given, else its kallsyms tables (undefined when neither). */
+function kernelSymbols(payload: Uint8Array, map: SystemMap | undefined, name: string) {
+  if (map) return { map, source: "system-map" as const };
+  try {
+    return { map: kallsymsFromVmlinux(payload, name), source: "kallsyms" as const };
+  } catch {
+    return undefined; // no names: events give addresses, text_poke is not recognised, no crash breakpoints
+  }
 }
 
 /** How a Linux run ended. */
-export type LinuxOutcome = "reset" | "exit" | "halt" | "crash" | "timeout" | "stopped";
+/** reset: the guest reset itself; restart: a verdict asked for a new boot. */
+export type LinuxOutcome = "reset" | "restart" | "exit" | "halt" | "crash" | "timeout" | "stopped";
 
 export interface LinuxRunResult {
   outcome: LinuxOutcome;
@@ -139,22 +203,54 @@ export class LinuxVm {
     private readonly vcpu: VcpuHandle,
     private readonly thread: VcpuThread,
     /** The sealed ranges (with a seal). */
-    readonly sealed: { ranges: KernelRanges; regions: ProtectedRegion[]; map?: SystemMap } | undefined,
+    readonly sealed: LinuxSealed | undefined,
+    /** The policy the seal's events are decided by. */
+    readonly policy: Policy,
   ) {}
 
-  /** A sealed-memory event, named for people. */
+  /** A protection event, named for people: what was hit and who did it, as symbols where known. */
   private sealEvent(e: CapturedEvent): LinuxSealEvent {
     const s = this.sealed;
+    // Only addresses inside the kernel image are named (a module's code lies above it).
+    const end = s?.map?.byName.get("_end")?.address;
+    const name = (va: bigint) => (s?.map && end !== undefined && va < end ? symbolize(s.map, va) : undefined);
+    const writer = name(e.rip);
+    if (e.kind !== "protected-write") {
+      const target =
+        e.kind === "msr-write"
+          ? `MSR 0x${e.msrIndex.toString(16)}`
+          : e.kind === "integrity"
+            ? `${integrityObjectName(e.object) ?? e.object}`
+            : (writer ?? `0x${e.rip.toString(16)}`);
+      return { ...e, target, writer };
+    }
     const ranges = s?.ranges.ranges ?? [];
     const va = kernelVirtual(ranges, e.gpa);
-    const sym = s?.map && va !== undefined ? symbolize(s.map, va) : undefined;
+    const sym = va !== undefined ? name(va) : undefined;
     const where = rangeOffset(ranges, e.gpa) ?? `0x${e.gpa.toString(16)}`;
-    return {
-      ...e,
-      target: sym ? `${where} (${sym})` : where,
-      targetVirtual: va,
-      writer: s?.map ? symbolize(s.map, e.rip) : undefined,
-    };
+    return { ...e, target: sym ? `${where} (${sym})` : where, targetVirtual: va, writer };
+  }
+
+  /**
+   * Do the sealed ranges hold exactly what they held when the seal was armed,
+   * plus the writes the policy let through? `changed` lists the first
+   * differing byte of each range that does not (empty when intact, or never armed).
+   */
+  integrity(): { intact: boolean; changed: string[] } {
+    const s = this.sealed;
+    if (!s || !this.armed) return { intact: true, changed: [] };
+    const changed: string[] = [];
+    let at = 0;
+    for (const r of s.regions) {
+      const now = this.memory.read(r.start, r.end - r.start);
+      const want = s.shadow.subarray(at, at + (r.end - r.start));
+      at += r.end - r.start;
+      if (Buffer.compare(now, want) === 0) continue;
+      let i = 0;
+      while (i < now.length && now[i] === want[i]) i++;
+      changed.push(`${r.name}+0x${i.toString(16)}`);
+    }
+    return { intact: changed.length === 0, changed };
   }
 
   /** SHA-256 of each sealed range now (in range order). */
@@ -174,6 +270,19 @@ export class LinuxVm {
     const ranges =
       config.seal && payload ? kernelProtectedRanges(payload, config.memSize, config.systemMap) : undefined;
     const regions = ranges ? makeRegions(ranges.ranges, config.memSize) : undefined;
+    const symbols =
+      ranges && payload ? kernelSymbols(payload, config.systemMap, config.kernelName ?? "the kernel image") : undefined;
+    const policy =
+      config.policy ??
+      (config.policyFile && ranges
+        ? resolvePolicy(config.policyFile, linuxPolicyKernel(ranges, config.kernelName ?? "the kernel image"))
+        : DEFAULT_POLICY);
+    const crash: Record<string, bigint> = {};
+    for (const n of ["__die", "panic", "entry_SYSCALL_64"]) {
+      const a = symbols?.map.byName.get(n)?.address;
+      if (a !== undefined) crash[n] = a;
+    }
+    const patching = symbols && payload ? kernelPatching(payload, symbols.map) : undefined;
     const pvmSafe = config.pvmSafeCpuid ?? hostKvmIsPvm();
     const cmdline = config.cmdline ?? DEFAULT_LINUX_CMDLINE;
     const plan = planLinuxBoot(image, {
@@ -209,23 +318,37 @@ export class LinuxVm {
         readonly: false,
       });
       writeLinuxBoot(memory.bytes, image, plan, config.initrd);
+      // Writes to the syscall MSRs exit to the VMM once the seal installs its filter.
+      const msrs = regions !== undefined && kvm.checkExtension("KVM_CAP_X86_MSR_FILTER") > 0;
+      if (msrs) vm.enableCap("KVM_CAP_X86_USER_SPACE_MSR", [BigInt(K("KVM_MSR_EXIT_REASON_FILTER"))]);
       vcpu = vm.createVcpu(0);
       const cpu = new Vcpu(vcpu);
       cpu.setCpuid2(encodeCpuid(linuxCpuid(decodeCpuid(kvm.getSupportedCpuid()), 0, { pvmSafe })));
       cpu.setSregs(linuxBootSregs(cpu.getSregs()));
       cpu.setRegs(linuxBootRegs(plan));
       const lines: string[] = [];
+      const shadowBuffer = new SharedArrayBuffer(regions ? regions.reduce((n, r) => n + r.end - r.start, 0) : 0);
+      const compiled = regions ? compilePolicy(policy, regions) : undefined;
+      if (compiled) config.onPolicy?.(compiled);
       const init: Omit<LinuxWorkerInit, "control"> = {
         vcpu,
         vmFd: vm.fd,
-        seal: regions
-          ? {
-              memory: memory.handle,
-              regions,
-              policy: compilePolicy(config.policy ?? DEFAULT_POLICY, regions),
-              ramSlot: RAM_SLOT,
-            }
-          : undefined,
+        seal:
+          regions && compiled
+            ? {
+                memory: memory.handle,
+                regions,
+                policy: compiled,
+                decider: config.decider ?? { kind: "vmm" },
+                ramSlot: RAM_SLOT,
+                ranges: ranges?.ranges ?? [],
+                patching,
+                kernelPatching: policy.kernelPatching ?? "sanctioned",
+                msrs,
+                crash: { die: crash.__die, panic: crash.panic, syscallEntry: crash.entry_SYSCALL_64 },
+                shadow: shadowBuffer,
+              }
+            : undefined,
       };
       let self: LinuxVm | undefined;
       const early: CapturedEvent[] = [];
@@ -243,15 +366,28 @@ export class LinuxVm {
           onArmed: (a) => {
             if (self) self.armed = a;
           },
+          onHmFault: (f) => config.onHmFault?.(f),
         },
         {
           script: new URL("./linux-worker.js", import.meta.url),
-          kickMs: regions ? LINUX_SEAL_KICK_MS / timeScale() : 0,
+          // Kicks find ring 3 only where there is no system-call breakpoint to arm the seal.
+          kickMs: regions && crash.entry_SYSCALL_64 === undefined ? LINUX_SEAL_KICK_MS / timeScale() : 0,
         },
       );
       await thread.ready;
-      const sealed = ranges && regions ? { ranges, regions, map: config.systemMap } : undefined;
-      self = new LinuxVm(lines, image, plan, vm, memory, vcpu, thread, sealed);
+      const sealed =
+        ranges && regions
+          ? {
+              ranges,
+              regions,
+              map: symbols?.map,
+              symbolSource: symbols?.source,
+              patching,
+              crash,
+              shadow: new Uint8Array(shadowBuffer),
+            }
+          : undefined;
+      self = new LinuxVm(lines, image, plan, vm, memory, vcpu, thread, sealed, policy);
       for (const e of early) self.sealEvents.push(self.sealEvent(e));
       return self;
     } catch (e) {
@@ -298,7 +434,9 @@ export class LinuxVm {
     const outcome: LinuxOutcome = timedOut
       ? "timeout"
       : stop.outcome === "restart"
-        ? "reset"
+        ? stop.detail.endsWith(RESTART_BY_VERDICT)
+          ? "restart"
+          : "reset"
         : stop.outcome === "exit" || stop.outcome === "halt" || stop.outcome === "crash" || stop.outcome === "stopped"
           ? stop.outcome
           : "crash";
@@ -316,6 +454,12 @@ export class LinuxVm {
             ranges: this.sealed.ranges,
             armed: this.armed ? { ...this.armed, elapsedMs: this.armed.timeMs - this.startedAtEpoch } : undefined,
             events: this.sealEvents,
+            symbols: this.sealed.map
+              ? { source: this.sealed.symbolSource ?? "system-map", count: this.sealed.map.symbols.length }
+              : undefined,
+            patchSites: this.sealed.patching?.sites.length ?? 0,
+            crashBreakpoints: this.sealed.crash,
+            integrity: this.integrity(),
           }
         : undefined,
     };

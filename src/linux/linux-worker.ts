@@ -6,7 +6,8 @@
  * exit in ring 3, then writes to the sealed pages are decided by the policy.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { VmmDecider } from "../decide/decider.js";
+import { type Decider, VmmDecider } from "../decide/decider.js";
+import { createHmVmDecider } from "../decide/hm-vm-decider.js";
 import type { CompiledPolicy } from "../decide/policy.js";
 import { IoBus } from "../devices/bus.js";
 import { DebugExit } from "../devices/debug-exit.js";
@@ -17,9 +18,15 @@ import { GuestMemory, type GuestMemoryHandle } from "../kvm/guest-memory.js";
 import { irqLine, Vcpu, type VcpuHandle } from "../kvm/kvm.js";
 import { K, native, wrapNative } from "../kvm/native.js";
 import type { ProtectedRegion } from "../model/regions.js";
+import { DB_VECTOR, type ExitAction } from "../vmm/dispatcher.js";
+import { ExceptionCapture } from "../vmm/exception-capture.js";
+import { msrFilterRanges, PROTECTED_MSRS } from "../vmm/guest-vm.js";
 import type { SlotPlan } from "../vmm/protection.js";
 import { runVcpuLoop } from "../vmm/vcpu-loop.js";
-import type { WorkerMessage } from "../vmm/vcpu-protocol.js";
+import type { DeciderInit, WorkerMessage } from "../vmm/vcpu-protocol.js";
+import type { KernelPatching } from "./kernel-patching.js";
+import { type KernelRange, kernelVirtual } from "./kernel-ranges.js";
+import { LinuxCrashCapture } from "./linux-crash.js";
 import { LinuxExitHandler } from "./linux-exits.js";
 import { LinuxSeal } from "./linux-seal.js";
 
@@ -30,6 +37,23 @@ export interface LinuxSealInit {
   policy: CompiledPolicy;
   /** The memory slot the owner put all RAM in. */
   ramSlot: number;
+  /** The sealed ranges with their kernel virtual addresses. */
+  ranges: KernelRange[];
+  /** How to recognise the kernel's own text_poke (absent: no symbols). */
+  patching?: KernelPatching;
+  kernelPatching: "sanctioned" | "immutable";
+  /** Protect the syscall MSRs once armed (KVM_CAP_X86_USER_SPACE_MSR enabled by the owner). */
+  msrs: boolean;
+  /** Who decides: the in-VMM decider, or the health VM over the IDC channel. */
+  decider: DeciderInit;
+  /** The regions' expected bytes, one after another (linux-seal.ts, `shadow`). */
+  shadow: SharedArrayBuffer;
+  /**
+   * Breakpoints: `__die` and `panic` to catch oopses and panics first, and
+   * the system-call entry to arm the seal at user space's first system call
+   * (absent: no symbols; the seal is then armed by kicks finding ring 3).
+   */
+  crash?: { die?: bigint; panic?: bigint; syscallEntry?: bigint };
 }
 
 export interface LinuxWorkerInit {
@@ -97,6 +121,15 @@ function main(): void {
   });
   const sealInit = init.seal;
   const memory = sealInit ? GuestMemory.attach(sealInit.memory) : undefined;
+  // One decider for the seal and the crash capture: the events of one guest, in one sequence.
+  let decider: Decider | undefined;
+  if (sealInit) {
+    const d = sealInit.decider;
+    decider =
+      d.kind === "vmm"
+        ? new VmmDecider(sealInit.policy)
+        : createHmVmDecider(d, sealInit.policy, (fault) => post({ type: "hm-fault", fault })).decider;
+  }
   const seal =
     sealInit && memory
       ? new LinuxSeal({
@@ -107,21 +140,80 @@ function main(): void {
           getRegs: () => vcpu.getRegs(),
           getSregs: () => vcpu.getSregs(),
           reslot: (plan) => reslot(init.vmFd, memory, sealInit.ramSlot, plan),
-          decider: new VmmDecider(sealInit.policy),
+          decider: decider as Decider,
           event: (event) => post({ type: "event", event }),
           armed: (armed) => post({ type: "armed", armed }),
+          virtualOf: (gpa) => kernelVirtual(sealInit.ranges, gpa),
+          patching: sealInit.patching,
+          kernelPatching: sealInit.kernelPatching,
+          protectMsrs: sealInit.msrs
+            ? () => {
+                const msrs = [...PROTECTED_MSRS].sort((a, b) => a - b);
+                const ranges = msrFilterRanges(msrs, K("KVM_MSR_FILTER_WRITE"));
+                wrapNative("KVM_X86_SET_MSR_FILTER", () => native().setMsrFilter(init.vmFd, 0, ranges));
+              }
+            : undefined,
+          setMsr: (index, value) => vcpu.trySetMsrs([[index, value]]) === 1,
+          setMsrResult: (e) => vcpu.run.setMsrResult(e),
+          setSregs: (x) => vcpu.setSregs(x),
+          requestImmediateExit: () => {
+            vcpu.run.immediateExit = true;
+          },
+          shadow: new Uint8Array(sealInit.shadow),
+          readOnlyProbe: sealInit.ranges[1]?.vstart,
         })
       : undefined;
+  const points = sealInit?.crash ?? {};
+  const entries = [points.die, points.panic, points.syscallEntry].filter((a): a is bigint => a !== undefined);
+  const crash =
+    seal && memory && sealInit && entries.length > 0
+      ? new LinuxCrashCapture({
+          capture: new ExceptionCapture(entries, vcpu, {
+            enable: K("KVM_GUESTDBG_ENABLE"),
+            singlestep: K("KVM_GUESTDBG_SINGLESTEP"),
+            useHwBp: K("KVM_GUESTDBG_USE_HW_BP"),
+          }),
+          die: points.die,
+          panic: points.panic,
+          armAt:
+            points.syscallEntry === undefined
+              ? undefined
+              : // Armed now or already: the breakpoint has done its job.
+                {
+                  address: points.syscallEntry,
+                  arm: () => seal.check(handler.counters.exits, "syscall") || seal.armed,
+                },
+          memory,
+          getRegs: () => vcpu.getRegs(),
+          getSregs: () => vcpu.getSregs(),
+          decider: decider as Decider,
+          events: seal,
+          injectDebug: () => vcpu.injectException(DB_VECTOR),
+        })
+      : undefined;
+  crash?.arm();
+  /** An exit the protection handled: counted as the handler counts its own. */
+  const handled = (a: ExitAction): ExitAction => {
+    handler.counters.exits++;
+    return a;
+  };
   const dispatch: typeof handler.dispatch = seal
     ? (exit) => {
-        if (!seal.armed) seal.check(handler.counters.exits);
-        else if (exit.kind === "mmio-write") {
-          const a = seal.onWrite(exit.gpa, exit.data);
-          if (a) {
-            handler.counters.exits++;
-            return a;
-          }
+        if (exit.kind === "debug" && crash) return handled(crash.onDebug(exit.pc, exit.dr6));
+        if (!seal.armed) {
+          // Without the system-call breakpoint, kicks look for ring 3.
+          if (points.syscallEntry === undefined) seal.check(handler.counters.exits);
+          return handler.dispatch(exit);
         }
+        const io = exit.kind === "io-out" || exit.kind === "io-in";
+        const pending = io || exit.kind === "mmio-write" || exit.kind === "mmio-read" || exit.kind.startsWith("msr-");
+        const pin = seal.checkPins({ io, pending });
+        if (pin && pin.kind !== "continue") return handled(pin);
+        if (exit.kind === "mmio-write") {
+          const a = seal.onWrite(exit.gpa, exit.data);
+          if (a) return handled(a);
+        }
+        if (exit.kind === "msr-write" && sealInit?.msrs) return handled(seal.onMsrWrite(exit.index, exit.value));
         return handler.dispatch(exit);
       }
     : (exit) => handler.dispatch(exit);
@@ -147,6 +239,7 @@ function main(): void {
       uartBytes: uart.bytesOut,
       uartInterrupts: uart.interrupts,
       ...(seal ? seal.counters : {}),
+      ...(crash ? crash.counters : {}),
     },
   });
 }

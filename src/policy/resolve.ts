@@ -238,6 +238,7 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
 
   const policy: Policy = { name: file.name, rules, defaults };
   if (spec.mode === "audit") policy.mode = "audit";
+  if (spec["kernel-patching"] === "immutable") policy.kernelPatching = "immutable";
   if (spec.objects) policy.objects = objects;
   if (spec.restart) {
     policy.restart = { limit: spec.restart.limit, exhausted: spec.restart.exhausted };

@@ -213,6 +213,7 @@ export const policySchema = z.strictObject({
   name: name.optional(),
   description: text.optional(),
   mode: z.enum(["enforce", "audit"]).default("enforce"),
+  "kernel-patching": z.enum(["sanctioned", "immutable"]).default("sanctioned"),
   defaults: defaultsSchema.optional(),
   regions: z.record(z.string(), regionSchema).optional(),
   objects: objectsSchema.optional(),

@@ -22,8 +22,19 @@ export interface GuestDebugFlags {
 /** DR7: local enable of DR0, execute breakpoint, length 1 (bits 19:16 = 0), bit 10 reads as 1. */
 export const DR7_EXEC_DR0 = 0x401n;
 
+/** DR7 for execute breakpoints on DR0..DR(n-1): local enable bit 2i each, type and length 0, bit 10. */
+export function dr7Exec(n: number): bigint {
+  let dr7 = 0x400n;
+  for (let i = 0; i < n; i++) dr7 |= 1n << BigInt(2 * i);
+  return dr7;
+}
+
 /** DR6 bit 0: breakpoint 0 (our DR0) was hit. */
 export const DR6_B0 = 1n;
+/** DR6 bits 3:0: which of DR0..DR3 was hit. */
+export const DR6_B0_3 = 0xfn;
+/** Hardware breakpoints an x86 CPU has. */
+export const MAX_BREAKPOINTS = 4;
 /** DR6 bit 14: the exit is a single step (KVM reports it with the step, as measured in the lab). */
 export const DR6_BS = 1n << 14n;
 
@@ -38,12 +49,41 @@ export class ExceptionCapture {
   private state: "off" | "armed" | "stepping" = "off";
   /** Exceptions captured. */
   captures = 0;
+  private list: bigint[];
 
   constructor(
-    readonly entry: bigint,
+    entry: bigint | readonly bigint[],
     private readonly cpu: DebugControl,
     private readonly flags: GuestDebugFlags,
-  ) {}
+  ) {
+    this.list = typeof entry === "bigint" ? [entry] : [...entry];
+    if (this.list.length === 0 || this.list.length > MAX_BREAKPOINTS) {
+      throw new RangeError(`${this.list.length} breakpoints: 1 to ${MAX_BREAKPOINTS}`);
+    }
+  }
+
+  /** The addresses with a breakpoint (DR0 onwards). */
+  get entries(): readonly bigint[] {
+    return this.list;
+  }
+
+  /**
+   * Take the breakpoint off `addr` from the next arm() on (after the step
+   * over it); the last one stays.
+   */
+  retire(addr: bigint): void {
+    if (this.list.length > 1) this.list = this.list.filter((e) => e !== addr);
+  }
+
+  /** The first (for gv-kernel, the only) entry. */
+  get entry(): bigint {
+    return this.entries[0] as bigint;
+  }
+
+  /** Which entry `pc` is (-1: none). */
+  entryAt(pc: bigint): number {
+    return this.entries.indexOf(pc);
+  }
 
   get armed(): boolean {
     return this.state === "armed";
@@ -52,7 +92,11 @@ export class ExceptionCapture {
   /** Put the execute breakpoint on the entry. */
   arm(): void {
     const f = this.flags;
-    this.cpu.setGuestDebug(f.enable | f.useHwBp, [this.entry, 0n, 0n, 0n, 0n, 0n, 0n, DR7_EXEC_DR0]);
+    const dr = [0n, 0n, 0n, 0n, 0n, 0n, 0n, dr7Exec(this.entries.length)];
+    this.entries.forEach((e, i) => {
+      dr[i] = e;
+    });
+    this.cpu.setGuestDebug(f.enable | f.useHwBp, dr);
     this.state = "armed";
   }
 
@@ -64,10 +108,11 @@ export class ExceptionCapture {
    */
   classify(pc: bigint, dr6 = 0n): DebugExitKind {
     if (this.state === "stepping") {
-      if (pc === this.entry) return "exception-entry";
+      if (this.entryAt(pc) >= 0) return "exception-entry";
       return (dr6 & DR6_BS) !== 0n ? "stepped" : "step-lost";
     }
-    if (this.state === "armed" && (pc === this.entry || (dr6 & DR6_B0) !== 0n)) return "exception-entry";
+    const hit = (dr6 & DR6_B0_3 & ((1n << BigInt(this.entries.length)) - 1n)) !== 0n;
+    if (this.state === "armed" && (this.entryAt(pc) >= 0 || hit)) return "exception-entry";
     return "other";
   }
 

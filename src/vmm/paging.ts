@@ -12,13 +12,23 @@ export function isCanonical(va: bigint): boolean {
   return top === 0n || top === 0x1ffffn;
 }
 
+/** Whether the last translate() that found a mapping found it writable (R/W set at every level). */
+let lastWritable = false;
+
+/** Is `va` mapped writable by the tables at `cr3` (R/W at every level)? Undefined when not mapped. */
+export function mappedWritable(mem: GuestMemory, cr3: bigint, va: bigint): boolean | undefined {
+  return translate(mem, cr3, va) === undefined ? undefined : lastWritable;
+}
+
 /**
  * Translate a guest-virtual address with the tables at `cr3`; undefined when
  * not mapped. Walked in 32-bit halves (no BigInt per level: this runs several
  * times per exit); entry addresses are bits 12-51, so every sum stays exact.
  */
 export function translate(mem: GuestMemory, cr3: bigint, va: bigint): number | undefined {
+  lastWritable = false;
   if (!isCanonical(va)) return undefined;
+  let rw = 2;
   const lo = Number(va & 0xffffffffn);
   const hi = Number((va >> 32n) & 0xffffn);
   const idx = [(hi >>> 7) & 0x1ff, ((hi << 2) | (lo >>> 30)) & 0x1ff, (lo >>> 21) & 0x1ff, (lo >>> 12) & 0x1ff];
@@ -30,12 +40,14 @@ export function translate(mem: GuestMemory, cr3: bigint, va: bigint): number | u
     const eLo = v.getUint32(at, true);
     const eHi = v.getUint32(at + 4, true);
     if ((eLo & 1) === 0) return undefined;
+    rw &= eLo;
     const base = (eHi & 0xfffff) * 0x1_0000_0000 + ((eLo & 0xfffff000) >>> 0);
     const large = level > 0 && level < 3 && (eLo & 0x80) !== 0;
     if (large || level === 3) {
       const pageMask = level === 1 ? 0x3fffffff : level === 2 ? 0x1fffff : 0xfff;
       // The page base without its offset bits (a large page's low address bits are flags, not address).
       const pageBase = base - (base % (pageMask + 1));
+      lastWritable = rw !== 0;
       return pageBase + (lo & pageMask);
     }
     table = base;

@@ -59,6 +59,8 @@ export interface ProtectionArmed {
   timeMs: number;
   /** The guest's privilege level and RIP at that exit. */
   cpl: number;
+  /** What armed it (Linux guests): an exit found ring 3, or the first system call. */
+  trigger?: "ring3" | "syscall";
   rip: bigint;
   /** Bytes of the protected ranges, and of the read-only pages over them. */
   protectedBytes: number;

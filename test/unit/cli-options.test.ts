@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ABI_CONSTANTS as C } from "../../src/abi/guest-abi.js";
 import { parseInject } from "../../src/cli/main.js";
+import { LINUX_SCENARIOS } from "../../src/linux/test-guest.js";
 import { cli } from "../support/cli.js";
 
 describe("--inject-hm-fault", () => {
@@ -67,5 +68,52 @@ describe("--hm-timeout", () => {
       assert.equal(r.status, 0);
       assert.match(r.stdout, /--hm-timeout <ms>[\s\S]*1\.\.60000[\s\S]*default: 100\)/);
     }
+  });
+});
+
+describe("run --linux options (checked before a boot, and before any move into the lab)", () => {
+  const kernel = "/nonexistent/vmlinuz";
+
+  it("an unknown Linux scenario: one line naming --scenario and the known ones", () => {
+    const r = cli(["run", "--linux", kernel, "--scenario", "text-patch"]);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /--scenario: with --linux, one of linux-benign, .*linux-panic; got "text-patch"/);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+  });
+
+  it("two scenarios with --linux: one per run", () => {
+    const r = cli(["run", "--linux", kernel, "--scenario", "linux-benign", "--scenario", "linux-oops"]);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /one Linux scenario per run/);
+  });
+
+  it("--policy without --seal or --scenario: it governs the seal", () => {
+    const r = cli(["run", "--linux", kernel, "--policy", "policies/linux-immutable.yaml"]);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /--policy: with --linux, it governs the seal/);
+  });
+
+  it("a bad policy file is its own clear error, before any boot", () => {
+    const r = cli(["run", "--linux", kernel, "--seal", "--policy", "test/fixtures/policies/bad/frobnicate.yaml"]);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /frobnicate\.yaml:3:1: frobnicate: unknown field/);
+  });
+
+  it("--kernel and --linux together: one of them", () => {
+    const r = cli(["run", "--linux", kernel, "--kernel", "guest/out/gv-kernel.elf"]);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /--linux: give it instead of --kernel/);
+  });
+});
+
+describe("scenarios", () => {
+  it("lists gv-kernel's scenarios and the stock Linux ones, each with what it shows", () => {
+    const r = cli(["scenarios", "--json"]);
+    assert.equal(r.status, 0, r.stderr);
+    const all = JSON.parse(r.stdout) as { name: string; description: string; guest: string }[];
+    const linux = all.filter((s) => s.guest === "linux").map((s) => s.name);
+    assert.deepEqual(linux, [...LINUX_SCENARIOS]);
+    assert.ok(all.some((s) => s.guest === "gv-kernel" && s.name === "text-patch"));
+    for (const s of all) assert.ok(s.description.length > 10, s.name);
   });
 });

@@ -1,0 +1,231 @@
+/**
+ * Attacks on a sealed stock Linux guest, each from a kernel module the test
+ * init loads (linux-guest/gv_attack.c), and the kernel's own failures, caught
+ * first (docs/linux-guests.md): a direct write to a kernel function through
+ * the module's own alias, a syscall-table hook, a write with CR0.WP cleared,
+ * an LSTAR hook — each denied, the target unchanged, the guest alive to its
+ * result line; an oops captured at __die before the kernel prints it, the
+ * kernel's own oops handling going on; a panic captured at panic() and the
+ * VM restarted by the default policy before the kernel's panic message, the
+ * next boot ending cleanly. Two of them run through the CLI, as the README
+ * shows (`run --linux BZIMAGE --scenario NAME --json`).
+ *
+ * Runs in the lab on a PVM host (scripts/test.ts, NEEDS_HW_VIRT).
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { buildLinuxTestGuest } from "../../src/linux/test-guest.js";
+import { cli } from "../support/cli.js";
+import { skipWithoutHardwareVirt } from "../support/kvm.js";
+import { bootSealed, LIMIT_MS, type SealedRun } from "../support/linux-guest.js";
+
+const TIMEOUT = { timeout: 2 * LIMIT_MS + 120_000 };
+
+/** The guest went on to its result line and a clean reset, and the attack did not land. */
+function assertSurvived(r: SealedRun): void {
+  assert.ok(r.result, `no GV-RESULT line; the run ended ${r.end.outcome}: ${r.end.detail}\n${r.tail}`);
+  assert.equal(r.result.status, "ok");
+  assert.equal(r.result.landed, "no", "the attack landed");
+  assert.equal(r.end.outcome, "reset", `${r.end.detail}\n${r.tail}`);
+  assert.equal(r.end.panicked, false);
+  assert.deepEqual(r.end.seal?.integrity, { intact: true, changed: [] });
+}
+
+describe("attacks on a sealed stock Linux guest", { skip: skipWithoutHardwareVirt }, () => {
+  it(
+    "linux-text-patch, as the README runs it: run --linux --scenario --json; the write denied, the function unchanged, a clean end",
+    TIMEOUT,
+    () => {
+      const guest = buildLinuxTestGuest();
+      const r = cli(["run", "--linux", guest.kernel, "--scenario", "linux-text-patch", "--json"], LIMIT_MS + 60_000);
+      assert.equal(r.status, 0, r.stderr.slice(-2000));
+      const j = JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "{}");
+      assert.equal(j.outcome, "reset", j.detail);
+      assert.equal(j.scenario, "linux-text-patch");
+      assert.equal(j.result?.status, "ok", "the guest reached its result line");
+      assert.equal(j.result?.landed, "no", "the module saw its write not land");
+      assert.deepEqual(j.integrity, { intact: true, changed: [] });
+      assert.ok(j.seal.armed, "armed once user space ran");
+      const events = j.seal.events as { kind: string; target: string; verdict: string; note?: string }[];
+      assert.ok(events.length > 0);
+      for (const e of events) {
+        assert.equal(e.kind, "protected-write");
+        assert.equal(e.verdict, "deny");
+        assert.match(e.target, /^\.text\+0x[0-9a-f]+ \(register_reboot_notifier\+0x[0-3]\)$/);
+        assert.match(e.note ?? "", /not the kernel's text_poke/);
+      }
+      assert.equal(j.counters.sanctionedWrites, 0);
+    },
+  );
+
+  it("linux-syscall-hook: sys_call_table[__NR_getpid] overwritten: denied", TIMEOUT, async (t) => {
+    const r = await bootSealed(t, "linux-syscall-hook");
+    assertSurvived(r);
+    const events = r.end.seal?.events ?? [];
+    assert.ok(events.length > 0);
+    for (const e of events) {
+      assert.equal(e.verdict, "deny");
+      assert.match(e.target, /^\.rodata\+0x[0-9a-f]+ \(sys_call_table\+0x13[89a-f]\)$/, e.target);
+    }
+  });
+
+  it(
+    "linux-wp-bypass: CR0.WP cleared, then a direct write to text: both caught, WP put back, the write denied",
+    TIMEOUT,
+    async (t) => {
+      const r = await bootSealed(t, "linux-wp-bypass");
+      assertSurvived(r);
+      const events = r.end.seal?.events ?? [];
+      const wp = events.filter((e) => e.kind === "integrity");
+      assert.ok(wp.length >= 1, "CR0.WP cleared: an integrity event");
+      assert.equal(wp[0]?.target, "CR0");
+      assert.equal(wp[0]?.verdict, "deny");
+      assert.match(wp[0]?.note ?? "", /pinned CR0 bits cleared: 0x10000/);
+      const writes = events.filter((e) => e.kind === "protected-write");
+      assert.ok(writes.length > 0);
+      for (const e of writes) {
+        assert.equal(e.verdict, "deny");
+        assert.match(e.target, /register_reboot_notifier/);
+      }
+    },
+  );
+
+  it(
+    "linux-lstar-hook: a WRMSR to LSTAR: refused with #GP (the default policy's deny-fault), the syscall entry unchanged",
+    TIMEOUT,
+    async (t) => {
+      const r = await bootSealed(t, "linux-lstar-hook");
+      assertSurvived(r);
+      const events = (r.end.seal?.events ?? []).filter((e) => e.kind === "msr-write");
+      assert.equal(events.length, 1);
+      assert.equal(events[0]?.msrIndex, 0xc0000082);
+      assert.equal(events[0]?.verdict, "deny-fault");
+      assert.equal(events[0]?.rule, "protect-syscall-msrs");
+      assert.match(events[0]?.note ?? "", /<- 0xffffffffc0[0-9a-f]+; #GP in the guest/);
+      // Linux's WRMSR has an exception-table fixup: the #GP is reported and the module goes on.
+      assert.ok(r.end.console.some((l) => l.includes("unchecked MSR access error: WRMSR to 0xc0000082")));
+    },
+  );
+
+  it(
+    "linux-oops: a module's NULL write is captured at __die before the kernel prints it; the kernel's oops handling goes on",
+    TIMEOUT,
+    async (t) => {
+      const r = await bootSealed(t, "linux-oops");
+      assert.ok(r.result, `no GV-RESULT line; the run ended ${r.end.outcome}: ${r.end.detail}\n${r.tail}`);
+      assert.equal(r.result.oopsed, "yes", "the kernel handled its oops (insmod killed) and went on");
+      assert.equal(r.end.outcome, "reset");
+      const oops = (r.end.seal?.events ?? []).filter((e) => e.kind === "cpu-exception");
+      assert.equal(oops.length, 1);
+      const e = oops[0]!;
+      assert.equal(e.vector, 14, "a page fault");
+      assert.equal(e.verdict, "log");
+      assert.match(e.note ?? "", /kernel oops "Oops" at 0xffffffffc0[0-9a-f]+ \(cpl 0, error 0x2, cr2 0x0\)/);
+      assert.equal(r.end.counters.oopses, 1);
+      // First: the capture came before the kernel printed the oops.
+      const printed = r.end.console.findIndex((l) => l.includes("BUG: kernel NULL pointer dereference"));
+      assert.ok(printed >= 0);
+    },
+  );
+
+  it(
+    "linux-panic: panic() is captured before the kernel prints it, the VM restarted per policy, and the next boot ends cleanly",
+    TIMEOUT,
+    () => {
+      const guest = buildLinuxTestGuest();
+      const r = cli(["run", "--linux", guest.kernel, "--scenario", "linux-panic", "--json"], 2 * LIMIT_MS + 60_000);
+      assert.equal(r.status, 0, r.stderr.slice(-2000));
+      const j = JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "{}");
+      assert.equal(j.restarts, 1);
+      const first = j.restarted[0];
+      assert.equal(first.outcome, "restart");
+      const panics = (first.seal.events as { kind: string; verdict: string; note?: string }[]).filter(
+        (e) => e.kind === "crash",
+      );
+      assert.equal(panics.length, 1);
+      assert.equal(panics[0]?.verdict, "restart");
+      assert.match(panics[0]?.note ?? "", /kernel panic "gv_attack: panic requested", captured at panic\(\)/);
+      // The second boot: told it was restarted, it ends cleanly.
+      assert.equal(j.outcome, "reset", j.detail);
+      assert.equal(j.result?.restarted, "1");
+      assert.equal(j.panicked, false);
+    },
+  );
+});
+
+interface JsonEvent {
+  kind: string;
+  verdict: string;
+  decidedBy: string;
+  rule: string;
+  note?: string;
+}
+
+/** The run's JSON, as parsed (its shape is the CLI's; docs/linux-guests.md). */
+// biome-ignore lint/suspicious/noExplicitAny: parsed JSON, checked field by field
+type RunJson = Record<string, any>;
+
+/** What each scenario must show under the hm-vm decider: the same verdicts, now from the health VM. */
+const HM_VM_EXPECTED: Record<string, (j: RunJson, events: JsonEvent[]) => void> = {
+  "linux-benign": (j, events) => {
+    assert.equal(j.result?.status, "ok");
+    assert.deepEqual(events, []);
+  },
+  "linux-static-key": (j, events) => {
+    assert.equal(j.result?.schedstats, "1");
+    assert.ok(events.length > 0);
+    // The kernel's own text_poke is recognised in the VMM, whoever decides the rest.
+    for (const e of events) assert.deepEqual([e.verdict, e.rule, e.decidedBy], ["allow", "linux-text-poke", "vmm"]);
+  },
+  "linux-text-patch": (j, events) => {
+    assert.equal(j.result?.landed, "no");
+    assert.ok(events.length > 0);
+    for (const e of events) assert.deepEqual([e.kind, e.verdict, e.decidedBy], ["protected-write", "deny", "hm-vm"]);
+  },
+  "linux-syscall-hook": (j, events) => {
+    assert.equal(j.result?.landed, "no");
+    assert.ok(events.length > 0);
+    for (const e of events) assert.deepEqual([e.kind, e.verdict, e.decidedBy], ["protected-write", "deny", "hm-vm"]);
+  },
+  "linux-wp-bypass": (j, events) => {
+    assert.equal(j.result?.landed, "no");
+    const wp = events.find((e) => e.kind === "integrity");
+    assert.deepEqual([wp?.verdict, wp?.decidedBy], ["deny", "hm-vm"]);
+    assert.ok(events.some((e) => e.kind === "protected-write" && e.verdict === "deny" && e.decidedBy === "hm-vm"));
+  },
+  "linux-lstar-hook": (j, events) => {
+    assert.equal(j.result?.landed, "no");
+    assert.equal(events.length, 1);
+    assert.deepEqual([events[0]?.kind, events[0]?.verdict, events[0]?.decidedBy], ["msr-write", "deny-fault", "hm-vm"]);
+  },
+  "linux-oops": (j, events) => {
+    assert.equal(j.result?.oopsed, "yes");
+    assert.equal(events.length, 1);
+    assert.deepEqual([events[0]?.kind, events[0]?.verdict, events[0]?.decidedBy], ["cpu-exception", "log", "hm-vm"]);
+  },
+  "linux-panic": (j) => {
+    assert.equal(j.restarts, 1);
+    const panic = (j.restarted[0].seal.events as JsonEvent[]).find((e) => e.kind === "crash");
+    assert.deepEqual([panic?.verdict, panic?.decidedBy], ["restart", "hm-vm"]);
+    assert.equal(j.result?.restarted, "1");
+  },
+};
+
+describe("the Linux scenarios with the hm-vm decider (the health VM rules)", { skip: skipWithoutHardwareVirt }, () => {
+  for (const [scenario, check] of Object.entries(HM_VM_EXPECTED)) {
+    it(`${scenario}: the same verdicts, from the health VM`, TIMEOUT, () => {
+      const guest = buildLinuxTestGuest();
+      const r = cli(
+        ["run", "--linux", guest.kernel, "--scenario", scenario, "--decider", "hm-vm", "--json"],
+        2 * LIMIT_MS + 60_000,
+      );
+      assert.equal(r.status, 0, r.stderr.slice(-2000));
+      const j = JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "{}");
+      assert.equal(j.decider, "hm-vm");
+      assert.equal(j.healthVm.restarts, 0, "the health VM answered every request");
+      assert.equal(j.outcome, "reset", j.detail);
+      assert.deepEqual(j.integrity, { intact: true, changed: [] });
+      check(j, j.seal.events as JsonEvent[]);
+    });
+  }
+});
