@@ -32,7 +32,7 @@ MODULE_PARM_DESC(attack, "text-patch|syscall-hook|wp-bypass|lstar-hook|oops|pani
 
 static unsigned long target;
 module_param(target, ulong, 0444);
-MODULE_PARM_DESC(target, "kernel virtual address (syscall-hook: sys_call_table)");
+MODULE_PARM_DESC(target, "kernel virtual address (syscall-hook: sys_call_table; text-patch: a function)");
 
 /* What the hooks point at: never meant to run. */
 static noinline long gv_hook(void)
@@ -64,10 +64,14 @@ static int write_alias(unsigned long addr, const void *src, size_t len)
 	return 0;
 }
 
-/* text-patch: 4 bytes of int3 over register_reboot_notifier, through an alias. */
+/*
+ * text-patch: 4 bytes of int3 over a kernel function, through an alias: the
+ * function at `target` (the test init gives do_sched_yield, which holds a
+ * schedstats static-key site), else register_reboot_notifier.
+ */
 static int text_patch(void)
 {
-	unsigned long addr = (unsigned long)&register_reboot_notifier;
+	unsigned long addr = target ? target : (unsigned long)&register_reboot_notifier;
 	static const u8 int3[4] = { 0xcc, 0xcc, 0xcc, 0xcc };
 	u8 before[8], after[8];
 	int err;

@@ -5,16 +5,27 @@
  */
 
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Writable } from "node:stream";
 import type { DeciderName } from "../decide/decider.js";
 import { defaultKernelPath, readKernelFile } from "../elf/kernel-file.js";
-import { configError, GuardvisorError } from "../errors.js";
+import { configError, GuardvisorError, isGuardvisorError } from "../errors.js";
 import { VmEngineBackend } from "../health/backends.js";
 import { HealthManager } from "../health/health-manager.js";
 import { Kvm } from "../kvm/kvm.js";
+import { packageRoot } from "../kvm/native.js";
+import { hostKvmIsPvm, insideLab, kvmUsable } from "../lab/fallback.js";
+import { runInLab } from "../lab/machine.js";
 import { DEFAULT_LINUX_CMDLINE, labLinuxCmdline, MIB, validateLinuxMemMiB } from "../linux/boot-params.js";
+import { eventCounts, linuxScenarioProblems } from "../linux/linux-scenarios.js";
 import { type LinuxRunResult, type LinuxSealReport, LinuxVm } from "../linux/linux-vm.js";
 import { parseSystemMap } from "../linux/system-map.js";
-import { buildLinuxTestGuest, LINUX_SCENARIOS, parseResultLine } from "../linux/test-guest.js";
+import {
+  buildLinuxTestGuest,
+  LINUX_SCENARIO_DESCRIPTIONS,
+  LINUX_SCENARIOS,
+  parseResultLine,
+} from "../linux/test-guest.js";
 import { loadPolicyFile } from "../policy/load.js";
 import { DEFAULT_RESTART_LIMIT, HM_MEM_MIB } from "../run/options.js";
 import { scaled } from "../time-scale.js";
@@ -58,7 +69,7 @@ export function checkLinuxFlags(flags: LinuxRunFlags): void {
     throw configError("--timeout", "must be a positive number of seconds");
   }
   const scenario = flags.scenario;
-  if (scenario !== undefined && !(LINUX_SCENARIOS as readonly string[]).includes(scenario)) {
+  if (scenario !== undefined && scenario !== "all" && !(LINUX_SCENARIOS as readonly string[]).includes(scenario)) {
     throw configError(
       "--scenario",
       `with --linux, one of ${LINUX_SCENARIOS.join(", ")}; got ${JSON.stringify(scenario)}`,
@@ -70,8 +81,23 @@ export function checkLinuxFlags(flags: LinuxRunFlags): void {
   if (flags.policy) loadPolicyFile(flags.policy); // a bad file is a clear error now, not after a boot
 }
 
-/** Boot, stream the console to stdout, and return the process exit code (0: the guest reset or exited with 0). */
-export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) => void): Promise<number> {
+/** One Linux run's outcome as `run --linux --json` prints it, and whether it ended cleanly. */
+export interface LinuxRunReport {
+  json: Record<string, unknown>;
+  /** The guest reset (or exited with 0) without a kernel panic. */
+  clean: boolean;
+}
+
+/**
+ * Boot the guest (again after each restart verdict, up to the policy's
+ * limit) and report how it ended. `onConsole`: each console line as it comes;
+ * `sayErr`: progress for people.
+ */
+export async function runLinuxGuest(
+  flags: LinuxRunFlags,
+  sayErr: (m: string) => void,
+  onConsole?: (line: string) => void,
+): Promise<LinuxRunReport> {
   checkLinuxFlags(flags);
   const memMiB = flags.mem ?? DEFAULT_LINUX_MEM_MIB;
   const kernel = readInput(flags.linux, "--linux");
@@ -116,9 +142,7 @@ export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) 
         decider: hm ? hm.deciderFor(0) : { kind: "vmm" },
         onPolicy: (p) => hm?.installRules(0, p.table),
         onHmFault: (f) => hm?.reportFault(f),
-        onSerial: (line) => {
-          if (!flags.json) process.stdout.write(`${line}\n`);
-        },
+        onSerial: onConsole,
       });
       const restartLimit = vm.policy.restart?.limit ?? DEFAULT_RESTART_LIMIT;
       end = await vm.runToEnd(timeoutMs);
@@ -136,39 +160,162 @@ export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) 
         ...(end.seal ? { seal: sealSummary(end.seal) } : {}),
       });
       sayErr(`the Linux guest is restarted (${restarts + 1} of at most ${restartLimit}): ${end.detail}`);
-      if (end.seal && !flags.json) sayErr(sealLine(end.seal));
     }
-    const secs = (end.elapsedMs / 1000).toFixed(1);
-    if (flags.json) {
-      process.stdout.write(
-        `${JSON.stringify({
-          outcome: end.outcome,
-          code: end.code,
-          detail: end.detail,
-          elapsedMs: Math.round(end.elapsedMs),
-          exits: end.exits,
-          panicked: end.panicked,
-          decider: hm ? "hm-vm" : "vmm",
-          ...(hm ? { healthVm: hm.status() } : {}),
-          restarts: earlier.length,
-          ...(earlier.length ? { restarted: earlier } : {}),
-          counters: end.counters,
-          console: end.console,
-          ...(scenario ? { scenario, result: scenarioResult(end.console) ?? null } : {}),
-          ...(end.seal ? { integrity: end.seal.integrity, seal: sealSummary(end.seal) } : {}),
-        })}\n`,
+    const json = {
+      outcome: end.outcome,
+      code: end.code,
+      detail: end.detail,
+      elapsedMs: Math.round(end.elapsedMs),
+      exits: end.exits,
+      panicked: end.panicked,
+      decider: hm ? "hm-vm" : "vmm",
+      ...(hm ? { healthVm: hm.status() } : {}),
+      restarts: earlier.length,
+      ...(earlier.length ? { restarted: earlier } : {}),
+      counters: end.counters,
+      console: end.console,
+      ...(scenario ? { scenario, result: scenarioResult(end.console) ?? null } : {}),
+      ...(end.seal ? { integrity: end.seal.integrity, seal: sealSummary(end.seal) } : {}),
+    };
+    if (!flags.json) {
+      sayErr(
+        `the Linux guest ended (${end.outcome}) after ${(end.elapsedMs / 1000).toFixed(1)} s and ${end.exits} exits: ${end.detail}`,
       );
-    } else {
-      sayErr(`the Linux guest ended (${end.outcome}) after ${secs} s and ${end.exits} exits: ${end.detail}`);
       if (end.seal) sayErr(sealLine(end.seal));
     }
     const clean = (end.outcome === "reset" || (end.outcome === "exit" && end.code === 0)) && !end.panicked;
-    return clean ? 0 : 1;
+    return { json, clean };
   } finally {
     await vm?.destroy();
     await health?.stop();
     kvm.close();
   }
+}
+
+/** Boot, stream the console to stdout, and return the process exit code (0: the guest reset or exited with 0). */
+export async function runLinuxCommand(flags: LinuxRunFlags, sayErr: (m: string) => void): Promise<number> {
+  if (flags.scenario === "all") return runAllLinux(flags, sayErr);
+  const r = await runLinuxGuest(flags, sayErr, (line) => {
+    if (!flags.json) process.stdout.write(`${line}\n`);
+  });
+  if (flags.json) process.stdout.write(`${JSON.stringify(r.json)}\n`);
+  return r.clean ? 0 : 1;
+}
+
+/** One row of `--scenario all`: what was expected, what was seen, and whether they agree. */
+export interface ScenarioRow {
+  scenario: string;
+  expected: unknown;
+  observed: unknown;
+  pass: boolean;
+  /** Why it could not run here (it then counts as neither pass nor failure). */
+  skipped?: string;
+}
+
+/** Every Linux scenario in turn (`run --linux BZIMAGE --scenario all`), one verdict each. */
+export async function linuxScenarioRows(flags: LinuxRunFlags, sayErr: (m: string) => void): Promise<ScenarioRow[]> {
+  const rows: ScenarioRow[] = [];
+  for (const name of LINUX_SCENARIOS) {
+    let problems: string[];
+    let observed: unknown;
+    try {
+      const r = await runLinuxGuest({ ...flags, scenario: name, json: true }, sayErr);
+      problems = linuxScenarioProblems(name, r.json, flags.decider ?? "vmm");
+      if (!r.clean) problems.push(`the run did not end cleanly (${String(r.json.outcome)}: ${String(r.json.detail)})`);
+      observed = {
+        outcome: r.json.outcome,
+        restarts: r.json.restarts,
+        result: r.json.result,
+        events: eventCounts(r.json),
+        intact: (r.json.integrity as { intact?: boolean } | undefined)?.intact,
+        problems,
+      };
+    } catch (e) {
+      if (!isGuardvisorError(e)) throw e;
+      problems = [`${e.code}: ${e.message}`];
+      observed = { error: problems[0] };
+    }
+    rows.push({ scenario: name, expected: LINUX_SCENARIO_DESCRIPTIONS[name], observed, pass: problems.length === 0 });
+  }
+  return rows;
+}
+
+async function runAllLinux(flags: LinuxRunFlags, sayErr: (m: string) => void): Promise<number> {
+  const rows = await linuxScenarioRows(flags, sayErr);
+  if (flags.json) process.stdout.write(`${JSON.stringify({ scenarios: rows })}\n`);
+  else printRows(rows);
+  return rows.every((r) => r.pass) ? 0 : 1;
+}
+
+/** `pass  NAME`, `FAIL  NAME: problems` or `skip  NAME: why`, one line per row. */
+export function printRows(rows: readonly ScenarioRow[]): void {
+  for (const r of rows) {
+    if (r.skipped) {
+      process.stdout.write(`skip  ${r.scenario}: ${r.skipped}\n`);
+      continue;
+    }
+    const problems = (r.observed as { problems?: string[]; error?: string }) ?? {};
+    const why = problems.error ?? problems.problems?.join("; ") ?? "";
+    process.stdout.write(`${r.pass ? "pass" : "FAIL"}  ${r.scenario}${r.pass ? "" : `: ${why}`}\n`);
+  }
+}
+
+/**
+ * The Linux rows of `run --scenario all`: every Linux scenario with the test
+ * guest (the host's Debian kernel), here where KVM can run a stock kernel,
+ * else in the lab (one lab run for all of them; `lab` false refuses it).
+ * Rows that cannot run say why (skipped).
+ */
+export async function linuxRowsForAll(
+  o: { decider: DeciderName; lab: boolean },
+  say: (m: string) => void,
+): Promise<ScenarioRow[]> {
+  const skip = (why: string): ScenarioRow[] =>
+    LINUX_SCENARIOS.map((scenario) => ({ scenario, expected: null, observed: null, pass: true, skipped: why }));
+  let kernel: string;
+  try {
+    kernel = buildLinuxTestGuest().kernel; // built here: a module build inside the lab is slow
+  } catch (e) {
+    if (!isGuardvisorError(e)) throw e;
+    return skip(`no Linux test guest: ${e.message}`);
+  }
+  if (insideLab() || (kvmUsable() && !hostKvmIsPvm())) {
+    return linuxScenarioRows({ linux: kernel, decider: o.decider, json: true }, say);
+  }
+  if (!o.lab) return skip("this host's KVM cannot run a stock Linux kernel, and --no-lab refuses the lab");
+  say(`the Linux scenarios need hardware virtualisation: running them in the lab`);
+  let out = "";
+  const sink = new Writable({
+    write(chunk, _enc, done) {
+      out += String(chunk);
+      done();
+    },
+  });
+  const bin = join(packageRoot(), "bin", "guardvisor.js");
+  const command = [process.execPath, bin, "run", "--linux", kernel, "--scenario", "all"];
+  const r = await runInLab({ command: [...command, "--decider", o.decider, "--json", "--no-lab"], stdout: sink });
+  const rows = parseRows(out.trim().split("\n").at(-1) ?? "");
+  if (!rows) {
+    const failed = `the lab run gave no scenario rows (exit ${r.exitCode})`;
+    return LINUX_SCENARIOS.map((scenario) => ({ scenario, expected: null, observed: { error: failed }, pass: false }));
+  }
+  return rows;
+}
+
+/** `{"scenarios": [...]}` from a lab run, checked row by row (undefined when it is not that). */
+function parseRows(line: string): ScenarioRow[] | undefined {
+  let j: unknown;
+  try {
+    j = JSON.parse(line);
+  } catch {
+    return undefined;
+  }
+  const rows = (j as { scenarios?: unknown })?.scenarios;
+  if (!Array.isArray(rows)) return undefined;
+  const ok = rows.every(
+    (r) => typeof r === "object" && r !== null && typeof r.scenario === "string" && typeof r.pass === "boolean",
+  );
+  return ok ? (rows as ScenarioRow[]) : undefined;
 }
 
 const hex = (n: number | bigint) => `0x${n.toString(16)}`;

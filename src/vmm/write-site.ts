@@ -354,6 +354,33 @@ function maybePiece(x: WriteExit): boolean {
   return x.data.length === 8 || start === 0 || start + x.data.length === 0x1000;
 }
 
+/** Code windows seen, and the lengths of the instructions that end at their RIP (longest first). */
+const endingCache = new Map<string, number[]>();
+/** Windows kept at most (then the cache starts over): hot write sites are few. */
+export const ENDING_CACHE_MAX = 4096;
+
+/**
+ * The lengths `back` (longest first) for which the code `before` bytes
+ * before RIP decodes to one instruction of exactly that length. They depend
+ * on the code bytes alone, so they are kept by the bytes themselves: the same
+ * site with the same code skips the decodes that cannot end at RIP, and
+ * changed code is another key (no invalidation needed).
+ */
+function endingLengths(decoder: InstanceType<Iced["Decoder"]>, insn: Insn, code: Uint8Array, before: number): number[] {
+  const key = `${before}:${Buffer.from(code.buffer, code.byteOffset, before).toString("latin1")}`;
+  const known = endingCache.get(key);
+  if (known) return known;
+  const backs: number[] = [];
+  for (let back = before; back >= 1; back--) {
+    decoder.position = before - back;
+    decoder.decodeOut(insn);
+    if (!insn.isInvalid && insn.length === back) backs.push(back);
+  }
+  if (endingCache.size >= ENDING_CACHE_MAX) endingCache.clear();
+  endingCache.set(key, backs);
+  return backs;
+}
+
 /**
  * The best candidate ending exactly at `end` (`before` bytes of code precede
  * it in the decoder), registers taken as after it ran: the longest that
@@ -364,6 +391,7 @@ function endingAt(
   lib: Iced,
   decoder: InstanceType<Iced["Decoder"]>,
   insn: Insn,
+  code: Uint8Array,
   before: number,
   end: bigint,
   mem: GuestMemory,
@@ -372,11 +400,10 @@ function endingAt(
 ): Found | undefined {
   let larger: Found | undefined;
   const piece = maybePiece(x);
-  for (let back = before; back >= 1; back--) {
+  for (const back of endingLengths(decoder, insn, code, before)) {
     decoder.position = before - back;
     decoder.ip = BigInt.asUintN(64, end - BigInt(back));
     decoder.decodeOut(insn);
-    if (insn.isInvalid || insn.length !== back) continue;
     if (calls && !insn.isCallNear && !insn.isCallNearIndirect) continue;
     const hit = explains(lib, insn, mem, x, true, false);
     if (hit === undefined) continue;
@@ -422,7 +449,7 @@ function callBehind(lib: Iced, insn: Insn, mem: GuestMemory, x: WriteExit): Loca
   if (before === 0) return undefined;
   const decoder = new lib.Decoder(64, bytes, lib.DecoderOptions.None);
   try {
-    return endingAt(lib, decoder, insn, before, ret, mem, x, true)?.store;
+    return endingAt(lib, decoder, insn, bytes, before, ret, mem, x, true)?.store;
   } finally {
     decoder.free();
   }
@@ -456,7 +483,7 @@ export function locateStore(mem: GuestMemory, x: WriteExit): LocatedStore | unde
     const hasRip = bytes.length > before;
     const rep = hasRip ? fromRip(lib, decoder, insn, before, mem, x, true) : undefined;
     if (rep?.exact) return rep.store;
-    const ending = endingAt(lib, decoder, insn, before, x.regs.rip, mem, x, false);
+    const ending = endingAt(lib, decoder, insn, bytes, before, x.regs.rip, mem, x, false);
     if (ending?.exact) return ending.store;
     const located = rep?.store ?? ending?.store ?? callBehind(lib, insn, mem, x);
     if (located || !hasRip) return located;

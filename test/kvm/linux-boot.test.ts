@@ -5,26 +5,21 @@
  * count are reported as test diagnostics.
  *
  * The guest is built by src/linux/test-guest.ts (build/linux/, never
- * committed). Limit: GV_LINUX_BOOT_TIMEOUT_S (default 600 s), times the time scale.
+ * committed). Limit: GV_LINUX_BOOT_TIMEOUT_S (default 120 s), times the time scale.
  * GV_LINUX_CONSOLE=1 streams the guest's console to stderr as it arrives.
  */
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import { Kvm } from "../../src/kvm/kvm.js";
-import { DEFAULT_LINUX_CMDLINE, labLinuxCmdline, MIB } from "../../src/linux/boot-params.js";
 import { LinuxVm } from "../../src/linux/linux-vm.js";
-import { buildLinuxTestGuest, parseResultLine } from "../../src/linux/test-guest.js";
-import { scaled } from "../../src/time-scale.js";
+import { parseResultLine } from "../../src/linux/test-guest.js";
 import { skipWithoutHardwareVirt } from "../support/kvm.js";
-
-const LIMIT_MS = scaled(Number(process.env.GV_LINUX_BOOT_TIMEOUT_S ?? 600) * 1000);
+import { LIMIT_MS, testGuestConfig } from "../support/linux-guest.js";
 
 describe("a stock Linux guest", { skip: skipWithoutHardwareVirt }, () => {
   it("boots the Debian kernel to user space, prints its result line and resets", {
     timeout: LIMIT_MS + 120_000,
   }, async (t) => {
-    const guest = buildLinuxTestGuest();
     const kvm = Kvm.open();
     let result: Record<string, string> | undefined;
     let resultAtMs = 0;
@@ -32,11 +27,7 @@ describe("a stock Linux guest", { skip: skipWithoutHardwareVirt }, () => {
     let vm: LinuxVm | undefined;
     try {
       vm = await LinuxVm.build(kvm, {
-        kernel: readFileSync(guest.kernel),
-        kernelName: guest.kernel,
-        initrd: readFileSync(guest.initrd),
-        cmdline: `${DEFAULT_LINUX_CMDLINE} gv.scenario=linux-benign${labLinuxCmdline()}`,
-        memSize: 256 * MIB,
+        ...testGuestConfig("linux-benign"),
         onSerial: (line) => {
           if (process.env.GV_LINUX_CONSOLE === "1") {
             process.stderr.write(

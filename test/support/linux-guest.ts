@@ -12,8 +12,10 @@ import { DEFAULT_LINUX_CMDLINE, labLinuxCmdline, MIB } from "../../src/linux/boo
 import { type LinuxRunResult, LinuxVm } from "../../src/linux/linux-vm.js";
 import { buildLinuxTestGuest, parseResultLine } from "../../src/linux/test-guest.js";
 import { scaled } from "../../src/time-scale.js";
+import { cli } from "./cli.js";
 
-export const LIMIT_MS = scaled(Number(process.env.GV_LINUX_BOOT_TIMEOUT_S ?? 600) * 1000);
+/** One boot of the test guest may take this long, times the time scale (a boot takes 15 to 45 s in the lab). */
+export const LIMIT_MS = scaled(Number(process.env.GV_LINUX_BOOT_TIMEOUT_S ?? 120) * 1000);
 
 /** The console line Linux prints in mark_rodata_ro(), just before it runs /init. */
 const RODATA_RO = /Write protecting the kernel read-only data/;
@@ -30,9 +32,39 @@ export interface SealedRun {
   tail: string;
 }
 
+/** The test guest's LinuxVm config for `scenario` (the kernel, the initramfs, the command line, 256 MiB). */
+export function testGuestConfig(scenario: string) {
+  const guest = buildLinuxTestGuest();
+  return {
+    kernel: readFileSync(guest.kernel),
+    kernelName: guest.kernel,
+    initrd: readFileSync(guest.initrd),
+    cmdline: `${DEFAULT_LINUX_CMDLINE} gv.scenario=${scenario}${labLinuxCmdline()}`,
+    memSize: 256 * MIB,
+  };
+}
+
+/**
+ * `guardvisor run --linux <the test kernel> ARGS --json`, as the README runs
+ * it: the process's result and its JSON report (the last stdout line).
+ */
+export function runLinuxCli(
+  args: readonly string[],
+  boots = 1,
+  // biome-ignore lint/suspicious/noExplicitAny: parsed JSON, checked field by field by the caller
+): { r: ReturnType<typeof cli>; j: Record<string, any> } {
+  const r = cli(["run", "--linux", buildLinuxTestGuest().kernel, ...args, "--json"], boots * LIMIT_MS + 60_000);
+  let j = {};
+  try {
+    j = JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "{}");
+  } catch {
+    assert.fail(`run --linux ${args.join(" ")}: no JSON report (exit ${r.status})\n${r.stderr.slice(-2000)}`);
+  }
+  return { r, j };
+}
+
 /** Boot the test guest with the seal on, run it to its end, and report what the seal saw. */
 export async function bootSealed(t: TestContext, scenario: string, policy?: Policy): Promise<SealedRun> {
-  const guest = buildLinuxTestGuest();
   const kvm = Kvm.open();
   let result: Record<string, string> | undefined;
   let rodataRoExits = -1;
@@ -40,11 +72,7 @@ export async function bootSealed(t: TestContext, scenario: string, policy?: Poli
   let vm: LinuxVm | undefined;
   try {
     vm = await LinuxVm.build(kvm, {
-      kernel: readFileSync(guest.kernel),
-      kernelName: guest.kernel,
-      initrd: readFileSync(guest.initrd),
-      cmdline: `${DEFAULT_LINUX_CMDLINE} gv.scenario=${scenario}${labLinuxCmdline()}`,
-      memSize: 256 * MIB,
+      ...testGuestConfig(scenario),
       seal: true,
       policy,
       onSerial: (line) => {

@@ -1,5 +1,7 @@
 /** Synthetic bzImages for the Linux boot tests: a setup header per the x86 boot protocol, no real kernel. */
+
 import { gzipSync } from "node:zlib";
+import { isGuardvisorError } from "../../src/errors.js";
 import { HDR, HDR_MAGIC } from "../../src/linux/bzimage.js";
 
 export interface FakeImage {
@@ -112,6 +114,15 @@ export interface FakeKernelSection {
 
 /** The kernel's virtual base: physical = virtual - START_KERNEL_MAP. */
 export const START_KERNEL_MAP = 0xffffffff80000000n;
+
+/** The kernel virtual address of physical `p`. */
+export const k = (p: number): bigint => START_KERNEL_MAP + BigInt(p);
+
+/** For assert.throws: a GuardvisorError with code `c`. */
+export const code =
+  (c: string) =>
+  (e: unknown): boolean =>
+    isGuardvisorError(e) && e.code === c;
 
 /**
  * An ELF64 vmlinux with PT_LOAD segments (virtual, physical, size) and

@@ -12,7 +12,6 @@ import { after, beforeEach, describe, it } from "node:test";
 import { ABI_CONSTANTS as C, CONTEXT_FLAGS } from "../../src/abi/guest-abi.js";
 import { VmmDecider } from "../../src/decide/decider.js";
 import { compilePolicy, DEFAULT_POLICY, type Policy } from "../../src/decide/policy.js";
-import { isGuardvisorError } from "../../src/errors.js";
 import { GuestMemory } from "../../src/kvm/guest-memory.js";
 import { packageRoot } from "../../src/kvm/native.js";
 import { type Regs, type Sregs, zeroRegs } from "../../src/kvm/structs.js";
@@ -51,12 +50,10 @@ import {
 } from "../../src/vmm/exception-capture.js";
 import { mappedWritable, translate } from "../../src/vmm/paging.js";
 import { sregs } from "../support/dispatch.js";
-import { fakeKernelElf, fakeLinuxKernel, START_KERNEL_MAP } from "./linux-fixtures.js";
+import { code, fakeKernelElf, fakeLinuxKernel, k } from "./linux-fixtures.js";
 
 const MIB = 1024 * 1024;
 const MEM = 32 * MIB;
-const k = (p: number) => START_KERNEL_MAP + BigInt(p);
-const code = (c: string) => (e: unknown) => isGuardvisorError(e) && e.code === c;
 
 // ---------------------------------------------------------------------------
 // Guest memory and hand-built 4-level page tables
@@ -642,16 +639,18 @@ describe("oops and panic capture (LinuxCrashCapture)", () => {
     assert.equal(cpu.calls.length, 1, "the breakpoints are left as they were");
   });
 
-  it("a #DB of the guest's own during the step over a breakpoint: re-armed at once, and the guest gets it", () => {
+  it("a debug exit during the step over a breakpoint that is not the step: re-armed at once, counted", () => {
     const { crash, capture, cpu, injected, state } = setup();
     state.regs = { ...zeroRegs(), rip: DIE, rdi: NAME_VA, rsi: FRAME_VA, rdx: 2n, rsp: STACK_VA + 0xd00n };
     crash.onDebug(DIE, 1n);
     assert.equal(capture.armed, false, "stepping");
     assert.deepEqual(crash.onDebug(k(0x1007000), 0n), { kind: "continue" });
     assert.equal(capture.armed, true);
-    assert.equal(injected.length, 1);
+    assert.equal(injected.length, 0);
+    assert.equal(crash.counters.stepsLost, 1);
     assert.deepEqual(cpu.calls.at(-1)?.regs, [DIE, PANIC, SYSCALL, 0n, 0n, 0n, 0n, 0x415n]);
   });
+
 
   it("records an oops at __die from its pt_regs: one cpu-exception event (log), then steps over", () => {
     const { crash, capture, cpu, events, state } = setup();
@@ -675,7 +674,7 @@ describe("oops and panic capture (LinuxCrashCapture)", () => {
     assert.equal(c.regs.r15, FRAME.r15);
     assert.equal(c.regs.rflags, FRAME.eflags);
     assert.equal(c.flags & CONTEXT_FLAGS.FRAME_INVALID, 0);
-    assert.deepEqual(crash.counters, { oopses: 1, panics: 0, badFrames: 0 });
+    assert.deepEqual(crash.counters, { oopses: 1, panics: 0, badFrames: 0, stepsLost: 0, guestDebugs: 0 });
     // Stepping over __die's first instruction, then re-armed on the step.
     assert.equal(capture.armed, false);
     assert.deepEqual(cpu.calls.at(-1), { control: 1 | 2, regs: undefined });
@@ -736,7 +735,7 @@ describe("oops and panic capture (LinuxCrashCapture)", () => {
       'kernel panic "Attempted to kill init! exitcode=0x%08x?", captured at panic() before the kernel printed it',
     );
     assert.equal(decodeContext(e.record).kind, "crash");
-    assert.deepEqual(crash.counters, { oopses: 0, panics: 1, badFrames: 0 });
+    assert.deepEqual(crash.counters, { oopses: 0, panics: 1, badFrames: 0, stepsLost: 0, guestDebugs: 0 });
   });
 
   it("arms the seal at the system-call breakpoint, and retires that breakpoint once it has", () => {

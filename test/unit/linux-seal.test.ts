@@ -2,7 +2,6 @@ import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { VmmDecider } from "../../src/decide/decider.js";
 import { compilePolicy, DEFAULT_POLICY, FAILSAFE_DEFAULTS, type Policy } from "../../src/decide/policy.js";
-import { isGuardvisorError } from "../../src/errors.js";
 import { GuestMemory } from "../../src/kvm/guest-memory.js";
 import { type Regs, zeroRegs } from "../../src/kvm/structs.js";
 import {
@@ -20,13 +19,10 @@ import type { CapturedEvent } from "../../src/vmm/dispatcher.js";
 import { ProtectionMap, type SlotPlan } from "../../src/vmm/protection.js";
 import type { ProtectionArmed } from "../../src/vmm/vcpu-protocol.js";
 import { sregs } from "../support/dispatch.js";
-import { fakeKernelElf, fakeLinuxKernel, START_KERNEL_MAP } from "./linux-fixtures.js";
+import { code, fakeKernelElf, fakeLinuxKernel, k } from "./linux-fixtures.js";
 
 const MIB = 1024 * 1024;
 const MEM = 32 * MIB;
-const k = (p: number) => START_KERNEL_MAP + BigInt(p);
-
-const code = (c: string) => (e: unknown) => isGuardvisorError(e) && e.code === c;
 
 const MAP = [
   "ffffffff81000000 T _text",

@@ -51,6 +51,16 @@ describe("locating the instruction behind a protected write", () => {
     assert.equal(locateWrite(mem, exitAt(CODE + 8, TARGET, Uint8Array.of(0xb9))), undefined);
   });
 
+  it("the same site with other code before RIP is decoded anew (the lengths kept per site follow the code bytes)", () => {
+    // Twice at the same RIP (the second from what was learnt of its code), then the code is replaced.
+    for (let i = 0; i < 2; i++) {
+      assert.deepEqual(locateWrite(mem, exitAt(CODE + 15, TARGET, le(RAX, 8))), { rip: BigInt(CODE + 8), length: 7 });
+    }
+    // 8 bytes before CODE + 15 now: mov qword [TARGET], rax with a SIB absolute address (48 89 04 25 disp32).
+    mem.write(CODE + 7, Uint8Array.of(0x48, 0x89, 0x04, 0x25, ...le(BigInt(TARGET), 4)));
+    assert.deepEqual(locateWrite(mem, exitAt(CODE + 15, TARGET, le(RAX, 8))), { rip: BigInt(CODE + 7), length: 8 });
+  });
+
   it("falls back to RIP itself, for a host that exits before the write retires", () => {
     assert.deepEqual(locateWrite(mem, exitAt(CODE, TARGET, Uint8Array.of(0xb8))), { rip: BigInt(CODE), length: 8 });
   });
