@@ -144,11 +144,11 @@ export class LinuxCrashCapture {
       return { kind: "continue" };
     }
     if (kind === "step-lost") {
-      // A debug exit while stepping that is not the step: re-arm at once, so no oops passes
-      // uncaptured. It is counted, not handed to the guest: with that hand-over, two full lab runs
-      // of the Linux tests stalled in the oops scenario (cause not found; none stalled without it).
+      // A debug exit while stepping that is not the step (the guest's own #DB): re-arm at once,
+      // so no oops passes uncaptured, and give the guest its #DB.
       this.counters.stepsLost++;
       c.stepped();
+      this.d.injectDebug();
       return { kind: "continue" };
     }
     if (kind === "other") {

@@ -639,18 +639,17 @@ describe("oops and panic capture (LinuxCrashCapture)", () => {
     assert.equal(cpu.calls.length, 1, "the breakpoints are left as they were");
   });
 
-  it("a debug exit during the step over a breakpoint that is not the step: re-armed at once, counted", () => {
+  it("a #DB of the guest's own during the step over a breakpoint: re-armed at once, counted, and the guest gets it", () => {
     const { crash, capture, cpu, injected, state } = setup();
     state.regs = { ...zeroRegs(), rip: DIE, rdi: NAME_VA, rsi: FRAME_VA, rdx: 2n, rsp: STACK_VA + 0xd00n };
     crash.onDebug(DIE, 1n);
     assert.equal(capture.armed, false, "stepping");
     assert.deepEqual(crash.onDebug(k(0x1007000), 0n), { kind: "continue" });
     assert.equal(capture.armed, true);
-    assert.equal(injected.length, 0);
+    assert.equal(injected.length, 1);
     assert.equal(crash.counters.stepsLost, 1);
     assert.deepEqual(cpu.calls.at(-1)?.regs, [DIE, PANIC, SYSCALL, 0n, 0n, 0n, 0n, 0x415n]);
   });
-
 
   it("records an oops at __die from its pt_regs: one cpu-exception event (log), then steps over", () => {
     const { crash, capture, cpu, events, state } = setup();
