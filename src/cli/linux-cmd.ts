@@ -128,6 +128,7 @@ export async function runLinuxGuest(
     /** Earlier boots that a verdict restarted: what each ended with and saw. */
     const earlier: Record<string, unknown>[] = [];
     let end: LinuxRunResult;
+    let lastSeq = 0; // event numbers go on across restarts (one sequence per guest)
     for (let restarts = 0; ; restarts++) {
       vm = await LinuxVm.build(kvm, {
         kernel,
@@ -140,12 +141,14 @@ export async function runLinuxGuest(
         systemMap,
         policyFile,
         decider: hm ? hm.deciderFor(0) : { kind: "vmm" },
+        firstSeq: lastSeq,
         onPolicy: (p) => hm?.installRules(0, p.table),
         onHmFault: (f) => hm?.reportFault(f),
         onSerial: onConsole,
       });
       const restartLimit = vm.policy.restart?.limit ?? DEFAULT_RESTART_LIMIT;
       end = await vm.runToEnd(timeoutMs);
+      lastSeq = end.counters.lastSeq ?? lastSeq;
       await vm.destroy();
       vm = undefined;
       if (end.outcome !== "restart") break;

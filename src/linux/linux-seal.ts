@@ -50,6 +50,12 @@ export interface LinuxSealDeps {
   locate?: typeof locateStore;
   /** Monotonic clock in nanoseconds. */
   now?: () => bigint;
+  /**
+   * The last event number of this guest's earlier boots (after a restart):
+   * numbering goes on from there, so the health VM's channel never sees a
+   * number twice for one guest.
+   */
+  firstSeq?: number;
   /** The kernel virtual address of a protected guest-physical address (for the patch-site check). */
   virtualOf?: (gpa: number) => bigint | undefined;
   /** How to recognise the kernel's own text_poke (absent: no write is sanctioned). */
@@ -129,6 +135,7 @@ export class LinuxSeal {
   private deferred: BrokenSeal["restore"][] = [];
 
   constructor(private readonly d: LinuxSealDeps) {
+    this.seq = d.firstSeq ?? 0;
     this.map = new ProtectionMap(d.regions, d.memory.size);
     this.now = d.now ?? process.hrtime.bigint;
     this.pins = new SealState(d.memory, undefined);
@@ -136,6 +143,11 @@ export class LinuxSeal {
 
   get armed(): boolean {
     return this.isArmed;
+  }
+
+  /** The last event number given (firstSeq when none yet). */
+  get lastSeq(): number {
+    return this.seq;
   }
 
   /**
@@ -368,7 +380,7 @@ export class LinuxSeal {
     note: string,
     fields: Partial<Pick<CapturedEvent, "gpa" | "regionId" | "vector" | "object" | "msrIndex">> = {},
   ): void {
-    if (ctx.seq > MAX_POSTED_EVENTS) {
+    if (ctx.seq - (this.d.firstSeq ?? 0) > MAX_POSTED_EVENTS) {
       this.counters.eventsNotPosted++;
       return;
     }

@@ -97,6 +97,8 @@ export interface LinuxVmConfig {
   policyFile?: PolicyFile;
   /** Who decides the seal's events (default: the in-VMM decider). */
   decider?: DeciderInit;
+  /** Number events from after this one (a restart: the last number of the earlier boots). */
+  firstSeq?: number;
   /** The compiled policy, before the guest runs (an hm-vm decider's health VM installs its rule table). */
   onPolicy?: (p: CompiledPolicy) => void;
   /** The hm-vm decider saw the health VM misbehave. */
@@ -347,6 +349,7 @@ export class LinuxVm {
                 msrs,
                 crash: { die: crash.__die, panic: crash.panic, syscallEntry: crash.entry_SYSCALL_64 },
                 shadow: shadowBuffer,
+                firstSeq: config.firstSeq,
               }
             : undefined,
       };

@@ -46,6 +46,8 @@ export interface LinuxSealInit {
   msrs: boolean;
   /** Who decides: the in-VMM decider, or the health VM over the IDC channel. */
   decider: DeciderInit;
+  /** Event numbering goes on from here (a restarted guest's earlier boots). */
+  firstSeq?: number;
   /** The regions' expected bytes, one after another (linux-seal.ts, `shadow`). */
   shadow: SharedArrayBuffer;
   /**
@@ -160,6 +162,7 @@ function main(): void {
             vcpu.run.immediateExit = true;
           },
           shadow: new Uint8Array(sealInit.shadow),
+          firstSeq: sealInit.firstSeq,
           readOnlyProbe: sealInit.ranges[1]?.vstart,
         })
       : undefined;
@@ -238,7 +241,7 @@ function main(): void {
       ...handler.counters,
       uartBytes: uart.bytesOut,
       uartInterrupts: uart.interrupts,
-      ...(seal ? seal.counters : {}),
+      ...(seal ? { ...seal.counters, lastSeq: seal.lastSeq } : {}),
       ...(crash ? crash.counters : {}),
     },
   });

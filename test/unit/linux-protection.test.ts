@@ -772,7 +772,12 @@ const WP = 1n << 16n;
 const SHADOW_BYTES = regions.reduce((n, r) => n + r.end - r.start, 0);
 
 function sealSetup(
-  o: { patching?: KernelPatching; kernelPatching?: "sanctioned" | "immutable"; policy?: Policy } = {},
+  o: {
+    patching?: KernelPatching;
+    kernelPatching?: "sanctioned" | "immutable";
+    policy?: Policy;
+    firstSeq?: number;
+  } = {},
 ) {
   const cpu = { regs: zeroRegs(), sregs: sregs(3) };
   const out = { events: [] as CapturedEvent[], setSregs: [] as Sregs[], immediateExits: 0 };
@@ -800,6 +805,7 @@ function sealSetup(
     patching: o.patching,
     kernelPatching: o.kernelPatching,
     shadow,
+    firstSeq: o.firstSeq,
     now: () => 0n,
   });
   return { seal, cpu, out, shadow };
@@ -887,6 +893,18 @@ describe("pinned registers after arming (LinuxSeal.checkPins)", () => {
     seal.checkPins({ io: true, pending: true });
     assert.equal(out.setSregs.length, 1);
     assert.ok((cpu.sregs.cr0 & WP) !== 0n);
+  });
+
+  it("after a restart, numbering goes on from the earlier boots' last event (firstSeq)", () => {
+    const { seal, cpu, out } = armedSeal({ firstSeq: 41 });
+    assert.equal(seal.lastSeq, 41);
+    cpu.sregs = { ...cpu.sregs, cr0: cpu.sregs.cr0 & ~WP };
+    seal.checkPins({ io: false, pending: false });
+    assert.deepEqual(
+      out.events.map((e) => e.seq),
+      [42],
+    );
+    assert.equal(seal.lastSeq, 42);
   });
 
   it("two objects changed on one exit: a stop verdict wins over a pause, whichever came first", () => {
