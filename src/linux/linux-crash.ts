@@ -20,10 +20,10 @@ import type { Decider } from "../decide/decider.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
 import type { Regs, Sregs } from "../kvm/structs.js";
 import { effectOf } from "../vmm/act.js";
-import type { ExitAction } from "../vmm/dispatcher.js";
+import { type ExitAction, fateAction } from "../vmm/dispatcher.js";
 import type { ExceptionCapture } from "../vmm/exception-capture.js";
 import { readVirtual } from "../vmm/paging.js";
-import { fateAction, type LinuxSeal } from "./linux-seal.js";
+import type { LinuxSeal } from "./linux-seal.js";
 
 /** struct pt_regs on x86-64: 21 quadwords, in this order. */
 export const PT_REGS_FIELDS = [

@@ -4,9 +4,12 @@
  *
  * Linux patches its own text while it boots (alternatives, jump labels,
  * ftrace init) and makes its read-only data read-only in mark_rodata_ro(),
- * just before it runs /init. So the seal is armed at the first exit (or kick)
- * that finds the vCPU in ring 3: user space has started, init's self-patching
- * is over. Arming replaces the RAM slot by slots that back the protected
+ * just before it runs /init. So the seal is armed at user space's first
+ * system call, once .rodata is read-only in the kernel's page tables (a
+ * breakpoint on the system-call entry, linux-crash.ts), or, for a kernel
+ * without symbols, at the first exit (or kick) that finds the vCPU in ring 3:
+ * init's self-patching is over. It also pins CR0.WP, CR4.SMEP/SMAP and the
+ * IDTR and installs the MSR filter over the syscall MSRs. Arming replaces the RAM slot by slots that back the protected
  * pages read-only (KVM_MEM_READONLY), while the vCPU is out of KVM_RUN.
  *
  * From then on a guest write to a protected page exits as an MMIO write.
@@ -21,8 +24,8 @@ import type { GuestMemory } from "../kvm/guest-memory.js";
 import { cplOf, type Regs, type Sregs } from "../kvm/structs.js";
 import { type ContextRecord, capturedContext, encodeContext } from "../model/context.js";
 import type { ProtectedRegion } from "../model/regions.js";
-import { effectOf, type VmFate } from "../vmm/act.js";
-import type { CapturedEvent, ExitAction } from "../vmm/dispatcher.js";
+import { effectOf } from "../vmm/act.js";
+import { type CapturedEvent, type ExitAction, fateAction, strongerEnding } from "../vmm/dispatcher.js";
 import { mappedWritable, readVirtual } from "../vmm/paging.js";
 import { ProtectionMap, planMemorySlots, type SlotPlan } from "../vmm/protection.js";
 import { type BrokenSeal, SealState } from "../vmm/seal-state.js";
@@ -301,11 +304,7 @@ export class LinuxSeal {
       const effect = effectOf("integrity", decision.verdict);
       if (effect.restore) restores.push(b.restore);
       this.post(ctx, decision, t0, b.what, { object: b.object });
-      // The first object's ending decides; a pause yields to a stop.
-      const action = fateAction(effect.vm, b.what);
-      if (action.kind !== "continue" && (end === undefined || (end.kind === "pause" && action.kind === "stop"))) {
-        end = action;
-      }
+      end = strongerEnding(end, fateAction(effect.vm, b.what));
     }
     if (restores.length > 0 && exit.pending && this.d.requestImmediateExit) {
       this.deferred = restores;
@@ -405,24 +404,5 @@ export class LinuxSeal {
       timeMs: Date.now(),
       record: encodeContext(ctx),
     });
-  }
-}
-
-/** How a stop says a verdict asked for a restart (not the guest resetting itself). */
-export const RESTART_BY_VERDICT = "restart by verdict";
-
-/** What the vCPU does next, from a verdict's fate for the VM. */
-export function fateAction(fate: VmFate, what: string): ExitAction {
-  switch (fate) {
-    case "runs":
-      return { kind: "continue" };
-    case "paused":
-      return { kind: "pause", detail: `${what}: paused by verdict` };
-    case "halted":
-      return { kind: "stop", outcome: "halt", detail: `${what}: halted by verdict` };
-    case "restarted":
-      return { kind: "stop", outcome: "restart", detail: `${what}: ${RESTART_BY_VERDICT}` };
-    case "crashed":
-      return { kind: "stop", outcome: "crash", detail: what };
   }
 }

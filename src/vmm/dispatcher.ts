@@ -93,6 +93,34 @@ export type ExitAction =
 
 const CONTINUE: ExitAction = { kind: "continue" };
 
+/** How a stop says a verdict asked for a restart (not the guest resetting itself). */
+export const RESTART_BY_VERDICT = "restart by verdict";
+
+/** What the vCPU does next, from a verdict's fate for the VM (`what` names the event in the detail). */
+export function fateAction(fate: VmFate, what: string, crashDetail = what): ExitAction {
+  switch (fate) {
+    case "runs":
+      return CONTINUE;
+    case "paused":
+      return { kind: "pause", detail: `${what}: paused by verdict` };
+    case "halted":
+      return { kind: "stop", outcome: "halt", detail: `${what}: halted by verdict` };
+    case "restarted":
+      return { kind: "stop", outcome: "restart", detail: `${what}: ${RESTART_BY_VERDICT}` };
+    case "crashed":
+      return { kind: "stop", outcome: "crash", detail: crashDetail };
+  }
+}
+
+/**
+ * Several sealed objects found changed on one exit: the first object's ending
+ * decides, and a pause yields to a stop. `end` so far, `action` the next one's.
+ */
+export function strongerEnding(end: ExitAction | undefined, action: ExitAction): ExitAction | undefined {
+  if (action.kind === "continue") return end;
+  return end === undefined || (end.kind === "pause" && action.kind === "stop") ? action : end;
+}
+
 export interface DispatcherDeps {
   vmId: number;
   vcpuId: number;
@@ -373,7 +401,7 @@ export class ExitDispatcher {
       this.pieces.start(store, va, data.length, resume, sregs.cr3, effect.perform);
     } else this.pieces.clear();
     this.report(ctx, decision, t0, notes.length ? notes.join("; ") : undefined);
-    return this.fateAction(effect.vm, `protected write at 0x${gpa.toString(16)}`);
+    return fateAction(effect.vm, `protected write at 0x${gpa.toString(16)}`);
   }
 
   /** #GP at `rip` for a deny-fault or kill-task verdict; kill-task also tells the guest to end the task. */
@@ -388,21 +416,6 @@ export class ExitDispatcher {
   }
 
   /** The VM's fate as what the vCPU loop does next. */
-  private fateAction(fate: VmFate, what: string, crashDetail = what): ExitAction {
-    switch (fate) {
-      case "runs":
-        return CONTINUE;
-      case "paused":
-        return { kind: "pause", detail: `${what}: paused by verdict` };
-      case "halted":
-        return { kind: "stop", outcome: "halt", detail: `${what}: halted by verdict` };
-      case "restarted":
-        return { kind: "stop", outcome: "restart", detail: `${what}: restart by verdict` };
-      case "crashed":
-        return { kind: "stop", outcome: "crash", detail: crashDetail };
-    }
-  }
-
   /**
    * The whole write in the context: from its first byte (gpa) for as many
    * bytes as the instruction writes, when that is physically contiguous;
@@ -458,7 +471,7 @@ export class ExitDispatcher {
         this.d.cpu.setRegs({ ...regs, rip: regs.rip + BigInt(insn.site.length) });
       }
       this.report(ctx, decision, t0, notes.join("; "));
-      return this.fateAction(effect.vm, `unemulated store at 0x${regs.rip.toString(16)}`);
+      return fateAction(effect.vm, `unemulated store at 0x${regs.rip.toString(16)}`);
     }
     return undefined;
   }
@@ -543,7 +556,7 @@ export class ExitDispatcher {
       if (this.unreported.length > 16) this.unreported.shift();
     }
     this.report(ctx, decision, t0, note);
-    return this.fateAction(effect.vm, `exception ${ctx.vector} at 0x${ctx.regs.rip.toString(16)}`);
+    return fateAction(effect.vm, `exception ${ctx.vector} at 0x${ctx.regs.rip.toString(16)}`);
   }
 
   /**
@@ -611,11 +624,7 @@ export class ExitDispatcher {
         if (b.inMemory) flush = true;
         else restored = true;
       }
-      // The first object's ending decides; a pause yields to a stop.
-      const action = this.fateAction(effect.vm, b.what);
-      if (action.kind !== "continue" && (end === undefined || (end.kind === "pause" && action.kind === "stop"))) {
-        end = action;
-      }
+      end = strongerEnding(end, fateAction(effect.vm, b.what));
     }
     // One write for every object set back, so no restore undoes another.
     if (flush) {
@@ -649,7 +658,7 @@ export class ExitDispatcher {
       if (effect.endTask) this.expectEndTask(GP_VECTOR, this.d.cpu.getRegs().rip);
     } else this.d.cpu.setMsrResult(0); // dropped: the guest believes it wrote
     this.report(ctx, decision, t0, note);
-    return this.fateAction(effect.vm, `write of MSR 0x${index.toString(16)}`);
+    return fateAction(effect.vm, `write of MSR 0x${index.toString(16)}`);
   }
 
   /** Perform a guest's MSR write; a value KVM refuses becomes the #GP the CPU would raise. */
@@ -666,7 +675,7 @@ export class ExitDispatcher {
     const ctx = this.capture("hang");
     const decision = this.d.decider.decide(ctx);
     this.report(ctx, decision, t0, detail);
-    return this.fateAction(effectOf("hang", decision.verdict).vm, detail);
+    return fateAction(effectOf("hang", decision.verdict).vm, detail);
   }
 
   /** A crash (triple fault, internal error): an event, then the verdict's way out. */
@@ -674,7 +683,7 @@ export class ExitDispatcher {
     const ctx = this.capture("crash");
     const decision = this.d.decider.decide(ctx);
     this.report(ctx, decision, t0, detail);
-    return this.fateAction(effectOf("crash", decision.verdict).vm, detail);
+    return fateAction(effectOf("crash", decision.verdict).vm, detail);
   }
 
   /** First-time capture: registers, control registers and instruction bytes. */
