@@ -18,8 +18,7 @@ export const DEFAULT_DECIDER: DeciderName = "hm-vm";
 export const HM_MEM_MIB = 4;
 /** Restarts of one guest when the policy sets no limit. */
 export const DEFAULT_RESTART_LIMIT = 3;
-/** A vCPU in KVM_RUN without an exit for this long is hung (3 s, times the time scale). */
-export const DEFAULT_HANG_TIMEOUT_MS = scaled(3000);
+export { DEFAULT_HANG_TIMEOUT_MS } from "../vmm/vcpu-thread.js";
 
 export interface RunOptions {
   /** One scenario for every guest, or one per guest. */

@@ -310,7 +310,7 @@ export class GuestVm {
       thread.stop();
     });
     this.runTimer = timer;
-    const watchdog = this.startWatchdog(thread);
+    const watchdog = thread.watchHangs(this.config.hangTimeoutMs ?? 0);
     thread.resume();
     try {
       this.stopped = await thread.done;
@@ -320,36 +320,6 @@ export class GuestVm {
       if (watchdog) clearInterval(watchdog);
     }
     return { ...this.stopped, timedOut };
-  }
-
-  private startWatchdog(thread: VcpuThread): NodeJS.Timeout | undefined {
-    const limit = this.config.hangTimeoutMs ?? 0;
-    if (limit <= 0) return undefined;
-    let last = -1;
-    let stuckMs = 0;
-    let prev = Date.now();
-    const t = setInterval(
-      () => {
-        const p = thread.progress();
-        const now = Date.now();
-        const dt = now - prev;
-        prev = now;
-        if (p.exits !== last) {
-          last = p.exits;
-          stuckMs = 0;
-        } else if (p.inRun) {
-          // Only time inside KVM_RUN counts: a decider waiting, or a seal-check kick, is not the guest hanging.
-          stuckMs += dt;
-          if (stuckMs > limit) {
-            stuckMs = 0;
-            thread.hang(p.exits);
-          }
-        }
-      },
-      Math.min(100, Math.max(10, limit / 10)),
-    );
-    t.unref();
-    return t;
   }
 
   /**
@@ -401,8 +371,7 @@ export class GuestVm {
   }
 }
 
-/** How long a new vCPU thread may take to load and attach before the build fails (it is ended). */
-/** A vCPU thread must reach KVM_RUN within this long (60 s, times the time scale). */
+/** A vCPU thread must reach KVM_RUN within this long (60 s, times the time scale), or the build fails (it is ended). */
 const VCPU_START_MS = scaled(60_000);
 
 /** MSRs whose writes exit to the VMM (protected once the guest seals them). */

@@ -61,6 +61,9 @@ export interface VcpuListeners {
   onArmed?(a: ProtectionArmed): void;
 }
 
+/** A vCPU in KVM_RUN without an exit for this long is hung (3 s, times the time scale; watchHangs). */
+export const DEFAULT_HANG_TIMEOUT_MS = scaled(3000);
+
 export class VcpuThread {
   private readonly worker: Worker;
   private readonly ctrl: Int32Array;
@@ -176,6 +179,40 @@ export class VcpuThread {
       Atomics.notify(this.ctrl, CTRL_CMD);
       this.kick();
     }
+  }
+
+  /**
+   * The watchdog: while the vCPU is inside KVM_RUN with no exit for `stuckMs`
+   * (time spent outside KVM_RUN, a decider waiting or a kick, does not
+   * count), ask it for a hang (`hang()`); the worker's dispatcher decides
+   * what that is. 0: no watchdog. Clear the interval it returns when done.
+   */
+  watchHangs(stuckMs: number): NodeJS.Timeout | undefined {
+    if (stuckMs <= 0) return undefined;
+    let last = -1;
+    let stuck = 0;
+    let prev = Date.now();
+    const t = setInterval(
+      () => {
+        const p = this.progress();
+        const now = Date.now();
+        const dt = now - prev;
+        prev = now;
+        if (p.exits !== last) {
+          last = p.exits;
+          stuck = 0;
+        } else if (p.inRun) {
+          stuck += dt;
+          if (stuck > stuckMs) {
+            stuck = 0;
+            this.hang(p.exits);
+          }
+        }
+      },
+      Math.min(100, Math.max(10, stuckMs / 10)),
+    );
+    t.unref();
+    return t;
   }
 
   /** Exits so far, and whether the vCPU is inside KVM_RUN right now. */
