@@ -11,7 +11,7 @@
  * (before/after: the target's first 8 bytes in memory order, or the MSR
  * value) and returns 0: the module stays loaded, because busybox's insmod
  * retries a failed finit_module() with init_module(), which would attack a
- * second time. `oops` and `panic` do not return. Built against Debian's 6.1 kernel headers.
+ * second time. `oops`, `panic` and `hang` do not return. Built against Debian's 6.1 kernel headers.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -28,7 +28,7 @@
 
 static char *attack = "";
 module_param(attack, charp, 0444);
-MODULE_PARM_DESC(attack, "text-patch|syscall-hook|wp-bypass|lstar-hook|oops|panic");
+MODULE_PARM_DESC(attack, "text-patch|syscall-hook|wp-bypass|lstar-hook|oops|panic|hang");
 
 static unsigned long target;
 module_param(target, ulong, 0444);
@@ -166,6 +166,13 @@ static int __init gv_attack_init(void)
 	if (!strcmp(attack, "panic")) {
 		pr_info("attack=panic target=0x0 before=n/a after=n/a landed=n/a\n");
 		panic("gv_attack: panic requested");
+	}
+	if (!strcmp(attack, "hang")) {
+		/* Interrupts off, spinning: no timer, no soft-lockup report, nothing in the guest can end it. */
+		pr_info("attack=hang target=0x0 before=n/a after=n/a landed=n/a\n");
+		local_irq_disable();
+		for (;;)
+			cpu_relax();
 	}
 	pr_info("unknown attack %s\n", attack);
 	return -EINVAL;

@@ -43,6 +43,8 @@ export interface LinuxRunFlags {
   mem?: number;
   /** Seconds; undefined: DEFAULT_LINUX_TIMEOUT_S (times the time scale). */
   timeout?: number;
+  /** ms a sealed vCPU may spin in ring 0 with interrupts off and no exit; undefined: DEFAULT_LINUX_HANG_TIMEOUT_MS; 0: off. */
+  hangTimeout?: number;
   json?: boolean;
   /** Seal the kernel's code and read-only data once user space runs (default policy: writes denied). */
   seal?: boolean;
@@ -67,6 +69,9 @@ export function checkLinuxFlags(flags: LinuxRunFlags): void {
   validateLinuxMemMiB(flags.mem ?? DEFAULT_LINUX_MEM_MIB);
   if (flags.timeout !== undefined && (!Number.isInteger(flags.timeout) || flags.timeout <= 0)) {
     throw configError("--timeout", "must be a positive number of seconds");
+  }
+  if (flags.hangTimeout !== undefined && (!Number.isInteger(flags.hangTimeout) || flags.hangTimeout < 0)) {
+    throw configError("--hang-timeout", "must be a whole number of ms, 0 or more");
   }
   const scenario = flags.scenario;
   if (scenario !== undefined && scenario !== "all" && !(LINUX_SCENARIOS as readonly string[]).includes(scenario)) {
@@ -142,6 +147,7 @@ export async function runLinuxGuest(
         policyFile,
         decider: hm ? hm.deciderFor(0) : { kind: "vmm" },
         firstSeq: lastSeq,
+        hangTimeoutMs: flags.hangTimeout,
         onPolicy: (p) => hm?.installRules(0, p.table),
         onHmFault: (f) => hm?.reportFault(f),
         onSerial: onConsole,

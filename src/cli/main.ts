@@ -351,6 +351,7 @@ function linuxRunFlags(flags: RunFlags, cmd: Command): LinuxRunFlags {
     decider: given("decider") ? flags.decider : "vmm",
     mem: given("mem") ? flags.mem : undefined,
     timeout: given("timeout") ? flags.timeout : undefined,
+    hangTimeout: given("hangTimeout") ? flags.hangTimeout : undefined,
     json: flags.json,
   };
 }
@@ -507,7 +508,7 @@ export function buildProgram(setExit: (code: number) => void, argv: readonly str
     )
     .option(
       "--hang-timeout <ms>",
-      "a guest vCPU without an exit for this long is hung (0: no watchdog)",
+      "a guest vCPU without an exit for this long is hung (with --linux: a sealed vCPU in ring 0 with interrupts off; 0: no watchdog)",
       intOption("--hang-timeout"),
       DEFAULT_HANG_TIMEOUT_MS,
     )

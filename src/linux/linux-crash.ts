@@ -1,10 +1,12 @@
 /**
  * Catching a stock Linux kernel's oopses and panics first, from the VMM:
- * hardware execute breakpoints on `__die` (every oops: page faults, general
- * protection, BUG, … all go through it before the kernel prints anything)
- * and `panic`, found by their symbols. At the breakpoint the arguments are
- * in the registers (System V ABI):
- *  - `__die(const char *str, struct pt_regs *regs, long err)`: the frame the
+ * hardware execute breakpoints on `__die` (page faults, BUG, invalid opcode,
+ * … go through it before the kernel prints anything), `die_addr` (general
+ * protection faults: it prints the oops itself, without __die) and `panic`,
+ * found by their symbols. At the breakpoint the arguments are in the
+ * registers (System V ABI):
+ *  - `__die(const char *str, struct pt_regs *regs, long err)` and
+ *    `die_addr(str, regs, err, gp_addr)`: the frame the
  *    exception saved is decoded from `struct pt_regs` in guest memory, as
  *    hostile input (read through the guest's page tables, bounded, checked);
  *  - `panic(const char *fmt, …)`: the format string names the panic.
@@ -67,8 +69,9 @@ const VECTOR_BY_NAME: ReadonlyArray<readonly [RegExp, number]> = [
 
 export interface LinuxCrashDeps {
   capture: ExceptionCapture;
-  /** The addresses of __die and panic (their breakpoints are the capture's). */
+  /** The addresses of __die, die_addr and panic (their breakpoints are the capture's). */
   die?: bigint;
+  dieAddr?: bigint;
   panic?: bigint;
   /**
    * A breakpoint that arms the seal (the system-call entry: the first
@@ -160,13 +163,14 @@ export class LinuxCrashCapture {
     const d = this.d;
     let action: ExitAction | undefined;
     if (pc === d.panic) action = this.onPanic();
-    else if (pc === d.die) action = this.onDie();
+    else if (pc === d.die) action = this.onDie("__die");
+    else if (pc === d.dieAddr) action = this.onDie("die_addr");
     else if (d.armAt && pc === d.armAt.address && d.armAt.arm()) c.retire(pc);
     c.stepOver();
     return action ?? { kind: "continue" };
   }
 
-  private onDie(): ExitAction {
+  private onDie(entry: "__die" | "die_addr"): ExitAction {
     const t0 = this.now();
     this.counters.oopses++;
     const regs = this.d.getRegs();
@@ -209,7 +213,7 @@ export class LinuxCrashCapture {
     const decision = this.d.decider.decide(ctx);
     const effect = effectOf("cpu-exception", decision.verdict);
     const note = frame
-      ? `kernel oops "${name}" at ${hex(frame.rip)} (cpl ${frame.cs & 3n}, error ${hex(regs.rdx)}, cr2 ${hex(sregs.cr2)}), captured at __die before the kernel printed it`
+      ? `kernel oops "${name}" at ${hex(frame.rip)} (cpl ${frame.cs & 3n}, error ${hex(regs.rdx)}, cr2 ${hex(sregs.cr2)}), captured at ${entry} before the kernel printed it`
       : `kernel oops "${name}": its pt_regs at ${hex(regs.rsi)} could not be read`;
     this.d.events.post(ctx, decision, t0, note, { vector });
     return fateAction(effect.vm, `kernel oops "${name}"`);

@@ -72,6 +72,16 @@ const none: Check = (r, p) => {
   if (ev.length > 0) p.push(`${ev.length} events, expected none`);
 };
 
+/** One restart, and the first boot ended with exactly one `kind` event with verdict restart. */
+const restartedOnceFor =
+  (kind: string): Check =>
+  (r, p) => {
+    if (r.restarts !== 1) p.push(`${r.restarts ?? 0} restarts, expected 1`);
+    const first = r.restarted?.[0]?.seal?.events ?? [];
+    const n = first.filter((e) => e.kind === kind && e.verdict === "restart").length;
+    if (n !== 1) p.push(`the first boot has ${n} ${kind} events with restart, expected 1`);
+  };
+
 /** What each scenario must show. */
 export const LINUX_SCENARIO_CHECKS: Readonly<Record<LinuxScenario, readonly Check[]>> = {
   "linux-benign": [says("status", "ok"), none],
@@ -95,16 +105,8 @@ export const LINUX_SCENARIO_CHECKS: Readonly<Record<LinuxScenario, readonly Chec
   ],
   "linux-lstar-hook": [says("landed", "no"), only("msr-write", "deny-fault", 1)],
   "linux-oops": [says("oopsed", "yes"), only("cpu-exception", "log", 1)],
-  "linux-panic": [
-    says("restarted", "1"),
-    (r, p) => {
-      if (r.restarts !== 1) p.push(`${r.restarts ?? 0} restarts, expected 1`);
-      const first = r.restarted?.[0]?.seal?.events ?? [];
-      const panics = first.filter((e) => e.kind === "crash" && e.verdict === "restart");
-      if (panics.length !== 1) p.push(`the first boot has ${panics.length} crash events with restart, expected 1`);
-    },
-    none,
-  ],
+  "linux-panic": [says("restarted", "1"), restartedOnceFor("crash"), none],
+  "linux-hang": [says("restarted", "1"), restartedOnceFor("hang"), none],
 };
 
 /**

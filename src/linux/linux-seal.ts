@@ -25,7 +25,7 @@ import { cplOf, type Regs, type Sregs } from "../kvm/structs.js";
 import { type ContextRecord, capturedContext, encodeContext } from "../model/context.js";
 import type { ProtectedRegion } from "../model/regions.js";
 import { effectOf } from "../vmm/act.js";
-import { type CapturedEvent, type ExitAction, fateAction, strongerEnding } from "../vmm/dispatcher.js";
+import { type CapturedEvent, type ExitAction, fateAction, GP_VECTOR, strongerEnding } from "../vmm/dispatcher.js";
 import { mappedWritable, readVirtual } from "../vmm/paging.js";
 import { ProtectionMap, planMemorySlots, type SlotPlan } from "../vmm/protection.js";
 import { type BrokenSeal, SealState } from "../vmm/seal-state.js";
@@ -72,6 +72,10 @@ export interface LinuxSealDeps {
   /** Answer the MSR exit: 1 raises #GP at the WRMSR. */
   setMsrResult?: (error: 0 | 1) => void;
   setSregs?: (s: Sregs) => void;
+  /** Set the general registers (a fault verdict rewinds to the writing instruction). */
+  setRegs?: (r: Regs) => void;
+  /** Raise an exception in the guest (a fault verdict's #GP at the writer). */
+  injectException?: (vector: number, errorCode?: number) => void;
   /**
    * Make the next KVM_RUN return at once, after it completed the exit's
    * pending operation (kvm_run.immediate_exit): registers may be set only then.
@@ -112,6 +116,10 @@ export interface LinuxSealCounters {
   msrWrites: number;
   /** Pinned CR bits or the IDTR found changed (each one an event). */
   pinsBroken: number;
+  /** Protected writes whose verdict raised #GP at the writer (deny-fault, kill-task). */
+  faultsRaised: number;
+  /** Further pieces of a write that a fault verdict stopped (dropped, not decided again). */
+  faultedPieces: number;
 }
 
 const hex = (n: bigint | number) => `0x${n.toString(16)}`;
@@ -126,6 +134,8 @@ export class LinuxSeal {
     sanctionedWrites: 0,
     msrWrites: 0,
     pinsBroken: 0,
+    faultsRaised: 0,
+    faultedPieces: 0,
   };
   private readonly map: ProtectionMap;
   private isArmed = false;
@@ -136,6 +146,12 @@ export class LinuxSeal {
   private ioExits = 0;
   /** Sealed values to put back once the pending operation of the exit that found them is complete. */
   private deferred: BrokenSeal["restore"][] = [];
+  /**
+   * A fault verdict's #GP, raised once the write's MMIO exit is complete:
+   * with the registers as before the writing instruction (undefined: the
+   * writer was not found, the fault comes where the guest resumes).
+   */
+  private faultPending: { regs?: Regs } | undefined;
 
   constructor(private readonly d: LinuxSealDeps) {
     this.seq = d.firstSeq ?? 0;
@@ -205,6 +221,11 @@ export class LinuxSeal {
     if (!this.isArmed) return undefined;
     const target = this.map.classifyWrite(gpa, data.length);
     if (target.kind === "unbacked" || target.kind === "writable") return undefined;
+    if (this.faultPending) {
+      // Another piece of the instruction a fault verdict stopped (a write across pages): it never happens.
+      this.counters.faultedPieces++;
+      return { kind: "continue" };
+    }
     if (target.kind === "shared-page") {
       this.counters.sharedPageWrites++;
       this.d.memory.write(gpa, data);
@@ -264,8 +285,7 @@ export class LinuxSeal {
       this.d.memory.write(gpa, data);
       this.shadowWrite(gpa, data);
     }
-    // A fault (#GP at the writer) is not raised for a Linux guest yet: the write is dropped.
-    if (effect.fault) notes.push("fault verdicts are not applied to Linux guests yet: dropped");
+    if (effect.fault) notes.push(this.raiseFault(regs, store, decision.verdict === "kill-task"));
     this.post(ctx, decision, t0, notes.join("; "), { gpa, regionId: ctx.regionId });
     return fateAction(effect.vm, `protected write at ${hex(gpa)}`);
   }
@@ -280,6 +300,7 @@ export class LinuxSeal {
    * so the value is put back on the immediate exit that follows.
    */
   checkPins(exit: { io: boolean; pending: boolean }): ExitAction | undefined {
+    if (this.faultPending && !exit.pending) this.applyFault();
     if (!this.isArmed || !this.d.setSregs) return undefined;
     if (this.deferred.length > 0) {
       const fixed = { ...this.d.getSregs() };
@@ -315,6 +336,36 @@ export class LinuxSeal {
       this.d.setSregs(fixed);
     }
     return end;
+  }
+
+  /**
+   * A fault verdict on a protected write: #GP(0) at the writing instruction,
+   * as the CPU's own fault would leave it (its registers put back). The MMIO
+   * exit is completed first (an immediate exit), then the registers are set
+   * and the exception raised (applyFault). The kernel's #GP handler runs the
+   * write's exception fixup if it has one (copy_to_kernel_nofault fails
+   * with -EFAULT); otherwise it oopses, and the oops ends the writing task:
+   * that is how a kill-task verdict ends the task in a Linux guest.
+   * Returns the event's note.
+   */
+  private raiseFault(regs: Regs, store: ReturnType<typeof locateStore>, killTask: boolean): string {
+    if (!this.d.injectException || !this.d.setRegs || !this.d.requestImmediateExit) {
+      return "dropped (no way to raise a fault here)";
+    }
+    this.counters.faultsRaised++;
+    this.faultPending = { regs: store ? { ...regs, ...store.before } : undefined };
+    this.d.requestImmediateExit();
+    const at = store ? `#GP at the writer ${hex(store.site.rip)}` : `#GP where the guest resumes, ${hex(regs.rip)}`;
+    return killTask ? `${at}; the kernel's #GP handling ends the task unless the write has an exception fixup` : at;
+  }
+
+  /** The pending fault verdict: the writer's registers back, then #GP(0). */
+  private applyFault(): void {
+    const f = this.faultPending;
+    this.faultPending = undefined;
+    if (!f) return;
+    if (f.regs) this.d.setRegs?.(f.regs);
+    this.d.injectException?.(GP_VECTOR, 0);
   }
 
   /** A write to a protected MSR (the filter is installed when the seal is armed). */

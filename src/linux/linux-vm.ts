@@ -21,7 +21,7 @@ import { timeScale } from "../time-scale.js";
 import { type CapturedEvent, RESTART_BY_VERDICT } from "../vmm/dispatcher.js";
 import { ProtectionMap } from "../vmm/protection.js";
 import type { DeciderInit, ProtectionArmed } from "../vmm/vcpu-protocol.js";
-import { type VcpuStop, VcpuThread } from "../vmm/vcpu-thread.js";
+import { DEFAULT_HANG_TIMEOUT_MS, type VcpuStop, VcpuThread } from "../vmm/vcpu-thread.js";
 import {
   DEFAULT_LINUX_CMDLINE,
   type LinuxBootPlan,
@@ -46,6 +46,9 @@ import { decompressPayload, parseVmlinux } from "./vmlinux.js";
  * no exit. Finding ring 3 this way is a matter of chance (docs/linux-guests.md).
  */
 export const LINUX_SEAL_KICK_MS = 1;
+
+/** How long a sealed Linux vCPU may spin in ring 0 with interrupts off, with no exit, before it is hung (as gv-kernel's watchdog). */
+export const DEFAULT_LINUX_HANG_TIMEOUT_MS = DEFAULT_HANG_TIMEOUT_MS;
 
 /** The memory slot holding all guest RAM (until the seal splits it from there on). */
 const RAM_SLOT = 0;
@@ -98,6 +101,12 @@ export interface LinuxVmConfig {
   decider?: DeciderInit;
   /** Number events from after this one (a restart: the last number of the earlier boots). */
   firstSeq?: number;
+  /**
+   * With a seal: a vCPU in ring 0 with interrupts disabled and no exit for
+   * this long is hung, a `hang` event (linux-hang.ts). Default
+   * DEFAULT_LINUX_HANG_TIMEOUT_MS; 0: not watched.
+   */
+  hangTimeoutMs?: number;
   /** The compiled policy, before the guest runs (an hm-vm decider's health VM installs its rule table). */
   onPolicy?: (p: CompiledPolicy) => void;
   /** The hm-vm decider saw the health VM misbehave. */
@@ -141,6 +150,8 @@ interface LinuxSealed {
   crash: Record<string, bigint>;
   /** What the sealed ranges must hold: armed bytes plus the writes verdicts performed. */
   shadow: Uint8Array;
+  /** The hang watch's limit (0: not watched). */
+  hangTimeoutMs: number;
 }
 
 /** The kernel as a policy file sees it: its sealed sections (no symbols: kernel addresses exceed what policies take). */
@@ -271,6 +282,13 @@ export class LinuxVm {
     const ranges =
       config.seal && payload ? kernelProtectedRanges(payload, config.memSize, config.systemMap) : undefined;
     const regions = ranges ? makeRegions(ranges.ranges, config.memSize) : undefined;
+    const hangTimeoutMs = config.hangTimeoutMs ?? DEFAULT_LINUX_HANG_TIMEOUT_MS;
+    if (!Number.isInteger(hangTimeoutMs) || hangTimeoutMs < 0) {
+      throw new GuardvisorError(
+        "CONFIG_INVALID",
+        `hangTimeoutMs: a whole number of ms, 0 or more; got ${hangTimeoutMs}`,
+      );
+    }
     const symbols =
       ranges && payload ? kernelSymbols(payload, config.systemMap, config.kernelName ?? "the kernel image") : undefined;
     const policy =
@@ -279,7 +297,7 @@ export class LinuxVm {
         ? resolvePolicy(config.policyFile, linuxPolicyKernel(ranges, config.kernelName ?? "the kernel image"))
         : DEFAULT_POLICY);
     const crash: Record<string, bigint> = {};
-    for (const n of ["__die", "panic", "entry_SYSCALL_64"]) {
+    for (const n of ["__die", "die_addr", "panic", "entry_SYSCALL_64"]) {
       const a = symbols?.map.byName.get(n)?.address;
       if (a !== undefined) crash[n] = a;
     }
@@ -346,9 +364,15 @@ export class LinuxVm {
                 patching,
                 kernelPatching: policy.kernelPatching ?? "sanctioned",
                 msrs,
-                crash: { die: crash.__die, panic: crash.panic, syscallEntry: crash.entry_SYSCALL_64 },
+                crash: {
+                  die: crash.__die,
+                  dieAddr: crash.die_addr,
+                  panic: crash.panic,
+                  syscallEntry: crash.entry_SYSCALL_64,
+                },
                 shadow: shadowBuffer,
                 firstSeq: config.firstSeq,
+                hangTimeoutMs,
               }
             : undefined,
       };
@@ -387,6 +411,7 @@ export class LinuxVm {
               patching,
               crash,
               shadow: new Uint8Array(shadowBuffer),
+              hangTimeoutMs,
             }
           : undefined;
       self = new LinuxVm(lines, image, plan, vm, memory, vcpu, thread, sealed, policy);
@@ -425,12 +450,15 @@ export class LinuxVm {
     }, timeoutMs);
     this.startedAt = performance.now();
     this.startedAtEpoch = Date.now();
+    // Samples for the hang watch: a run with no exit for a quarter of the limit is looked at.
+    const watchdog = this.thread.watchHangs((this.sealed?.hangTimeoutMs ?? 0) / 4);
     this.thread.resume();
     let stop: VcpuStop;
     try {
       stop = await this.thread.done;
     } finally {
       clearTimeout(timer);
+      if (watchdog) clearInterval(watchdog);
     }
     const elapsedMs = performance.now() - this.startedAt;
     const outcome: LinuxOutcome = timedOut

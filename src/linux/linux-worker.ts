@@ -28,6 +28,7 @@ import type { KernelPatching } from "./kernel-patching.js";
 import { type KernelRange, kernelVirtual } from "./kernel-ranges.js";
 import { LinuxCrashCapture } from "./linux-crash.js";
 import { LinuxExitHandler } from "./linux-exits.js";
+import { LinuxHangWatch } from "./linux-hang.js";
 import { LinuxSeal } from "./linux-seal.js";
 
 /** What the worker needs to seal the kernel (absent: no seal). */
@@ -51,11 +52,13 @@ export interface LinuxSealInit {
   /** The regions' expected bytes, one after another (linux-seal.ts, `shadow`). */
   shadow: SharedArrayBuffer;
   /**
-   * Breakpoints: `__die` and `panic` to catch oopses and panics first, and
+   * Breakpoints: `__die`, `die_addr` and `panic` to catch oopses and panics first, and
    * the system-call entry to arm the seal at user space's first system call
    * (absent: no symbols; the seal is then armed by kicks finding ring 3).
    */
-  crash?: { die?: bigint; panic?: bigint; syscallEntry?: bigint };
+  crash?: { die?: bigint; dieAddr?: bigint; panic?: bigint; syscallEntry?: bigint };
+  /** A vCPU in ring 0 with interrupts off and no exit this long is hung (linux-hang.ts); 0: not watched. */
+  hangTimeoutMs?: number;
 }
 
 export interface LinuxWorkerInit {
@@ -158,6 +161,8 @@ function main(): void {
           setMsr: (index, value) => vcpu.trySetMsrs([[index, value]]) === 1,
           setMsrResult: (e) => vcpu.run.setMsrResult(e),
           setSregs: (x) => vcpu.setSregs(x),
+          setRegs: (r) => vcpu.setRegs(r),
+          injectException: (v, e) => vcpu.injectException(v, e),
           requestImmediateExit: () => {
             vcpu.run.immediateExit = true;
           },
@@ -167,7 +172,9 @@ function main(): void {
         })
       : undefined;
   const points = sealInit?.crash ?? {};
-  const entries = [points.die, points.panic, points.syscallEntry].filter((a): a is bigint => a !== undefined);
+  const entries = [points.die, points.dieAddr, points.panic, points.syscallEntry].filter(
+    (a): a is bigint => a !== undefined,
+  );
   const crash =
     seal && memory && sealInit && entries.length > 0
       ? new LinuxCrashCapture({
@@ -177,6 +184,7 @@ function main(): void {
             useHwBp: K("KVM_GUESTDBG_USE_HW_BP"),
           }),
           die: points.die,
+          dieAddr: points.dieAddr,
           panic: points.panic,
           armAt:
             points.syscallEntry === undefined
@@ -195,6 +203,17 @@ function main(): void {
         })
       : undefined;
   crash?.arm();
+  const hang =
+    seal && sealInit?.hangTimeoutMs
+      ? new LinuxHangWatch({
+          limitMs: sealInit.hangTimeoutMs,
+          getRegs: () => vcpu.getRegs(),
+          getSregs: () => vcpu.getSregs(),
+          progress: () => handler.counters.exits,
+          decider: decider as Decider,
+          events: seal,
+        })
+      : undefined;
   /** An exit the protection handled: counted as the handler counts its own. */
   const handled = (a: ExitAction): ExitAction => {
     handler.counters.exits++;
@@ -228,8 +247,8 @@ function main(): void {
       vcpu.run.immediateExit = false;
     },
     dispatch,
-    // No watchdog for a Linux guest yet: a "hang?" from the owner is ignored.
-    onHang: () => ({ kind: "continue" }),
+    // The owner's watchdog kicked a run with no exit: a sample for the hang watch (none: nothing to do).
+    onHang: () => hang?.sample() ?? { kind: "continue" },
   });
   uart.flush();
   post({
@@ -243,6 +262,7 @@ function main(): void {
       uartInterrupts: uart.interrupts,
       ...(seal ? { ...seal.counters, lastSeq: seal.lastSeq } : {}),
       ...(crash ? crash.counters : {}),
+      ...(hang ? hang.counters : {}),
     },
   });
 }

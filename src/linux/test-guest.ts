@@ -50,6 +50,7 @@ export const LINUX_SCENARIOS = [
   "linux-lstar-hook",
   "linux-oops",
   "linux-panic",
+  "linux-hang",
 ] as const;
 
 export type LinuxScenario = (typeof LINUX_SCENARIOS)[number];
@@ -64,6 +65,7 @@ export const LINUX_SCENARIO_DESCRIPTIONS: Readonly<Record<LinuxScenario, string>
   "linux-lstar-hook": "a module points LSTAR at its own code: denied",
   "linux-oops": "a module dereferences NULL: the oops is captured at __die first, the kernel goes on",
   "linux-panic": "a module panics the kernel: captured at panic() first, the VM restarted",
+  "linux-hang": "a module spins with interrupts off: the VMM's watchdog finds the hang, the VM restarted",
 };
 
 export const INIT_SCRIPT = `#!/bin/busybox sh
@@ -133,6 +135,14 @@ case "$scenario" in
     else
       attack panic
       status="ok panicked=no"
+    fi ;;
+  linux-hang)
+    # As linux-panic: the first boot hangs in the kernel with interrupts off (the VMM's watchdog restarts it).
+    if [ -n "$restart" ]; then
+      status="ok restarted=$restart"
+    else
+      attack hang
+      status="ok hung=no"
     fi ;;
   *) status=unknown-scenario ;;
 esac

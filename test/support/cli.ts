@@ -6,6 +6,8 @@ import { scaled } from "../../src/time-scale.js";
 
 export interface CliResult {
   status: number | null;
+  /** The signal that ended it (SIGTERM: it ran past its time limit). */
+  signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
 }
@@ -16,5 +18,5 @@ export function cli(args: string[], timeoutMs = 120_000): CliResult {
     encoding: "utf8",
     timeout: scaled(timeoutMs),
   });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+  return { status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
 }

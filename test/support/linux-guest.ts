@@ -14,8 +14,10 @@ import { buildLinuxTestGuest, parseResultLine } from "../../src/linux/test-guest
 import { scaled } from "../../src/time-scale.js";
 import { cli } from "./cli.js";
 
+/** One boot of the test guest may take this long on real KVM (ms, before the time scale). */
+const BOOT_LIMIT_MS = Number(process.env.GV_LINUX_BOOT_TIMEOUT_S ?? 120) * 1000;
 /** One boot of the test guest may take this long, times the time scale (a boot takes 15 to 45 s in the lab). */
-export const LIMIT_MS = scaled(Number(process.env.GV_LINUX_BOOT_TIMEOUT_S ?? 120) * 1000);
+export const LIMIT_MS = scaled(BOOT_LIMIT_MS);
 
 /** The console line Linux prints in mark_rodata_ro(), just before it runs /init. */
 const RODATA_RO = /Write protecting the kernel read-only data/;
@@ -51,14 +53,19 @@ export function testGuestConfig(scenario: string) {
 export function runLinuxCli(
   args: readonly string[],
   boots = 1,
+  /** The whole run's limit on real KVM (ms, times the time scale here); default a boot's limit per boot. */
+  limitMs = boots * BOOT_LIMIT_MS + 60_000,
   // biome-ignore lint/suspicious/noExplicitAny: parsed JSON, checked field by field by the caller
 ): { r: ReturnType<typeof cli>; j: Record<string, any> } {
-  const r = cli(["run", "--linux", buildLinuxTestGuest().kernel, ...args, "--json"], boots * LIMIT_MS + 60_000);
+  const r = cli(["run", "--linux", buildLinuxTestGuest().kernel, ...args, "--json"], limitMs);
   let j = {};
   try {
     j = JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "{}");
   } catch {
-    assert.fail(`run --linux ${args.join(" ")}: no JSON report (exit ${r.status})\n${r.stderr.slice(-2000)}`);
+    const how = r.signal
+      ? `ended by ${r.signal}: past its limit of ${Math.round(scaled(limitMs) / 1000)} s`
+      : `exit ${r.status}`;
+    assert.fail(`run --linux ${args.join(" ")}: no JSON report (${how})\n${r.stderr.slice(-2000)}`);
   }
   return { r, j };
 }

@@ -77,8 +77,17 @@ describe("run --linux options (checked before a boot, and before any move into t
   it("an unknown Linux scenario: one line naming --scenario and the known ones", () => {
     const r = cli(["run", "--linux", kernel, "--scenario", "text-patch"]);
     assert.equal(r.status, 2);
-    assert.match(r.stderr, /--scenario: with --linux, one of linux-benign, .*linux-panic; got "text-patch"/);
+    assert.match(r.stderr, /--scenario: with --linux, one of linux-benign, .*linux-hang; got "text-patch"/);
     assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+  });
+
+  it("a negative or fractional --hang-timeout with --linux: one line naming it", () => {
+    for (const v of ["-1", "1.5"]) {
+      const r = cli(["run", "--linux", kernel, "--hang-timeout", v]);
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, /--hang-timeout/);
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    }
   });
 
   it("two scenarios with --linux: one per run", () => {

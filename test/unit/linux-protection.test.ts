@@ -32,10 +32,17 @@ import {
   PT_REGS_FIELDS,
   PT_REGS_SIZE,
 } from "../../src/linux/linux-crash.js";
-import { LinuxSeal, PIN_CHECK_EVERY_IO, SANCTIONED_REASON, SANCTIONED_RULE } from "../../src/linux/linux-seal.js";
+import { LinuxHangWatch } from "../../src/linux/linux-hang.js";
+import {
+  LinuxSeal,
+  type LinuxSealDeps,
+  PIN_CHECK_EVERY_IO,
+  SANCTIONED_REASON,
+  SANCTIONED_RULE,
+} from "../../src/linux/linux-seal.js";
 import { linuxPolicyKernel } from "../../src/linux/linux-vm.js";
 import { type KernelSymbol, systemMapOf } from "../../src/linux/system-map.js";
-import { decodeContext } from "../../src/model/context.js";
+import { capturedContext, decodeContext } from "../../src/model/context.js";
 import { makeRegions } from "../../src/model/regions.js";
 import { loadPolicyFile } from "../../src/policy/load.js";
 import { resolvePolicy } from "../../src/policy/resolve.js";
@@ -592,10 +599,14 @@ describe("oops and panic capture (LinuxCrashCapture)", () => {
     writeString(MSG_VA, "Attempted to kill init! exitcode=0x%08x\n");
   });
 
-  function setup(o: { arm?: () => boolean } = {}) {
+  function setup(o: { arm?: () => boolean; dieAddr?: bigint } = {}) {
     const injected: number[] = [];
     const cpu = fakeDebug();
-    const capture = new ExceptionCapture([DIE, PANIC, SYSCALL], cpu, FLAGS);
+    const capture = new ExceptionCapture(
+      o.dieAddr ? [DIE, PANIC, SYSCALL, o.dieAddr] : [DIE, PANIC, SYSCALL],
+      cpu,
+      FLAGS,
+    );
     const events: CapturedEvent[] = [];
     const state = { regs: zeroRegs(), sregs: { ...sregs(0), cr2: 0x28n } };
     // The seal numbers and posts the events (as in the vCPU worker); it is never armed here.
@@ -614,6 +625,7 @@ describe("oops and panic capture (LinuxCrashCapture)", () => {
     const crash = new LinuxCrashCapture({
       capture,
       die: DIE,
+      dieAddr: o.dieAddr,
       panic: PANIC,
       armAt: o.arm ? { address: SYSCALL, arm: o.arm } : undefined,
       memory: mem,
@@ -680,6 +692,23 @@ describe("oops and panic capture (LinuxCrashCapture)", () => {
     assert.deepEqual(crash.onDebug(DIE + 1n, DR6_BS), { kind: "continue" });
     assert.equal(capture.armed, true);
     assert.equal(events.length, 1, "the step is not an event");
+  });
+
+  it("records a general protection fault's oops at die_addr (which prints it without __die)", () => {
+    const DIE_ADDR = k(0x1008000);
+    const { crash, cpu, events, state } = setup({ dieAddr: DIE_ADDR });
+    assert.deepEqual(cpu.calls[0]?.regs?.slice(0, 4), [DIE, PANIC, SYSCALL, DIE_ADDR], "four breakpoints");
+    writeString(NAME_VA, "general protection fault, maybe for address 0xffffc90000035000");
+    state.regs = { ...zeroRegs(), rip: DIE_ADDR, rdi: NAME_VA, rsi: FRAME_VA, rdx: 0n, rcx: 0xffffc90000035000n };
+    assert.deepEqual(crash.onDebug(DIE_ADDR, 1n << 3n), { kind: "continue" });
+    assert.equal(events.length, 1);
+    assert.equal(events[0]?.vector, 13);
+    assert.equal(events[0]?.rip, FRAME.rip);
+    assert.match(
+      events[0]?.note ?? "",
+      /^kernel oops "general protection fault, maybe for .* captured at die_addr before/,
+    );
+    assert.equal(crash.counters.oopses, 1);
   });
 
   it("takes the vector from the name __die is given (255 when unknown)", () => {
@@ -777,10 +806,17 @@ function sealSetup(
     kernelPatching?: "sanctioned" | "immutable";
     policy?: Policy;
     firstSeq?: number;
+    locate?: LinuxSealDeps["locate"];
   } = {},
 ) {
   const cpu = { regs: zeroRegs(), sregs: sregs(3) };
-  const out = { events: [] as CapturedEvent[], setSregs: [] as Sregs[], immediateExits: 0 };
+  const out = {
+    events: [] as CapturedEvent[],
+    setSregs: [] as Sregs[],
+    setRegs: [] as Regs[],
+    injected: [] as [number, number | undefined][],
+    immediateExits: 0,
+  };
   const shadow = new Uint8Array(SHADOW_BYTES);
   const seal = new LinuxSeal({
     vmId: 0,
@@ -793,10 +829,17 @@ function sealSetup(
     decider: o.policy ? new VmmDecider(compilePolicy(o.policy, regions)) : decider(),
     event: (e) => out.events.push(e),
     armed: () => {},
-    locate: () => undefined,
+    locate: o.locate ?? (() => undefined),
     setSregs: (s) => {
       out.setSregs.push({ ...s });
       cpu.sregs = { ...s };
+    },
+    setRegs: (r) => {
+      out.setRegs.push({ ...r });
+      cpu.regs = { ...r };
+    },
+    injectException: (v, e) => {
+      out.injected.push([v, e]);
     },
     requestImmediateExit: () => {
       out.immediateExits++;
@@ -1012,7 +1055,86 @@ describe("the kernel's own text_poke under the seal (LinuxSeal.onWrite)", () => 
   });
 });
 
-describe("a policy file for a Linux guest (policies/linux-immutable.yaml)", () => {
+describe("fault verdicts on a sealed write (LinuxSeal.onWrite, deny-fault and kill-task)", () => {
+  const GPA = 0x1000200;
+  const WRITER = k(0x1000800);
+  const ORIGINAL = Uint8Array.of(0x55, 0x48, 0x89, 0xe5);
+  const INT3 = Uint8Array.of(0xcc, 0xcc, 0xcc, 0xcc);
+  const faulting = (verdict: "deny-fault" | "kill-task"): Policy => ({
+    ...DEFAULT_POLICY,
+    rules: [],
+    defaults: { ...DEFAULT_POLICY.defaults, "protected-write": verdict },
+  });
+  /** The writer found: a 4-byte mov at WRITER that left RIP 3 bytes on (and moved nothing else). */
+  const located: LinuxSealDeps["locate"] = () => ({
+    site: { rip: WRITER, length: 3 },
+    write: { va: k(GPA), size: 4 },
+    offset: 0,
+    repeating: false,
+    element: 4,
+    before: { rip: WRITER },
+  });
+
+  beforeEach(() => {
+    standardTables();
+    mem.write(GPA, ORIGINAL);
+  });
+
+  it("deny-fault: dropped, then, once the MMIO exit is complete, #GP(0) at the writer with its registers put back", () => {
+    const { seal, cpu, out } = armedSeal({ policy: faulting("deny-fault"), locate: located });
+    cpu.regs = { ...zeroRegs(), rip: WRITER + 3n, rax: 0xccccccccn };
+    assert.deepEqual(seal.onWrite(GPA, INT3), { kind: "continue" });
+    assert.deepEqual([...mem.slice(GPA, 4)], [...ORIGINAL], "the write never lands");
+    const e = out.events[0] as CapturedEvent;
+    assert.equal(e.verdict, "deny-fault");
+    assert.match(e.note ?? "", /; #GP at the writer 0xffffffff81000800$/);
+    // Nothing is set while the exit's MMIO is pending: an immediate exit is asked for.
+    assert.equal(out.immediateExits, 1);
+    assert.deepEqual(out.setRegs, []);
+    assert.deepEqual(out.injected, []);
+    // A second piece of the same instruction (a write across pages): dropped, not decided again.
+    assert.deepEqual(seal.onWrite(GPA + 4, INT3), { kind: "continue" });
+    assert.equal(out.events.length, 1);
+    assert.equal(seal.counters.faultedPieces, 1);
+    // An exit with an operation still pending changes nothing yet.
+    seal.checkPins({ io: true, pending: true });
+    assert.deepEqual(out.injected, []);
+    // The immediate exit: the writer's registers, then #GP(0).
+    seal.checkPins({ io: false, pending: false });
+    const set = out.setRegs as Regs[]; // (the deepEqual above narrowed it)
+    assert.equal(set.length, 1);
+    assert.equal(set[0]?.rip, WRITER);
+    assert.equal(set[0]?.rax, 0xccccccccn, "the other registers as the exit left them");
+    assert.deepEqual(out.injected, [[13, 0]]);
+    assert.equal(seal.counters.faultsRaised, 1);
+    // Once: the next exit raises nothing, and the next write is decided again.
+    seal.checkPins({ io: false, pending: false });
+    assert.equal(out.injected.length, 1);
+    seal.onWrite(GPA, INT3);
+    assert.equal(out.events.length, 2);
+  });
+
+  it("kill-task: the same #GP, and the note says the kernel's #GP handling ends the task", () => {
+    const { seal, cpu, out } = armedSeal({ policy: faulting("kill-task"), locate: located });
+    cpu.regs = { ...zeroRegs(), rip: WRITER + 3n };
+    seal.onWrite(GPA, INT3);
+    assert.match(out.events[0]?.note ?? "", /#GP at the writer .*; the kernel's #GP handling ends the task unless/);
+    seal.checkPins({ io: false, pending: false });
+    assert.deepEqual(out.injected, [[13, 0]]);
+  });
+
+  it("a writer not found: #GP where the guest resumes, its registers untouched", () => {
+    const { seal, cpu, out } = armedSeal({ policy: faulting("deny-fault") });
+    cpu.regs = { ...zeroRegs(), rip: WRITER + 3n };
+    seal.onWrite(GPA, INT3);
+    assert.match(out.events[0]?.note ?? "", /#GP where the guest resumes, 0xffffffff81000803$/);
+    seal.checkPins({ io: false, pending: false });
+    assert.deepEqual(out.setRegs, []);
+    assert.deepEqual(out.injected, [[13, 0]]);
+  });
+});
+
+describe("policy files for a Linux guest (policies/linux-*.yaml)", () => {
   it("resolves against the kernel's sealed sections, says immutable, and compiles to a rule table over them", () => {
     const file = loadPolicyFile(join(packageRoot(), "policies", "linux-immutable.yaml"));
     const kernel = linuxPolicyKernel({ ranges: [...ranges], source: "elf", mismatches: [] }, "vmlinuz-test");
@@ -1024,10 +1146,102 @@ describe("a policy file for a Linux guest (policies/linux-immutable.yaml)", () =
     for (const g of regions) assert.notEqual(write.regionMask & (1n << BigInt(g.id)), 0n, `${g.name} is covered`);
   });
 
+  it("policies/linux-fault.yaml: text_poke still sanctioned, any other write to .text or .rodata deny-fault", () => {
+    const file = loadPolicyFile(join(packageRoot(), "policies", "linux-fault.yaml"));
+    const kernel = linuxPolicyKernel({ ranges: [...ranges], source: "elf", mismatches: [] }, "vmlinuz-test");
+    const policy = resolvePolicy(file, kernel);
+    assert.equal(policy.kernelPatching ?? "sanctioned", "sanctioned");
+    const decide = new VmmDecider(compilePolicy(policy, regions));
+    for (const g of regions) {
+      const ctx = capturedContext("protected-write", zeroRegs(), sregs(0), { seq: 1, vmId: 0, vcpu: 0 });
+      ctx.regionId = g.id;
+      ctx.gpa = g.start;
+      assert.equal(decide.decide(ctx).verdict, "deny-fault", g.name);
+    }
+  });
+
   it("a region naming a section the kernel does not seal is an error naming the field", () => {
     const kernel = linuxPolicyKernel({ ranges: [...ranges], source: "elf", mismatches: [] }, "vmlinuz-test");
     const file = loadPolicyFile(join(packageRoot(), "policies", "default.yaml"));
     const bad = { ...file, spec: { ...file.spec, regions: { data: { section: ".data" } } } };
     assert.throws(() => resolvePolicy(bad, kernel), /no protected section \.data in kernel vmlinuz-test/);
+  });
+});
+
+describe("hang detection (LinuxHangWatch)", () => {
+  const IF = 0x200n;
+  function hangSetup(policy?: Policy) {
+    const s = sealSetup({ policy });
+    const clock = { ms: 1000, exits: 7 };
+    const watch = new LinuxHangWatch({
+      limitMs: 500,
+      getRegs: () => ({ ...s.cpu.regs }),
+      getSregs: () => ({ ...s.cpu.sregs }),
+      progress: () => clock.exits,
+      decider: policy ? new VmmDecider(compilePolicy(policy, regions)) : decider(),
+      events: s.seal,
+      nowMs: () => clock.ms,
+      now: () => 0n,
+    });
+    // Ring 0, interrupts off, spinning in the kernel's text.
+    s.cpu.sregs = sregs(0);
+    s.cpu.regs = { ...zeroRegs(), rip: k(0x1000100), rflags: 0x2n };
+    return { ...s, clock, watch };
+  }
+
+  it("ring 0 with interrupts off and no exit for the limit: one hang event, restarted by the default policy", () => {
+    const { watch, clock, out } = hangSetup();
+    assert.deepEqual(watch.sample(), { kind: "continue" }, "the first sample only starts the clock");
+    clock.ms += 499;
+    assert.deepEqual(watch.sample(), { kind: "continue" });
+    clock.ms += 1;
+    const a = watch.sample();
+    assert.equal(a.kind, "stop");
+    assert.equal(a.kind === "stop" && a.outcome, "restart");
+    assert.equal(out.events.length, 1);
+    const e = out.events[0]!;
+    assert.equal(e.kind, "hang");
+    assert.equal(e.verdict, "restart");
+    assert.equal(e.rip, k(0x1000100));
+    assert.match(
+      e.note ?? "",
+      /^kernel hung: ring 0 with interrupts disabled and no exit for 500 ms, at RIP 0xffffffff81000100$/,
+    );
+    assert.equal(decodeContext(e.record).kind, "hang");
+    assert.deepEqual(watch.counters, { hangSamples: 3, hangs: 1 });
+  });
+
+  it("interrupts on, ring 3, or an exit between samples is not a hang: each starts over", () => {
+    const { watch, clock, cpu, out } = hangSetup();
+    const spin = (ms: number) => {
+      clock.ms += ms;
+      return watch.sample().kind;
+    };
+    assert.equal(spin(0), "continue");
+    cpu.regs = { ...cpu.regs, rflags: 0x2n | IF }; // idle: sti; hlt
+    assert.equal(spin(400), "continue");
+    cpu.regs = { ...cpu.regs, rflags: 0x2n };
+    assert.equal(spin(400), "continue", "the clock starts again here");
+    clock.exits++; // an exit between two samples: progress
+    assert.equal(spin(400), "continue");
+    assert.equal(spin(400), "continue", "400 ms stuck since the exit");
+    cpu.sregs = sregs(3);
+    assert.equal(spin(400), "continue", "ring 3 is user space, not a kernel hang");
+    cpu.sregs = sregs(0);
+    assert.equal(spin(1), "continue");
+    assert.equal(out.events.length, 0);
+    assert.equal(spin(500), "stop");
+  });
+
+  it("the policy decides: a hang with `log` stops the VM (a hung vCPU cannot go on by itself)", () => {
+    const { watch, clock, out } = hangSetup({
+      ...DEFAULT_POLICY,
+      defaults: { ...DEFAULT_POLICY.defaults, hang: "log" },
+    });
+    watch.sample();
+    clock.ms += 600;
+    const a = watch.sample();
+    assert.equal(a.kind === "stop" && a.outcome, "halt");
+    assert.equal(out.events[0]?.verdict, "log");
   });
 });

@@ -42,10 +42,11 @@ function good(name: LinuxScenario, by = "vmm"): Record<string, unknown> {
     case "linux-oops":
       return { ...base, result: result({ oopsed: "yes" }), seal: { events: [ev("cpu-exception", "log", by)] } };
     case "linux-panic":
+    case "linux-hang":
       return {
         ...base,
         restarts: 1,
-        restarted: [{ seal: { events: [ev("crash", "restart", by)] } }],
+        restarted: [{ seal: { events: [ev(name === "linux-panic" ? "crash" : "hang", "restart", by)] } }],
         result: result({ restarted: "1" }),
         seal: { events: [] },
       };
@@ -91,6 +92,11 @@ describe("Linux scenario expectations", () => {
     );
     const noPanic = { ...good("linux-panic"), restarted: [{ seal: { events: [] } }] };
     assert.match(linuxScenarioProblems("linux-panic", noPanic, "vmm").join("\n"), /0 crash events with restart/);
+    // A hang restarted as a panic is not the hang scenario's restart.
+    assert.match(
+      linuxScenarioProblems("linux-hang", good("linux-panic"), "vmm").join("\n"),
+      /0 hang events with restart/,
+    );
     const benignWithEvent = { ...good("linux-benign"), seal: { events: [ev("protected-write", "deny")] } };
     assert.match(linuxScenarioProblems("linux-benign", benignWithEvent, "vmm").join("\n"), /1 events, expected none/);
   });
