@@ -20,7 +20,7 @@ export interface PolicyRule {
   objects?: number[];
   /** Privilege levels; any when absent. */
   cpl?: number[];
-  /** Guest RIP range [from, to); any when absent. */
+  /** Guest RIP range [from, to), as offsets from the policy's `ripBase`; any when absent. */
   rip?: { from: number; to: number };
   /** MSR index; any when absent. */
   msr?: number;
@@ -95,6 +95,12 @@ export interface Policy {
    * "immutable" denies it like any other write to sealed code.
    */
   kernelPatching?: "sanctioned" | "immutable";
+  /**
+   * What the rules' RIP ranges are offsets from (absent: 0). A stock Linux
+   * kernel's code lies above 2^63, beyond what a policy's numbers hold: its
+   * rules' ranges are offsets from the kernel image's base (linux-vm.ts).
+   */
+  ripBase?: bigint;
   /** Absent = no MSR filter entries, no sealing, no pinned bits. */
   objects?: PolicyObjects;
   /** Absent = restarts are not limited by the policy. */
@@ -219,8 +225,8 @@ export function compilePolicy(p: Policy, regions: readonly ProtectedRegion[]): C
       vectorMask: r.vectors ? r.vectors.reduce((m, v) => (m | (1 << v)) >>> 0, 0) : 0xffffffff,
       objectMask: r.objects ? r.objects.reduce((m, o) => (m | (1 << o)) >>> 0, 0) : 0xffffffff,
       cplMask: r.cpl ? r.cpl.reduce((m, c) => m | (1 << c), 0) : 0xf,
-      ripFrom: BigInt(r.rip?.from ?? 0),
-      ripTo: r.rip ? BigInt(r.rip.to) : 0xffffffffffffffffn,
+      ripFrom: r.rip ? (p.ripBase ?? 0n) + BigInt(r.rip.from) : 0n,
+      ripTo: r.rip ? (p.ripBase ?? 0n) + BigInt(r.rip.to) : 0xffffffffffffffffn,
       msr: r.msr ?? -1,
       verdict: effectiveVerdict(p.mode, r.verdict),
     };

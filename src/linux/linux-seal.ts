@@ -297,7 +297,8 @@ export class LinuxSeal {
    * that restores puts the sealed value back before the guest goes on.
    * `pending`: the exit has an operation KVM completes on the next KVM_RUN
    * (MMIO, port I/O, MSR): registers must not be set before that (api.rst),
-   * so the value is put back on the immediate exit that follows.
+   * so the value is put back on the immediate exit that follows. A fault
+   * verdict's #GP waits for that exit too, and is raised here first.
    */
   checkPins(exit: { io: boolean; pending: boolean }): ExitAction | undefined {
     if (this.faultPending && !exit.pending) this.applyFault();

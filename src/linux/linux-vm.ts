@@ -16,7 +16,7 @@ import { K } from "../kvm/native.js";
 import { makeRegions, type ProtectedRegion } from "../model/regions.js";
 import type { PolicyFile } from "../policy/load.js";
 import { integrityObjectName } from "../policy/names.js";
-import { type PolicyKernel, resolvePolicy } from "../policy/resolve.js";
+import { resolvePolicy } from "../policy/resolve.js";
 import { timeScale } from "../time-scale.js";
 import { type CapturedEvent, RESTART_BY_VERDICT } from "../vmm/dispatcher.js";
 import { ProtectionMap } from "../vmm/protection.js";
@@ -36,6 +36,7 @@ import { kallsymsFromVmlinux } from "./kallsyms.js";
 import { type KernelPatching, kernelPatching } from "./kernel-patching.js";
 import { type KernelRanges, kernelProtectedRanges, kernelVirtual, rangeOffset, symbolize } from "./kernel-ranges.js";
 import type { LinuxWorkerInit } from "./linux-worker.js";
+import { linuxPolicyKernel } from "./policy-kernel.js";
 import type { SystemMap } from "./system-map.js";
 import { decompressPayload, parseVmlinux } from "./vmlinux.js";
 
@@ -93,8 +94,9 @@ export interface LinuxVmConfig {
   /** The policy that decides writes to sealed memory (default DEFAULT_POLICY: deny). */
   policy?: Policy;
   /**
-   * A policy file to resolve against this kernel instead (its regions name
-   * the sealed sections, `.text` and `.rodata`; symbols are not available to it).
+   * A policy file to resolve against this kernel instead: its regions name
+   * the sealed sections (`.text`, `.rodata`) or symbols inside them, its
+   * originators the kernel's functions (policy-kernel.ts).
    */
   policyFile?: PolicyFile;
   /** Who decides the seal's events (default: the in-VMM decider). */
@@ -152,16 +154,6 @@ interface LinuxSealed {
   shadow: Uint8Array;
   /** The hang watch's limit (0: not watched). */
   hangTimeoutMs: number;
-}
-
-/** The kernel as a policy file sees it: its sealed sections (no symbols: kernel addresses exceed what policies take). */
-export function linuxPolicyKernel(ranges: KernelRanges, name: string): PolicyKernel {
-  return {
-    name,
-    regions: ranges.ranges.map((r) => ({ name: r.name, start: r.start, end: r.end })),
-    symbols: [],
-    physical: () => undefined,
-  };
 }
 
 /** The kernel's symbols: the System.map given, else its kallsyms tables (undefined when neither). */
@@ -294,7 +286,10 @@ export class LinuxVm {
     const policy =
       config.policy ??
       (config.policyFile && ranges
-        ? resolvePolicy(config.policyFile, linuxPolicyKernel(ranges, config.kernelName ?? "the kernel image"))
+        ? resolvePolicy(
+            config.policyFile,
+            linuxPolicyKernel(ranges, config.kernelName ?? "the kernel image", symbols?.map),
+          )
         : DEFAULT_POLICY);
     const crash: Record<string, bigint> = {};
     for (const n of ["__die", "die_addr", "panic", "entry_SYSCALL_64"]) {

@@ -29,6 +29,12 @@ export interface PolicyKernel {
   readonly symbols: readonly ElfSymbol[];
   /** The guest-physical address of virtual [vaddr, vaddr+size), or undefined when no PT_LOAD holds it. */
   physical(vaddr: number, size: number): number | undefined;
+  /**
+   * Symbol values (and so originator RIP ranges) are offsets from this
+   * virtual address (a stock Linux kernel's image base); absent: they are
+   * addresses. A kernel with a base takes no explicit `rip` range.
+   */
+  readonly ripBase?: bigint;
 }
 
 /** A PolicyKernel for a parsed ELF image. */
@@ -177,6 +183,12 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
 
   (spec.rules ?? []).forEach((r, i) => {
     const at = ["rules", i];
+    if (r.rip && kernel.ripBase !== undefined) {
+      throw file.error(
+        [...at, "rip"],
+        `kernel ${kernel.name}'s code lies above 2^53, beyond a policy's numbers: name the code by symbol with originator`,
+      );
+    }
     const rip = r.rip ? [r.rip] : ripsOf(at, r.originator);
     const reason = r.reason ?? describeRule(r);
     for (const [group, range, msr] of expand(groupsOf(r.region), rip, r.msr)) {
@@ -239,6 +251,7 @@ export function resolvePolicy(file: PolicyFile, kernel: PolicyKernel): Policy {
   const policy: Policy = { name: file.name, rules, defaults };
   if (spec.mode === "audit") policy.mode = "audit";
   if (spec["kernel-patching"] === "immutable") policy.kernelPatching = "immutable";
+  if (kernel.ripBase !== undefined) policy.ripBase = kernel.ripBase;
   if (spec.objects) policy.objects = objects;
   if (spec.restart) {
     policy.restart = { limit: spec.restart.limit, exhausted: spec.restart.exhausted };

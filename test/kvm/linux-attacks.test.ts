@@ -37,6 +37,35 @@ function assertSurvived(r: SealedRun): void {
   assert.deepEqual(r.end.seal?.integrity, { intact: true, changed: [] });
 }
 
+type ReportedEvent = { kind: string; verdict: string; rule: string; rip: string; target: string; note?: string };
+
+/**
+ * `scenario` under the shipped policy `policyName`, whose verdict on the
+ * module's write raises #GP at the writer: exactly one protected write with
+ * `verdictAndRule`, then the kernel's own oops for that #GP, caught first at
+ * die_addr at the same instruction (a #GP's oops does not go through __die).
+ * The oops ended insmod before the module reported (no landed= line), the
+ * sealed bytes are intact and the kernel went on to a clean reset.
+ */
+function faultedWriter(scenario: string, policyName: string, verdictAndRule: string) {
+  const { r, j } = runLinuxCli(["--scenario", scenario, "--policy", join(packageRoot(), "policies", policyName)]);
+  assert.equal(r.status, 0, r.stderr.slice(-2000));
+  const events = j.seal.events as ReportedEvent[];
+  assert.deepEqual(
+    events.map((e) => `${e.kind} ${e.verdict} ${e.rule}`),
+    [`protected-write ${verdictAndRule}`, "cpu-exception log default:cpu-exception"],
+    "one write refused with a fault (the instruction never completes), then the kernel's oops for it",
+  );
+  const [write, oops] = events as [ReportedEvent, ReportedEvent];
+  assert.match(oops.note ?? "", /^kernel oops "general protection fault.*", captured at die_addr before/);
+  assert.equal(oops.rip, write.rip, "the oops frame is the faulted writer");
+  assert.equal(j.result?.status, "ok");
+  assert.equal(j.result?.landed, "none", "insmod was ended before it could report");
+  assert.deepEqual(j.integrity, { intact: true, changed: [] });
+  assert.equal(j.outcome, "reset", j.detail);
+  return { write, j };
+}
+
 describe("attacks on a sealed stock Linux guest", { skip: skipWithoutHardwareVirt }, () => {
   it(
     "linux-text-patch, as the README runs it: run --linux --scenario --json; the write denied, the function unchanged, a clean end",
@@ -67,29 +96,21 @@ describe("attacks on a sealed stock Linux guest", { skip: skipWithoutHardwareVir
     "linux-text-patch under policies/linux-fault.yaml: #GP at the writer, the kernel's oops caught at die_addr at that instruction, insmod ended, the kernel goes on",
     TIMEOUT,
     () => {
-      const policy = join(packageRoot(), "policies", "linux-fault.yaml");
-      const { r, j } = runLinuxCli(["--scenario", "linux-text-patch", "--policy", policy]);
-      assert.equal(r.status, 0, r.stderr.slice(-2000));
-      const events = j.seal.events as { kind: string; verdict: string; rip: string; target: string; note?: string }[];
-      assert.deepEqual(
-        events.map((e) => `${e.kind} ${e.verdict}`),
-        ["protected-write deny-fault", "cpu-exception log"],
-        "one write refused with a fault (the instruction never completes), then the kernel's oops for it",
-      );
-      const [write, oops] = events as [(typeof events)[0], (typeof events)[0]];
+      const { write, j } = faultedWriter("linux-text-patch", "linux-fault.yaml", "deny-fault fault-kernel-writes");
       assert.match(write.target, /\(do_sched_yield\+0x[0-3]\)$/);
       assert.match(write.note ?? "", new RegExp(`; #GP at the writer ${write.rip}$`));
-      // The kernel's #GP handler found no fixup and oopsed at the writing instruction: caught first.
-      // (A #GP's oops is printed by die_addr, not __die: the breakpoint on it catches it first.)
-      assert.match(oops.note ?? "", /^kernel oops "general protection fault.*", captured at die_addr before/);
-      assert.equal(oops.rip, write.rip, "the oops frame is the faulted writer");
       assert.equal(j.counters.faultsRaised, 1);
       assert.equal(j.counters.oopses, 1);
-      // The oops ended insmod before the module reported: no landed= line; the sealed bytes are intact.
-      assert.equal(j.result?.status, "ok");
-      assert.equal(j.result?.landed, "none");
-      assert.deepEqual(j.integrity, { intact: true, changed: [] });
-      assert.equal(j.outcome, "reset", j.detail);
+    },
+  );
+
+  it(
+    "linux-syscall-hook under policies/linux-syscall-table.yaml: a region named by its symbol, kill-task: the writer faulted and ended by the kernel's oops",
+    TIMEOUT,
+    () => {
+      const { write } = faultedWriter("linux-syscall-hook", "linux-syscall-table.yaml", "kill-task syscall-table");
+      assert.match(write.target, /\(sys_call_table\+0x138\)$/);
+      assert.match(write.note ?? "", /#GP at the writer .*; the kernel's #GP handling ends the task unless/);
     },
   );
 

@@ -40,11 +40,11 @@ import {
   SANCTIONED_REASON,
   SANCTIONED_RULE,
 } from "../../src/linux/linux-seal.js";
-import { linuxPolicyKernel } from "../../src/linux/linux-vm.js";
+import { linuxPolicyKernel } from "../../src/linux/policy-kernel.js";
 import { type KernelSymbol, systemMapOf } from "../../src/linux/system-map.js";
 import { capturedContext, decodeContext } from "../../src/model/context.js";
 import { makeRegions } from "../../src/model/regions.js";
-import { loadPolicyFile } from "../../src/policy/load.js";
+import { loadPolicyFile, parsePolicyText } from "../../src/policy/load.js";
 import { resolvePolicy } from "../../src/policy/resolve.js";
 import type { CapturedEvent } from "../../src/vmm/dispatcher.js";
 import {
@@ -1158,6 +1158,67 @@ describe("policy files for a Linux guest (policies/linux-*.yaml)", () => {
       ctx.gpa = g.start;
       assert.equal(decide.decide(ctx).verdict, "deny-fault", g.name);
     }
+  });
+
+  it("names Linux symbols: a region by symbol (sized to the next symbol), a writer by originator, at their real addresses", () => {
+    const map = systemMapOf([
+      { address: k(0x1000400), type: "T", name: "text_poke_bp" },
+      { address: k(0x1000480), type: "t", name: "after_text_poke_bp" },
+      { address: k(0x1200040), type: "R", name: "sys_call_table" },
+      { address: k(0x1200840), type: "r", name: "after_table" },
+      { address: 0x1f000n, type: "A", name: "fixed_percpu_data" }, // not in the image: left out
+    ]);
+    const kernel = linuxPolicyKernel({ ranges: [...ranges], source: "elf", mismatches: [] }, "vmlinuz-test", map);
+    assert.deepEqual(
+      kernel.symbols.map((x) => [x.name, x.size]),
+      [
+        ["text_poke_bp", 0x80],
+        ["after_text_poke_bp", 0x1ffbc0],
+        ["sys_call_table", 0x800],
+        ["after_table", 0],
+      ],
+    );
+    const file = parsePolicyText(
+      [
+        "version: 1",
+        "name: by-symbol",
+        "regions:",
+        "  table: { symbol: sys_call_table }",
+        "rules:",
+        "  - { name: poke-ok, event: protected-write, region: table, originator: text_poke_bp, action: allow }",
+        "  - { name: table, event: protected-write, region: table, action: kill-task }",
+        "defaults: { protected-write: deny }",
+      ].join("\n"),
+      "by-symbol.yaml",
+    );
+    const policy = resolvePolicy(file, kernel);
+    assert.equal(policy.ripBase, 0xffffffff80000000n);
+    const decide = new VmmDecider(compilePolicy(policy, regions));
+    const write = (gpa: number, rip: bigint) => {
+      const ctx = capturedContext("protected-write", { ...zeroRegs(), rip }, sregs(0), { seq: 1, vmId: 0, vcpu: 0 });
+      ctx.regionId = regions.find((g) => gpa >= g.start && gpa < g.end)?.id ?? 0;
+      ctx.gpa = gpa;
+      ctx.data = new Uint8Array(8);
+      ctx.accessLen = 8;
+      return decide.decide(ctx);
+    };
+    // sys_call_table is .rodata+0x40..0x840 (guest-physical 0x1200040).
+    assert.equal(write(0x1200040 + 0x138, k(0x1000410)).rule, "poke-ok", "its writer, by symbol: RIP k(0x1000410)");
+    assert.equal(write(0x1200040 + 0x138, k(0x1000480)).verdict, "kill-task", "the next function is not text_poke_bp");
+    assert.equal(write(0x1200040 + 0x7f8, k(0x1000600)).verdict, "kill-task", "the table's last entry");
+    assert.equal(write(0x1200840, k(0x1000600)).verdict, "deny", "past the table: the default");
+  });
+
+  it("a Linux policy's explicit rip range is an error naming it (the kernel's addresses exceed a policy's numbers)", () => {
+    const kernel = linuxPolicyKernel({ ranges: [...ranges], source: "elf", mismatches: [] }, "vmlinuz-test");
+    const file = parsePolicyText(
+      "version: 1\nname: r\nrules:\n  - { name: r, event: protected-write, rip: { from: 0x1000, to: 0x2000 }, action: allow }\n",
+      "r.yaml",
+    );
+    assert.throws(
+      () => resolvePolicy(file, kernel),
+      /r\.yaml:.*rules\[0\]\.rip: .*name the code by symbol with originator/,
+    );
   });
 
   it("a region naming a section the kernel does not seal is an error naming the field", () => {
