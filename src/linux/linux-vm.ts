@@ -344,7 +344,7 @@ export class LinuxVm {
       const shadowBuffer = new SharedArrayBuffer(regions ? regions.reduce((n, r) => n + r.end - r.start, 0) : 0);
       const compiled = regions ? compilePolicy(policy, regions) : undefined;
       if (compiled) config.onPolicy?.(compiled);
-      const init: Omit<LinuxWorkerInit, "control"> = {
+      const init: Omit<LinuxWorkerInit, "control" | "events"> = {
         vcpu,
         vmFd: vm.fd,
         seal:

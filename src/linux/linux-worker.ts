@@ -19,6 +19,7 @@ import { irqLine, Vcpu, type VcpuHandle } from "../kvm/kvm.js";
 import { K, native, wrapNative } from "../kvm/native.js";
 import type { ProtectedRegion } from "../model/regions.js";
 import { DB_VECTOR, type ExitAction } from "../vmm/dispatcher.js";
+import { EventRing, ringEventSender } from "../vmm/event-ring.js";
 import { ExceptionCapture } from "../vmm/exception-capture.js";
 import { msrFilterRanges, PROTECTED_MSRS } from "../vmm/guest-vm.js";
 import type { SlotPlan } from "../vmm/protection.js";
@@ -67,6 +68,8 @@ export interface LinuxWorkerInit {
   vmFd: number;
   seal?: LinuxSealInit;
   control: SharedArrayBuffer;
+  /** The event ring (src/vmm/event-ring.ts), made by the owner. */
+  events: SharedArrayBuffer;
 }
 
 /** Replace the single RAM slot by `plan` (slot numbers from `first` on): delete it, then create each. */
@@ -146,7 +149,7 @@ function main(): void {
           getSregs: () => vcpu.getSregs(),
           reslot: (plan) => reslot(init.vmFd, memory, sealInit.ramSlot, plan),
           decider: decider as Decider,
-          event: (event) => post({ type: "event", event }),
+          event: ringEventSender(new EventRing(init.events), post),
           armed: (armed) => post({ type: "armed", armed }),
           virtualOf: (gpa) => kernelVirtual(sealInit.ranges, gpa),
           patching: sealInit.patching,

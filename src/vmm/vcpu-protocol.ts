@@ -49,6 +49,8 @@ export interface VcpuWorkerInit {
   /** Set for the health VM: its vCPU serves the IDC doorbell. */
   hmService?: IdcAttach;
   control: SharedArrayBuffer;
+  /** The event ring (event-ring.ts), made by the owner. */
+  events: SharedArrayBuffer;
 }
 
 /** A worker armed write protection while the guest ran (a Linux guest's seal, at its first ring-3 exit). */
@@ -77,7 +79,10 @@ export type WorkerMessage =
   | { type: "armed"; armed: ProtectionArmed }
   | { type: "ready"; tid: number }
   | { type: "serial"; line: string }
+  /** An event that did not go through the event ring (event-ring.ts): it was full, or the event too big. */
   | { type: "event"; event: CapturedEvent }
+  /** The event ring's doorbell: events were published while the owner may have been idle. */
+  | { type: "events" }
   | {
       type: "stopped";
       outcome: StopOutcome | "stopped";

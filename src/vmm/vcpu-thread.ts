@@ -11,6 +11,7 @@ import type { VcpuHandle } from "../kvm/kvm.js";
 import { native } from "../kvm/native.js";
 import { scaled } from "../time-scale.js";
 import type { CapturedEvent, DispatchStats, GuestReport, StopOutcome } from "./dispatcher.js";
+import { EventRing } from "./event-ring.js";
 import {
   CMD_HANG,
   CMD_PAUSE,
@@ -75,16 +76,17 @@ export class VcpuThread {
   readonly ready: Promise<void>;
   readonly done: Promise<VcpuStop>;
 
-  constructor(init: Omit<VcpuWorkerInit, "control">, listeners: VcpuListeners);
+  constructor(init: Omit<VcpuWorkerInit, "control" | "events">, listeners: VcpuListeners);
   /** Another worker entry (`options.script`), started with `init` plus the control word. */
   constructor(init: { vcpu: VcpuHandle }, listeners: VcpuListeners, options: VcpuThreadOptions);
   constructor(init: { vcpu: VcpuHandle }, listeners: VcpuListeners, options?: VcpuThreadOptions) {
     const control = new SharedArrayBuffer(CTRL_SLOTS * 4);
     this.ctrl = new Int32Array(control);
+    const events = EventRing.create();
     Atomics.store(this.ctrl, CTRL_CMD, CMD_PAUSE);
     this.run = new RunPage(native().arrayBufferAt(init.vcpu.runAddr, init.vcpu.runSize));
     this.worker = new Worker(options?.script ?? new URL("./vcpu-worker.js", import.meta.url), {
-      workerData: { ...init, control },
+      workerData: { ...init, control, events: events.buffer },
     });
     const kickMs = options?.kickMs ?? SEAL_CHECK_MS;
     let markReady: () => void = () => {};
@@ -95,7 +97,12 @@ export class VcpuThread {
     });
     this.done = new Promise<VcpuStop>((resolve) => {
       let result: VcpuStop | undefined;
+      // Events come through the ring; they are taken before any message, so they keep their order with it.
+      const takeEvents = () => {
+        for (const e of events.drain()) listeners.onEvent(e);
+      };
       this.worker.on("message", (m: WorkerMessage) => {
+        takeEvents();
         switch (m.type) {
           case "ready":
             this.tid = m.tid;
@@ -112,7 +119,10 @@ export class VcpuThread {
             break;
           case "event":
             listeners.onEvent(m.event);
+            events.overflowHandled();
             break;
+          case "events":
+            break; // taken above
           case "hm-fault":
             listeners.onHmFault?.(m.fault);
             break;
@@ -141,6 +151,7 @@ export class VcpuThread {
         failReady(e);
       });
       this.worker.on("exit", () => {
+        takeEvents();
         this.finished = true;
         clearInterval(this.sealCheck);
         failReady(new GuardvisorError("INTERNAL", "vCPU thread exited before it was ready"));

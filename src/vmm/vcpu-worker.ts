@@ -18,6 +18,7 @@ import { Vcpu } from "../kvm/kvm.js";
 import { K, native, wrapNative } from "../kvm/native.js";
 import { ExitDispatcher, type GuestAction } from "./dispatcher.js";
 import { serveDoorbell } from "./doorbell.js";
+import { EventRing, ringEventSender } from "./event-ring.js";
 import { ExceptionCapture } from "./exception-capture.js";
 import { ProtectionMap } from "./protection.js";
 import { runVcpuLoop } from "./vcpu-loop.js";
@@ -114,7 +115,7 @@ function main(): void {
     bus,
     decider,
     sink: {
-      event: (event) => post({ type: "event", event }),
+      event: ringEventSender(new EventRing(init.events), post),
       guestReport: (report) => post({ type: "guest-report", report }),
     },
     exceptions,
