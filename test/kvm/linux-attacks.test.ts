@@ -57,7 +57,10 @@ function faultedWriter(scenario: string, policyName: string, verdictAndRule: str
     "one write refused with a fault (the instruction never completes), then the kernel's oops for it",
   );
   const [write, oops] = events as [ReportedEvent, ReportedEvent];
-  assert.match(oops.note ?? "", /^kernel oops "general protection fault.*", captured at die_addr before/);
+  assert.match(
+    oops.note ?? "",
+    /^kernel oops "general protection fault[^"]*" at 0x[0-9a-f]+ \(cpl 0, error 0x0, .*\), captured at die_addr before/,
+  );
   assert.equal(oops.rip, write.rip, "the oops frame is the faulted writer");
   assert.equal(j.result?.status, "ok");
   assert.equal(j.result?.landed, "none", "insmod was ended before it could report");
