@@ -354,10 +354,51 @@ function maybePiece(x: WriteExit): boolean {
   return x.data.length === 8 || start === 0 || start + x.data.length === 0x1000;
 }
 
-/** Code windows seen, and the lengths of the instructions that end at their RIP (longest first). */
-const endingCache = new Map<string, number[]>();
+/**
+ * A candidate ending at RIP that writes memory the plain way: one written
+ * memory operand, addressed by general registers (or none) and a
+ * displacement, or RIP-relative, not through the stack pointer's own move,
+ * not a string store or a call. What `explains` computes for it with iced
+ * can then be computed from these plain values alone.
+ */
+interface PlainCandidate {
+  back: number;
+  /** The written operand (undefined: the candidate writes no memory it can tell: it never explains a write). */
+  mem?: {
+    base: RegName | null;
+    index: RegName | null;
+    scale: bigint;
+    /** RIP-relative: from the end of the instruction (RIP); else absolute. */
+    displacement: bigint;
+    ripRelative: boolean;
+    segment: "fs" | "gs" | null;
+    addr32: boolean;
+    size: number;
+  };
+  /** What it stores, where that can be told (a MOV's register or immediate); undefined: anything. */
+  value?: { reg: RegName; high8: boolean } | { imm: bigint };
+}
+
+/** What is known of one window of code before RIP. */
+interface Ending {
+  /** The lengths (longest first) for which it decodes to one instruction ending at RIP. */
+  backs: number[];
+  /** Those candidates as plain values; null: one of them is not plain; undefined: not worked out yet. */
+  plain?: PlainCandidate[] | null;
+}
+
+/** Code windows seen, and what ends at their RIP. */
+const endingCache = new Map<string, Ending>();
 /** Windows kept at most (then the cache starts over): hot write sites are few. */
 export const ENDING_CACHE_MAX = 4096;
+
+/** Check plain candidates from their plain values (the default), or always through iced (false). */
+let plainValues = true;
+
+/** For the differential test: locate with plain values where they apply (true, the default) or with iced alone. */
+export function usePlainCandidates(on: boolean): void {
+  plainValues = on;
+}
 
 /**
  * The lengths `back` (longest first) for which the code `before` bytes
@@ -366,7 +407,7 @@ export const ENDING_CACHE_MAX = 4096;
  * site with the same code skips the decodes that cannot end at RIP, and
  * changed code is another key (no invalidation needed).
  */
-function endingLengths(decoder: InstanceType<Iced["Decoder"]>, insn: Insn, code: Uint8Array, before: number): number[] {
+function endingOf(decoder: InstanceType<Iced["Decoder"]>, insn: Insn, code: Uint8Array, before: number): Ending {
   const key = `${before}:${Buffer.from(code.buffer, code.byteOffset, before).toString("latin1")}`;
   const known = endingCache.get(key);
   if (known) return known;
@@ -377,15 +418,120 @@ function endingLengths(decoder: InstanceType<Iced["Decoder"]>, insn: Insn, code:
     if (!insn.isInvalid && insn.length === back) backs.push(back);
   }
   if (endingCache.size >= ENDING_CACHE_MAX) endingCache.clear();
-  endingCache.set(key, backs);
-  return backs;
+  const ending: Ending = { backs };
+  endingCache.set(key, ending);
+  return ending;
+}
+
+/** A general register's name (null for none), or undefined for one we do not hold. */
+function gprName(lib: Iced, reg: number): RegName | null | undefined {
+  if (reg === lib.Register.None) return null;
+  const name = String(lib.Register[lib.RegisterExt.fullRegister(reg)] ?? "").toLowerCase();
+  return GPRS.has(name) ? (name as RegName) : undefined;
+}
+
+/** The decoded candidate as plain values, or undefined when it is not plain (see PlainCandidate). */
+function plainOf(lib: Iced, insn: Insn, back: number, end: bigint): PlainCandidate | undefined {
+  if (isStringStore(lib, insn) || insn.stackPointerIncrement !== 0) return undefined;
+  if (insn.isCallNear || insn.isCallNearIndirect || insn.isCallFar || insn.isCallFarIndirect) return undefined;
+  const ripRelative = insn.isIpRelMemoryOperand;
+  if (ripRelative && insn.memoryBase !== lib.Register.RIP) return undefined; // EIP-relative: iced alone
+  factory ??= new lib.InstructionInfoFactory();
+  const info = factory.info(insn);
+  let used: Used[] = [];
+  try {
+    used = info.usedMemory() as Used[];
+    const writes = used.filter((m) => writeAccesses(lib).has(m.access));
+    if (writes.length > 1) return undefined;
+    const m = writes[0];
+    if (!m) return { back };
+    const base = gprName(lib, m.base);
+    const index = gprName(lib, m.index);
+    const seg = m.segment === lib.Register.FS ? "fs" : m.segment === lib.Register.GS ? "gs" : null;
+    if (base === undefined || index === undefined) return { back }; // a register we do not hold: never explains
+    const c: PlainCandidate = {
+      back,
+      mem: {
+        base,
+        index,
+        scale: BigInt(m.scale),
+        // iced gives a RIP-relative operand's address for this RIP: kept relative to it (the window has no RIP).
+        displacement: ripRelative ? BigInt.asIntN(64, m.displacement - end) : m.displacement,
+        ripRelative,
+        segment: seg,
+        addr32: lib.RegisterExt.isGPR32(m.base) || lib.RegisterExt.isGPR32(m.index),
+        size: lib.MemorySizeExt.size(m.memorySize),
+      },
+    };
+    const K = lib.OpKind;
+    if (insn.mnemonic === lib.Mnemonic.Mov && insn.op0Kind === K.Memory) {
+      if (insn.op1Kind === K.Register) {
+        const reg = gprName(lib, insn.op1Register);
+        const R = lib.Register;
+        const r = insn.op1Register;
+        if (reg) c.value = { reg, high8: r === R.AH || r === R.BH || r === R.CH || r === R.DH };
+      } else if (insn.op1Kind !== K.Memory) c.value = { imm: insn.immediate(1) };
+    }
+    return c;
+  } finally {
+    for (const u of used) u.free(); // WebAssembly memory: not collected
+    info.free();
+  }
+}
+
+/** The window's candidates as plain values (decoded once per window), or null when one is not plain. */
+function plainCandidates(
+  lib: Iced,
+  decoder: InstanceType<Iced["Decoder"]>,
+  insn: Insn,
+  ending: Ending,
+  before: number,
+  end: bigint,
+): PlainCandidate[] | null {
+  if (ending.plain !== undefined) return ending.plain;
+  const out: PlainCandidate[] = [];
+  for (const back of ending.backs) {
+    decoder.position = before - back;
+    decoder.ip = BigInt.asUintN(64, end - BigInt(back));
+    decoder.decodeOut(insn);
+    const c = plainOf(lib, insn, back, end);
+    if (!c) {
+      ending.plain = null;
+      return null;
+    }
+    out.push(c);
+  }
+  ending.plain = out;
+  return out;
+}
+
+/** What `explains` finds for a plain candidate, from its plain values: the same answer, with no decode. */
+function explainsPlain(c: PlainCandidate, end: bigint, mem: GuestMemory, x: WriteExit): Hit | undefined {
+  const m = c.mem;
+  if (!m) return undefined;
+  const base = m.base === null ? 0n : x.regs[m.base];
+  const index = m.index === null ? 0n : x.regs[m.index];
+  let ea = base + index * m.scale + (m.ripRelative ? end + m.displacement : m.displacement);
+  if (m.addr32) ea = BigInt.asUintN(32, ea);
+  const seg = m.segment === "fs" ? x.sregs.fs.base : m.segment === "gs" ? x.sregs.gs.base : 0n;
+  const va = BigInt.asUintN(64, seg + ea);
+  const off = offsetIn(mem, x, va, m.size);
+  if (off === undefined) return undefined;
+  const v = c.value;
+  if (v !== undefined) {
+    const value = "imm" in v ? v.imm : v.high8 ? x.regs[v.reg] >> 8n : x.regs[v.reg];
+    if (!valueIs(value, off, x.data)) return undefined;
+  }
+  return { size: m.size, va, off, extent: m.size, repeating: false, before: {} };
 }
 
 /**
  * The best candidate ending exactly at `end` (`before` bytes of code precede
  * it in the decoder), registers taken as after it ran: the longest that
  * writes exactly the exit's size, else the longest that writes more.
- * `calls`: consider near calls only.
+ * `calls`: consider near calls only. A window whose candidates are all plain
+ * (the common store) is decoded once; after that, only their plain values
+ * are checked against the exit.
  */
 function endingAt(
   lib: Iced,
@@ -400,7 +546,19 @@ function endingAt(
 ): Found | undefined {
   let larger: Found | undefined;
   const piece = maybePiece(x);
-  for (const back of endingLengths(decoder, insn, code, before)) {
+  const ending = endingOf(decoder, insn, code, before);
+  const plain = calls || !plainValues ? null : plainCandidates(lib, decoder, insn, ending, before, end);
+  if (plain) {
+    for (const c of plain) {
+      const hit = explainsPlain(c, end, mem, x);
+      if (hit === undefined) continue;
+      const f = found(BigInt.asUintN(64, end - BigInt(c.back)), c.back, hit, x.data.length);
+      if (f.exact || piece) return f;
+      larger ??= f;
+    }
+    return larger;
+  }
+  for (const back of ending.backs) {
     decoder.position = before - back;
     decoder.ip = BigInt.asUintN(64, end - BigInt(back));
     decoder.decodeOut(insn);
