@@ -1,9 +1,8 @@
 /**
  * The events a vCPU thread captures, handed to the VM's owner through shared
- * memory instead of one structured-clone message each (the clone cost more
- * than the rest of a verdict's software path put together; see
- * docs/performance.md). One producer (the vCPU thread), one consumer (the
- * owner's thread).
+ * memory instead of one structured-clone message each (the clone was one of
+ * the largest single costs of a verdict's software path: docs/performance.md).
+ * One producer (the vCPU thread), one consumer (the owner's thread).
  *
  * The ring is fixed-size slots in a SharedArrayBuffer: the producer writes a
  * slot, then publishes it by moving `head`; the consumer reads slots up to
