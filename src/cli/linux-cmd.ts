@@ -26,7 +26,7 @@ import {
   LINUX_SCENARIOS,
   parseResultLine,
 } from "../linux/test-guest.js";
-import { loadPolicyFile } from "../policy/load.js";
+import { loadPolicyFile, type PolicyFile } from "../policy/load.js";
 import { DEFAULT_RESTART_LIMIT, HM_MEM_MIB } from "../run/options.js";
 import { scaled } from "../time-scale.js";
 
@@ -64,8 +64,11 @@ function readInput(path: string, field: string): Uint8Array {
   }
 }
 
-/** The options checked before anything runs (and before a move into the lab): clear errors naming the option. */
-export function checkLinuxFlags(flags: LinuxRunFlags): void {
+/**
+ * The options checked before anything runs (and before a move into the lab):
+ * clear errors naming the option. Returns the policy file, loaded and checked.
+ */
+export function checkLinuxFlags(flags: LinuxRunFlags): PolicyFile | undefined {
   validateLinuxMemMiB(flags.mem ?? DEFAULT_LINUX_MEM_MIB);
   if (flags.timeout !== undefined && (!Number.isInteger(flags.timeout) || flags.timeout <= 0)) {
     throw configError("--timeout", "must be a positive number of seconds");
@@ -83,7 +86,7 @@ export function checkLinuxFlags(flags: LinuxRunFlags): void {
   if (flags.policy && !flags.seal && scenario === undefined) {
     throw configError("--policy", "with --linux, it governs the seal: give --seal or --scenario");
   }
-  if (flags.policy) loadPolicyFile(flags.policy); // a bad file is a clear error now, not after a boot
+  return flags.policy ? loadPolicyFile(flags.policy) : undefined; // a bad file is a clear error now, not after a boot
 }
 
 /** One Linux run's outcome as `run --linux --json` prints it, and whether it ended cleanly. */
@@ -103,7 +106,7 @@ export async function runLinuxGuest(
   sayErr: (m: string) => void,
   onConsole?: (line: string) => void,
 ): Promise<LinuxRunReport> {
-  checkLinuxFlags(flags);
+  const policyFile = checkLinuxFlags(flags);
   const memMiB = flags.mem ?? DEFAULT_LINUX_MEM_MIB;
   const kernel = readInput(flags.linux, "--linux");
   const scenario = flags.scenario;
@@ -111,7 +114,6 @@ export async function runLinuxGuest(
   const initrdPath = flags.initrd ?? (scenario ? buildLinuxTestGuest().initrd : undefined);
   const initrd = initrdPath ? readInput(initrdPath, "--initrd") : undefined;
   const seal = flags.seal === true || scenario !== undefined;
-  const policyFile = flags.policy ? loadPolicyFile(flags.policy) : undefined;
   const systemMap = flags.systemMap
     ? parseSystemMap(readInput(flags.systemMap, "--system-map"), flags.systemMap)
     : undefined;

@@ -304,10 +304,8 @@ export class LinuxSeal {
     if (this.faultPending && !exit.pending) this.applyFault();
     if (!this.isArmed || !this.d.setSregs) return undefined;
     if (this.deferred.length > 0) {
-      const fixed = { ...this.d.getSregs() };
-      for (const restore of this.deferred) restore(fixed);
+      this.putBack(this.deferred, this.d.getSregs());
       this.deferred = [];
-      this.d.setSregs(fixed);
     }
     if (exit.io && ++this.ioExits % PIN_CHECK_EVERY_IO !== 0) return undefined;
     const sregs = this.d.getSregs();
@@ -331,12 +329,15 @@ export class LinuxSeal {
     if (restores.length > 0 && exit.pending && this.d.requestImmediateExit) {
       this.deferred = restores;
       this.d.requestImmediateExit();
-    } else if (restores.length > 0) {
-      const fixed = { ...sregs };
-      for (const restore of restores) restore(fixed);
-      this.d.setSregs(fixed);
-    }
+    } else if (restores.length > 0) this.putBack(restores, sregs);
     return end;
+  }
+
+  /** Set the sealed values back: `sregs` with each restore applied, in one KVM_SET_SREGS. */
+  private putBack(restores: readonly BrokenSeal["restore"][], sregs: Sregs): void {
+    const fixed = { ...sregs };
+    for (const restore of restores) restore(fixed);
+    this.d.setSregs?.(fixed);
   }
 
   /**

@@ -18,11 +18,10 @@ import { EVENT_KINDS, type EventKind, VERDICTS, type Verdict, verdictOf } from "
 import type { DecidedBy } from "../decide/decider.js";
 import type { CapturedEvent } from "./dispatcher.js";
 
-/** Header words: head (events published), tail (events consumed), overflow posted, overflow handled. */
+/** Header words: head (events published), tail (events consumed), overflow messages handled. */
 const HEAD = 0;
 const TAIL = 1;
-const OVERFLOW_POSTED = 2;
-const OVERFLOW_SEEN = 3;
+const OVERFLOW_SEEN = 2;
 const HEADER_BYTES = 16;
 
 export const EVENT_SLOT_BYTES = 4096;
@@ -62,13 +61,13 @@ export class EventRing {
   private readonly slots: number;
   private readonly encoder = new TextEncoder();
   private readonly decoder = new TextDecoder();
-  /** Producer side: overflow messages posted so far (its own count; mirrored in the header). */
+  /** Producer side: overflow messages posted so far (only the producer needs it). */
   private overflowPosted = 0;
 
   constructor(readonly buffer: SharedArrayBuffer) {
     this.slots = Math.floor((buffer.byteLength - HEADER_BYTES) / EVENT_SLOT_BYTES);
     if (this.slots < 1) throw new RangeError(`an event ring needs room for a slot: ${buffer.byteLength} bytes`);
-    this.words = new Int32Array(buffer, 0, 4);
+    this.words = new Int32Array(buffer, 0, 3);
     this.bytes = new Uint8Array(buffer, HEADER_BYTES);
     this.view = new DataView(buffer, HEADER_BYTES);
   }
@@ -96,7 +95,6 @@ export class EventRing {
   /** Producer: an event write() refused went as a message. */
   overflowed(): void {
     this.overflowPosted++;
-    Atomics.store(this.words, OVERFLOW_POSTED, this.overflowPosted);
   }
 
   /** Consumer: the published events, oldest first (none: an empty list). */

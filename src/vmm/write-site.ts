@@ -90,17 +90,28 @@ type Used = InstanceType<Iced["UsedMemory"]>;
 
 /** A register's 64-bit value (its full register), or undefined for one we do not hold. */
 function regValue(lib: Iced, regs: Regs, reg: number): bigint | undefined {
-  if (reg === lib.Register.None) return 0n;
+  const name = gprName(lib, reg);
+  return name === null ? 0n : name === undefined ? undefined : regs[name];
+}
+
+/** A general register's full name (null for none), or undefined for one we do not hold. */
+function gprName(lib: Iced, reg: number): RegName | null | undefined {
+  if (reg === lib.Register.None) return null;
   const name = String(lib.Register[lib.RegisterExt.fullRegister(reg)] ?? "").toLowerCase();
-  return GPRS.has(name) ? regs[name as RegName] : undefined;
+  return GPRS.has(name) ? (name as RegName) : undefined;
+}
+
+/** AH, BH, CH, DH: bits 8-15 of their full register. */
+function isHigh8(lib: Iced, reg: number): boolean {
+  const R = lib.Register;
+  return reg === R.AH || reg === R.BH || reg === R.CH || reg === R.DH;
 }
 
 /** What a register operand stores, from its low byte up (AH..DH: bits 8-15), or undefined for one we do not hold. */
 function operandValue(lib: Iced, regs: Regs, reg: number): bigint | undefined {
   const full = regValue(lib, regs, reg);
   if (full === undefined) return undefined;
-  const R = lib.Register;
-  return reg === R.AH || reg === R.BH || reg === R.CH || reg === R.DH ? full >> 8n : full;
+  return isHigh8(lib, reg) ? full >> 8n : full;
 }
 
 function segmentBase(lib: Iced, sregs: Sregs, seg: number): bigint {
@@ -423,13 +434,6 @@ function endingOf(decoder: InstanceType<Iced["Decoder"]>, insn: Insn, code: Uint
   return ending;
 }
 
-/** A general register's name (null for none), or undefined for one we do not hold. */
-function gprName(lib: Iced, reg: number): RegName | null | undefined {
-  if (reg === lib.Register.None) return null;
-  const name = String(lib.Register[lib.RegisterExt.fullRegister(reg)] ?? "").toLowerCase();
-  return GPRS.has(name) ? (name as RegName) : undefined;
-}
-
 /** The decoded candidate as plain values, or undefined when it is not plain (see PlainCandidate). */
 function plainOf(lib: Iced, insn: Insn, back: number, end: bigint): PlainCandidate | undefined {
   if (isStringStore(lib, insn) || insn.stackPointerIncrement !== 0) return undefined;
@@ -467,9 +471,7 @@ function plainOf(lib: Iced, insn: Insn, back: number, end: bigint): PlainCandida
     if (insn.mnemonic === lib.Mnemonic.Mov && insn.op0Kind === K.Memory) {
       if (insn.op1Kind === K.Register) {
         const reg = gprName(lib, insn.op1Register);
-        const R = lib.Register;
-        const r = insn.op1Register;
-        if (reg) c.value = { reg, high8: r === R.AH || r === R.BH || r === R.CH || r === R.DH };
+        if (reg) c.value = { reg, high8: isHigh8(lib, insn.op1Register) };
       } else if (insn.op1Kind !== K.Memory) c.value = { imm: insn.immediate(1) };
     }
     return c;
