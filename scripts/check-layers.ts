@@ -13,7 +13,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 /** Bottom first. A module may import from its own folder and from folders in lower layers only. */
 export const LAYERS: readonly (readonly string[])[] = [
   ["errors"],
-  ["abi", "log", "names", "time-scale"],
+  ["abi", "byte-slab", "log", "names", "time-scale"],
   ["kvm", "x86"],
   ["model"],
   ["elf", "idc", "devices"],

@@ -2,9 +2,11 @@
  * Deciders rule on events. `vmm` evaluates the compiled policy inside the VMM
  * (on the vCPU's own thread); `hm-vm` asks the health-monitoring VM.
  */
+import { EVENT_KINDS, type EventKind } from "../abi/guest-abi.js";
+import { GuardvisorError } from "../errors.js";
 import type { ContextRecord } from "../model/context.js";
-import { type Decision, evaluate } from "./evaluate.js";
-import type { CompiledPolicy } from "./policy.js";
+import { type Decision, defaultDecision, firstMatch, ruleDecision } from "./evaluate.js";
+import type { CompiledPolicy, CompiledRule } from "./policy.js";
 import { decodeRuleTable } from "./rule-table.js";
 
 export const DECIDERS = ["hm-vm", "vmm"] as const;
@@ -25,18 +27,33 @@ export interface Decider {
   reload(p: ReloadablePolicy): void;
 }
 
-/** The in-VMM decider: evaluates the binary rule table on the vCPU's thread. */
+const EVENT_KIND_LIST = Object.keys(EVENT_KINDS) as EventKind[];
+
+/**
+ * The in-VMM decider: evaluates the binary rule table on the vCPU's thread.
+ * Its answers are made once per rule and per kind's default, and shared
+ * (frozen): an answer is built on every event otherwise.
+ */
 export class VmmDecider implements Decider {
   readonly name = "vmm" as const;
-  private policy: CompiledPolicy;
+  private policy!: CompiledPolicy;
+  private byRule = new Map<CompiledRule, DecisionResult>();
+  private byDefault = new Map<EventKind, DecisionResult>();
   constructor(policy: ReloadablePolicy) {
-    // Evaluate what the table says, exactly as the health VM will read it.
-    this.policy = { ...policy, ...decodeRuleTable(policy.table) };
+    this.reload(policy);
   }
   reload(p: ReloadablePolicy): void {
-    this.policy = { ...p, ...decodeRuleTable(p.table) };
+    // Evaluate what the table says, exactly as the health VM will read it.
+    const policy: CompiledPolicy = { ...p, ...decodeRuleTable(p.table) };
+    const answer = (d: Decision): DecisionResult => Object.freeze({ ...d, decidedBy: "vmm" as const });
+    this.byRule = new Map(policy.rules.map((r) => [r, answer(ruleDecision(policy, r))]));
+    this.byDefault = new Map(EVENT_KIND_LIST.map((k) => [k, answer(defaultDecision(policy, k))]));
+    this.policy = policy;
   }
   decide(ctx: ContextRecord): DecisionResult {
-    return { ...evaluate(this.policy, ctx), decidedBy: "vmm" };
+    const r = firstMatch(this.policy, ctx);
+    const answer = r ? this.byRule.get(r) : this.byDefault.get(ctx.kind);
+    if (!answer) throw new GuardvisorError("INTERNAL", `no answer made for a ${ctx.kind} event`);
+    return answer;
   }
 }

@@ -3,7 +3,7 @@
  * Fail-closed: it starts from the kind's default verdict and the first
  * matching rule, in order, replaces it.
  */
-import { CONTEXT_FLAGS, EVENT_KINDS, type Verdict } from "../abi/guest-abi.js";
+import { CONTEXT_FLAGS, EVENT_KINDS, type EventKind, type Verdict } from "../abi/guest-abi.js";
 import type { ContextRecord } from "../model/context.js";
 import type { CompiledPolicy, CompiledRule } from "./policy.js";
 
@@ -47,11 +47,23 @@ function writtenValue(c: ContextRecord): bigint | undefined {
   return v;
 }
 
+/** The first rule that matches, in order; undefined: the kind's default applies. */
+export function firstMatch(p: CompiledPolicy, c: ContextRecord): CompiledRule | undefined {
+  for (const r of p.rules) if (ruleMatches(r, c)) return r;
+  return undefined;
+}
+
+/** The decision a matched rule gives. */
+export function ruleDecision(p: CompiledPolicy, r: CompiledRule): Decision {
+  return { verdict: r.verdict, rule: p.names[r.index] ?? `rule-${r.index}`, reason: p.reasons[r.index] ?? "" };
+}
+
+/** The decision when no rule matches an event of `kind`. */
+export function defaultDecision(p: CompiledPolicy, kind: EventKind): Decision {
+  return { verdict: p.defaults[kind], rule: `default:${kind}`, reason: `no rule matched; default for ${kind}` };
+}
+
 export function evaluate(p: CompiledPolicy, c: ContextRecord): Decision {
-  for (const r of p.rules) {
-    if (ruleMatches(r, c)) {
-      return { verdict: r.verdict, rule: p.names[r.index] ?? `rule-${r.index}`, reason: p.reasons[r.index] ?? "" };
-    }
-  }
-  return { verdict: p.defaults[c.kind], rule: `default:${c.kind}`, reason: `no rule matched; default for ${c.kind}` };
+  const r = firstMatch(p, c);
+  return r ? ruleDecision(p, r) : defaultDecision(p, c.kind);
 }

@@ -5,14 +5,8 @@
  * the types every layer above the KVM objects shares, so deciders, the IDC
  * channel and the audit log need not reach into the VMM for it.
  */
-import {
-  ABI_CONSTANTS,
-  CONTEXT_RECORD,
-  EVENT_KINDS,
-  type EventKind,
-  REG_NAMES,
-  type RegName,
-} from "../abi/guest-abi.js";
+import { ABI_CONSTANTS, CONTEXT_RECORD, EVENT_KINDS, type EventKind, REG_NAMES } from "../abi/guest-abi.js";
+import { ByteSlab } from "../byte-slab.js";
 import { GuardvisorError } from "../errors.js";
 import { cplOf, type Regs, type Sregs, zeroRegs } from "../kvm/structs.js";
 
@@ -137,9 +131,48 @@ const OFF = {
   vm_id: O("vm_id"),
 } as const;
 
+/**
+ * The record is built in one 8-aligned scratch buffer through typed views
+ * (a record is encoded on every event: DataView calls and BigInt.asUintN per
+ * field were a tenth of a verdict's software path), then copied out.
+ */
+const SCRATCH = new ArrayBuffer(CONTEXT_RECORD.size);
+const SCRATCH_U8 = new Uint8Array(SCRATCH);
+const SCRATCH_U32 = new Uint32Array(SCRATCH);
+const SCRATCH_U64 = new BigUint64Array(SCRATCH);
+if (new Uint8Array(Uint32Array.of(1).buffer)[0] !== 1) {
+  throw new GuardvisorError("INTERNAL", "the context record's typed views need a little-endian host");
+}
+const U64_FIELDS = new Set([
+  "seq",
+  "error_code",
+  "msr_value",
+  "gpa",
+  "region_offset",
+  "regs",
+  "cr0",
+  "cr2",
+  "cr3",
+  "cr4",
+  "efer",
+]);
+for (const [name, at] of Object.entries(OFF)) {
+  const align = U64_FIELDS.has(name) ? 8 : name === "data" || name === "insn" ? 1 : 4;
+  if (at % align !== 0) throw new GuardvisorError("INTERNAL", `context record field ${name} is not ${align}-aligned`);
+}
+/** Field indexes in the scratch's u32 (W) and u64 (Q) views. */
+const W = Object.fromEntries(Object.entries(OFF).map(([k, v]) => [k, v / 4])) as Record<keyof typeof OFF, number>;
+const Q = Object.fromEntries(Object.entries(OFF).map(([k, v]) => [k, v / 8])) as Record<keyof typeof OFF, number>;
+const SPELLED_OUT = "rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags";
+if (REG_NAMES.join(" ") !== SPELLED_OUT) {
+  throw new GuardvisorError("INTERNAL", "encodeContext spells out REG_NAMES in another order than the ABI's");
+}
+/** Where fresh records come from (encodeContext without `out`). */
+const RECORDS = new ByteSlab();
+
 /** Encode into `out` (at `at`), or into a fresh buffer of CONTEXT_RECORD.size bytes. */
 export function encodeContext(c: ContextRecord, out?: Uint8Array, at = 0): Uint8Array {
-  const buf = out ?? new Uint8Array(CONTEXT_RECORD.size);
+  const buf = out ?? RECORDS.take(CONTEXT_RECORD.size);
   if (at < 0 || at + CONTEXT_RECORD.size > buf.length) {
     throw new GuardvisorError("INTERNAL", "context record does not fit the buffer");
   }
@@ -148,36 +181,57 @@ export function encodeContext(c: ContextRecord, out?: Uint8Array, at = 0): Uint8
   if (!Number.isInteger(accessLen) || accessLen < c.data.length || accessLen > 0xffffffff) {
     throw new GuardvisorError("INTERNAL", "context record: access length out of range");
   }
-  buf.fill(0, at, at + CONTEXT_RECORD.size);
-  const v = new DataView(buf.buffer, buf.byteOffset + at, CONTEXT_RECORD.size);
-  v.setUint32(OFF.magic, ABI_CONSTANTS.CTX_MAGIC, true);
-  v.setUint32(OFF.version, ABI_CONSTANTS.CTX_VERSION, true);
-  v.setBigUint64(OFF.seq, BigInt(c.seq), true);
-  v.setUint32(OFF.kind, EVENT_KINDS[c.kind], true);
-  v.setUint32(OFF.vm_id, c.vmId, true);
-  v.setUint32(OFF.vcpu, c.vcpu, true);
-  v.setUint32(OFF.cpl, c.cpl, true);
-  v.setUint32(OFF.region_id, c.regionId, true);
-  v.setUint32(OFF.vector, c.vector, true);
-  v.setBigUint64(OFF.error_code, BigInt.asUintN(64, c.errorCode), true);
-  v.setUint32(OFF.msr_index, c.msrIndex, true);
-  v.setUint32(OFF.access_len, accessLen, true);
-  v.setBigUint64(OFF.msr_value, BigInt.asUintN(64, c.msrValue), true);
-  v.setBigUint64(OFF.gpa, BigInt(c.gpa), true);
-  v.setBigUint64(OFF.region_offset, BigInt(c.regionOffset), true);
-  buf.set(c.data, at + OFF.data);
-  for (let i = 0; i < REG_NAMES.length; i++) {
-    v.setBigUint64(OFF.regs + 8 * i, BigInt.asUintN(64, c.regs[REG_NAMES[i] as RegName]), true);
-  }
-  v.setBigUint64(OFF.cr0, c.cr0, true);
-  v.setBigUint64(OFF.cr2, c.cr2, true);
-  v.setBigUint64(OFF.cr3, c.cr3, true);
-  v.setBigUint64(OFF.cr4, c.cr4, true);
-  v.setBigUint64(OFF.efer, c.efer, true);
-  buf.set(c.insn, at + OFF.insn);
-  v.setUint32(OFF.insn_len, c.insn.length, true);
-  v.setUint32(OFF.flags, c.flags, true);
-  v.setUint32(OFF.object, c.object, true);
+  const u32 = SCRATCH_U32;
+  const u64 = SCRATCH_U64;
+  SCRATCH_U8.fill(0);
+  u32[W.magic] = ABI_CONSTANTS.CTX_MAGIC;
+  u32[W.version] = ABI_CONSTANTS.CTX_VERSION;
+  u64[Q.seq] = BigInt(c.seq);
+  u32[W.kind] = EVENT_KINDS[c.kind];
+  u32[W.vm_id] = c.vmId;
+  u32[W.vcpu] = c.vcpu;
+  u32[W.cpl] = c.cpl;
+  u32[W.region_id] = c.regionId;
+  u32[W.vector] = c.vector;
+  // A BigUint64Array element takes a BigInt modulo 2^64, as BigInt.asUintN(64, …) would.
+  u64[Q.error_code] = c.errorCode;
+  u32[W.msr_index] = c.msrIndex;
+  u32[W.access_len] = accessLen;
+  u64[Q.msr_value] = c.msrValue;
+  u64[Q.gpa] = BigInt(c.gpa);
+  u64[Q.region_offset] = BigInt(c.regionOffset);
+  SCRATCH_U8.set(c.data, OFF.data);
+  const r = c.regs;
+  const g = Q.regs;
+  // REG_NAMES order, spelled out (checked below at load): a keyed loop costs twice as much.
+  u64[g] = r.rax;
+  u64[g + 1] = r.rbx;
+  u64[g + 2] = r.rcx;
+  u64[g + 3] = r.rdx;
+  u64[g + 4] = r.rsi;
+  u64[g + 5] = r.rdi;
+  u64[g + 6] = r.rsp;
+  u64[g + 7] = r.rbp;
+  u64[g + 8] = r.r8;
+  u64[g + 9] = r.r9;
+  u64[g + 10] = r.r10;
+  u64[g + 11] = r.r11;
+  u64[g + 12] = r.r12;
+  u64[g + 13] = r.r13;
+  u64[g + 14] = r.r14;
+  u64[g + 15] = r.r15;
+  u64[g + 16] = r.rip;
+  u64[g + 17] = r.rflags;
+  u64[Q.cr0] = c.cr0;
+  u64[Q.cr2] = c.cr2;
+  u64[Q.cr3] = c.cr3;
+  u64[Q.cr4] = c.cr4;
+  u64[Q.efer] = c.efer;
+  SCRATCH_U8.set(c.insn, OFF.insn);
+  u32[W.insn_len] = c.insn.length;
+  u32[W.flags] = c.flags;
+  u32[W.object] = c.object;
+  buf.set(SCRATCH_U8, at);
   return buf;
 }
 

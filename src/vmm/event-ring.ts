@@ -15,6 +15,7 @@
  * such message, so order holds across both ways too.
  */
 import { EVENT_KINDS, type EventKind, VERDICTS, type Verdict, verdictOf } from "../abi/guest-abi.js";
+import { ByteSlab } from "../byte-slab.js";
 import type { DecidedBy } from "../decide/decider.js";
 import type { CapturedEvent } from "./dispatcher.js";
 
@@ -61,6 +62,15 @@ export class EventRing {
   private readonly slots: number;
   private readonly encoder = new TextEncoder();
   private readonly decoder = new TextDecoder();
+  /** Producer: rule names, reasons and notes already encoded (they repeat from event to event). */
+  private readonly encoded = new Map<string, Uint8Array>();
+  /** Consumer: the last bytes and string read for each of rule, reason and note. */
+  private readonly lastText: { bytes: Uint8Array; text: string }[] = [0, 1, 2].map(() => ({
+    bytes: new Uint8Array(0),
+    text: "",
+  }));
+  /** Consumer: where decoded records come from. */
+  private readonly records = new ByteSlab();
   /** Producer side: overflow messages posted so far (only the producer needs it). */
   private overflowPosted = 0;
 
@@ -138,28 +148,45 @@ export class EventRing {
     this.bytes.set(e.record, base + S.data);
     let at = base + S.data + e.record.length;
     for (const s of [e.rule, e.reason, e.note ?? ""]) {
-      if (at + 2 > end) return false;
-      const r = this.encoder.encodeInto(s, this.bytes.subarray(at + 2, end));
-      if (r.read !== s.length) return false; // does not fit: it goes as a message, whole
-      v.setUint16(at, r.written, true);
-      at += 2 + r.written;
+      const b = this.utf8(s);
+      if (at + 2 + b.length > end || b.length > 0xffff) return false; // does not fit: it goes as a message, whole
+      v.setUint16(at, b.length, true);
+      this.bytes.set(b, at + 2);
+      at += 2 + b.length;
     }
     return true;
+  }
+
+  private utf8(s: string): Uint8Array {
+    let b = this.encoded.get(s);
+    if (b === undefined) {
+      if (this.encoded.size >= 256) this.encoded.clear();
+      b = this.encoder.encode(s);
+      this.encoded.set(s, b);
+    }
+    return b;
   }
 
   private decode(base: number): CapturedEvent {
     const v = this.view;
     const recordLen = v.getUint16(base + S.recordLen, true);
     let at = base + S.data + recordLen;
-    const text = (): string => {
+    const text = (i: number): string => {
       const n = v.getUint16(at, true);
-      const s = this.decoder.decode(this.bytes.slice(at + 2, at + 2 + n));
+      const bytes = this.bytes.subarray(at + 2, at + 2 + n);
       at += 2 + n;
-      return s;
+      const last = this.lastText[i] as { bytes: Uint8Array; text: string };
+      if (!sameBytes(last.bytes, bytes)) {
+        last.bytes = bytes.slice(); // (TextDecoder reads no shared memory: a copy)
+        last.text = this.decoder.decode(last.bytes);
+      }
+      return last.text;
     };
-    const rule = text();
-    const reason = text();
-    const note = text();
+    const rule = text(0);
+    const reason = text(1);
+    const note = text(2);
+    const record = this.records.take(recordLen);
+    record.set(this.bytes.subarray(base + S.data, base + S.data + recordLen));
     const e: CapturedEvent = {
       seq: v.getFloat64(base + S.seq, true),
       kind: KIND_BY_NUMBER.get(v.getUint8(base + S.kind)) as EventKind,
@@ -177,11 +204,17 @@ export class EventRing {
       reason,
       latencyUs: v.getFloat64(base + S.latencyUs, true),
       timeMs: v.getFloat64(base + S.timeMs, true),
-      record: this.bytes.slice(base + S.data, base + S.data + recordLen),
+      record,
     };
     if (v.getUint8(base + S.hasNote) === 1) e.note = note;
     return e;
   }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /**

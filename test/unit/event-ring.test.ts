@@ -59,6 +59,17 @@ describe("the event ring (EventRing)", () => {
     assert.equal(ring.write(event(4)), "published-idle");
   });
 
+  it("reads back texts that change, repeat or differ only in their bytes (the owner keeps the last of each)", () => {
+    const ring = EventRing.create(8);
+    const texts = ["rule-a", "rule-b", "rule-b", "rule-a", "rule-ä", "rule-ö", "", "rule-a"];
+    const sent = texts.map((t, i) => event(i + 1, { rule: t, reason: texts[texts.length - 1 - i] as string, note: t }));
+    for (const e of sent) assert.notEqual(ring.write(e), "refused");
+    const got = ring.drain();
+    assert.deepEqual(got, sent);
+    got[0]?.record.fill(0xee);
+    assert.notDeepEqual(got[1]?.record, got[0]?.record, "each event has a record of its own");
+  });
+
   it("wraps around its slots", () => {
     const ring = EventRing.create(3);
     for (let round = 0; round < 5; round++) {
