@@ -45,6 +45,9 @@ export interface ContextRecord {
   flags: number;
 }
 
+/** No bytes: shared by every record until it is given its own (a zero-length array holds nothing to change). */
+const NO_BYTES = Object.freeze(new Uint8Array(0)) as Uint8Array;
+
 /** A record of `kind` with every field zero (or `regs`, when the caller has them already). */
 export function emptyContext(kind: EventKind, regs?: Regs): ContextRecord {
   return {
@@ -61,14 +64,14 @@ export function emptyContext(kind: EventKind, regs?: Regs): ContextRecord {
     msrValue: 0n,
     gpa: 0,
     regionOffset: 0,
-    data: new Uint8Array(0),
+    data: NO_BYTES,
     regs: regs ?? zeroRegs(),
     cr0: 0n,
     cr2: 0n,
     cr3: 0n,
     cr4: 0n,
     efer: 0n,
-    insn: new Uint8Array(0),
+    insn: NO_BYTES,
     flags: 0,
   };
 }

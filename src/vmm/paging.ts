@@ -97,6 +97,11 @@ export function physicalOffsetIn(
  * first byte that is not mapped or not in RAM (so the result may be shorter).
  */
 export function readVirtual(mem: GuestMemory, cr3: bigint, va: bigint, len: number): Uint8Array {
+  // Most reads (instruction bytes) lie in one page: one translation, one copy.
+  const first = len > 0 ? translate(mem, cr3, va) : undefined;
+  if (first !== undefined && len <= 4096 - (first % 4096) && mem.contains(first, len)) {
+    return mem.bytes.slice(first, first + len);
+  }
   const out = new Uint8Array(Math.max(0, len));
   let n = 0;
   let addr = va;

@@ -396,10 +396,49 @@ interface Ending {
   backs: number[];
   /** Those candidates as plain values; null: one of them is not plain; undefined: not worked out yet. */
   plain?: PlainCandidate[] | null;
+  /** The instruction at RIP (the window's bytes from `before` on) is a string store. */
+  ripStringStore: boolean;
 }
 
-/** Code windows seen, and what ends at their RIP. */
-const endingCache = new Map<string, Ending>();
+type Decoder = InstanceType<Iced["Decoder"]>;
+
+/**
+ * A decoder over one window of code, made on first use: a window whose
+ * answers are all known (the common store, seen before) needs none, and
+ * making one copies the bytes into the decoder's WebAssembly memory.
+ */
+class LazyDecoder {
+  private made: Decoder | undefined;
+  constructor(
+    private readonly lib: Iced,
+    private readonly bytes: Uint8Array,
+  ) {}
+  get(): Decoder {
+    this.made ??= new this.lib.Decoder(64, this.bytes, this.lib.DecoderOptions.None);
+    return this.made;
+  }
+  free(): void {
+    this.made?.free();
+    this.made = undefined;
+  }
+}
+
+/** Code windows seen (by a hash of their bytes and `before`; each entry keeps its bytes), and what ends at their RIP. */
+const endingCache = new Map<number, { before: number; code: Uint8Array; ending: Ending }[]>();
+let endingCount = 0;
+
+/** FNV-1a over the window and where RIP lies in it. */
+function windowHash(code: Uint8Array, before: number): number {
+  let h = 0x811c9dc5 ^ before;
+  for (let i = 0; i < code.length; i++) h = Math.imul(h ^ (code[i] as number), 0x01000193);
+  return h >>> 0;
+}
+
+function sameCode(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
 /** Windows kept at most (then the cache starts over): hot write sites are few. */
 export const ENDING_CACHE_MAX = 4096;
 
@@ -413,24 +452,39 @@ export function usePlainCandidates(on: boolean): void {
 
 /**
  * The lengths `back` (longest first) for which the code `before` bytes
- * before RIP decodes to one instruction of exactly that length. They depend
- * on the code bytes alone, so they are kept by the bytes themselves: the same
- * site with the same code skips the decodes that cannot end at RIP, and
- * changed code is another key (no invalidation needed).
+ * before RIP decodes to one instruction of exactly that length, and whether
+ * the instruction at RIP is a string store. They depend on the code bytes
+ * alone, so they are kept by the bytes themselves: the same site with the
+ * same code skips the decodes (and the decoder), and changed code is another
+ * key (no invalidation needed).
  */
-function endingOf(decoder: InstanceType<Iced["Decoder"]>, insn: Insn, code: Uint8Array, before: number): Ending {
-  const key = `${before}:${Buffer.from(code.buffer, code.byteOffset, before).toString("latin1")}`;
-  const known = endingCache.get(key);
-  if (known) return known;
+function endingOf(lib: Iced, decoder: LazyDecoder, insn: Insn, code: Uint8Array, before: number): Ending {
+  const key = windowHash(code, before);
+  const bucket = endingCache.get(key);
+  const known = bucket?.find((k) => k.before === before && sameCode(k.code, code));
+  if (known) return known.ending;
+  const d = decoder.get();
   const backs: number[] = [];
   for (let back = before; back >= 1; back--) {
-    decoder.position = before - back;
-    decoder.decodeOut(insn);
+    d.position = before - back;
+    d.decodeOut(insn);
     if (!insn.isInvalid && insn.length === back) backs.push(back);
   }
-  if (endingCache.size >= ENDING_CACHE_MAX) endingCache.clear();
-  const ending: Ending = { backs };
-  endingCache.set(key, ending);
+  let ripStringStore = false;
+  if (code.length > before) {
+    d.position = before;
+    d.decodeOut(insn);
+    ripStringStore = !insn.isInvalid && isStringStore(lib, insn);
+  }
+  if (endingCount >= ENDING_CACHE_MAX) {
+    endingCache.clear();
+    endingCount = 0;
+  }
+  const ending: Ending = { backs, ripStringStore };
+  const entry = { before, code: code.slice(), ending };
+  if (bucket && endingCache.has(key)) bucket.push(entry);
+  else endingCache.set(key, [entry]);
+  endingCount++;
   return ending;
 }
 
@@ -484,7 +538,7 @@ function plainOf(lib: Iced, insn: Insn, back: number, end: bigint): PlainCandida
 /** The window's candidates as plain values (decoded once per window), or null when one is not plain. */
 function plainCandidates(
   lib: Iced,
-  decoder: InstanceType<Iced["Decoder"]>,
+  lazy: LazyDecoder,
   insn: Insn,
   ending: Ending,
   before: number,
@@ -492,6 +546,7 @@ function plainCandidates(
 ): PlainCandidate[] | null {
   if (ending.plain !== undefined) return ending.plain;
   const out: PlainCandidate[] = [];
+  const decoder = lazy.get();
   for (const back of ending.backs) {
     decoder.position = before - back;
     decoder.ip = BigInt.asUintN(64, end - BigInt(back));
@@ -537,9 +592,9 @@ function explainsPlain(c: PlainCandidate, end: bigint, mem: GuestMemory, x: Writ
  */
 function endingAt(
   lib: Iced,
-  decoder: InstanceType<Iced["Decoder"]>,
+  lazy: LazyDecoder,
   insn: Insn,
-  code: Uint8Array,
+  ending: Ending,
   before: number,
   end: bigint,
   mem: GuestMemory,
@@ -548,8 +603,7 @@ function endingAt(
 ): Found | undefined {
   let larger: Found | undefined;
   const piece = maybePiece(x);
-  const ending = endingOf(decoder, insn, code, before);
-  const plain = calls || !plainValues ? null : plainCandidates(lib, decoder, insn, ending, before, end);
+  const plain = calls || !plainValues ? null : plainCandidates(lib, lazy, insn, ending, before, end);
   if (plain) {
     for (const c of plain) {
       const hit = explainsPlain(c, end, mem, x);
@@ -560,7 +614,9 @@ function endingAt(
     }
     return larger;
   }
+  const decoder = ending.backs.length > 0 ? lazy.get() : undefined;
   for (const back of ending.backs) {
+    if (!decoder) break;
     decoder.position = before - back;
     decoder.ip = BigInt.asUintN(64, end - BigInt(back));
     decoder.decodeOut(insn);
@@ -577,7 +633,7 @@ function endingAt(
 /** The instruction at RIP, registers taken as after it ran (`after`: a REP string store mid-run) or before. */
 function fromRip(
   lib: Iced,
-  decoder: InstanceType<Iced["Decoder"]>,
+  decoder: Decoder,
   insn: Insn,
   before: number,
   mem: GuestMemory,
@@ -607,9 +663,10 @@ function callBehind(lib: Iced, insn: Insn, mem: GuestMemory, x: WriteExit): Loca
   if (ret === x.regs.rip || offsetIn(mem, x, x.regs.rsp, 8) !== 0) return undefined; // (a call ending at RIP: tried)
   const { bytes, before } = codeAround(mem, x.sregs.cr3, ret);
   if (before === 0) return undefined;
-  const decoder = new lib.Decoder(64, bytes, lib.DecoderOptions.None);
+  const decoder = new LazyDecoder(lib, bytes);
   try {
-    return endingAt(lib, decoder, insn, bytes, before, ret, mem, x, true)?.store;
+    const ending = endingOf(lib, decoder, insn, bytes, before);
+    return endingAt(lib, decoder, insn, ending, before, ret, mem, x, true)?.store;
   } finally {
     decoder.free();
   }
@@ -638,16 +695,18 @@ export function locateStore(mem: GuestMemory, x: WriteExit): LocatedStore | unde
       return undefined;
     }
   }
-  const decoder = new lib.Decoder(64, bytes, lib.DecoderOptions.None);
+  const decoder = new LazyDecoder(lib, bytes);
   try {
     const hasRip = bytes.length > before;
-    const rep = hasRip ? fromRip(lib, decoder, insn, before, mem, x, true) : undefined;
+    const window = endingOf(lib, decoder, insn, bytes, before);
+    // Only a string store explains a write from RIP with the registers as after it ran.
+    const rep = window.ripStringStore ? fromRip(lib, decoder.get(), insn, before, mem, x, true) : undefined;
     if (rep?.exact) return rep.store;
-    const ending = endingAt(lib, decoder, insn, bytes, before, x.regs.rip, mem, x, false);
+    const ending = endingAt(lib, decoder, insn, window, before, x.regs.rip, mem, x, false);
     if (ending?.exact) return ending.store;
     const located = rep?.store ?? ending?.store ?? callBehind(lib, insn, mem, x);
     if (located || !hasRip) return located;
-    return fromRip(lib, decoder, insn, before, mem, x, false)?.store;
+    return fromRip(lib, decoder.get(), insn, before, mem, x, false)?.store;
   } catch {
     return undefined;
   } finally {
