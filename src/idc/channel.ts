@@ -314,7 +314,9 @@ export class IdcChannel {
   }
 
   private slot(kind: "req" | "resp", seq: bigint): number {
-    const idx = Number(seq % BigInt(this.nslots));
+    // Sequence numbers stay far below 2^53: the slot index in Number arithmetic, no BigInt made.
+    const n = Number(seq);
+    const idx = n <= Number.MAX_SAFE_INTEGER ? n % this.nslots : Number(seq % BigInt(this.nslots));
     const L = this.region.layout;
     return kind === "req"
       ? this.base + L.reqOffset + idx * IDC_REQUEST.size
