@@ -10,7 +10,7 @@
 import type { EventKind } from "../abi/guest-abi.js";
 import { attachIdc, type IdcAttach } from "../idc/attach.js";
 import type { IdcChannel } from "../idc/channel.js";
-import { HM_DOWN, HM_FAILED, HM_UP, type HmControl } from "../idc/hm-control.js";
+import { HM_FAILED, HM_UP, type HmControl } from "../idc/hm-control.js";
 import type { ContextRecord } from "../model/context.js";
 import { scaled } from "../time-scale.js";
 import type { Decider, DecisionResult, ReloadablePolicy } from "./decider.js";
@@ -113,7 +113,8 @@ export class HmVmDecider implements Decider {
     if (this.distrusted >= 0 && !this.awaitSuccessor()) {
       return this.failsafe(ctx.kind, "failed", 0n, this.control.generation, "the health VM did not come back");
     }
-    let generation = this.control.generation;
+    const submitted = this.control.generation;
+    let generation = submitted;
     if (this.control.state === HM_FAILED) {
       return this.failsafe(ctx.kind, "failed", 0n, generation, "the health VM is out of restarts");
     }
@@ -147,9 +148,12 @@ export class HmVmDecider implements Decider {
         return this.failsafe(ctx.kind, "garbage", seq, generation < 0 ? this.control.generation : generation, r.why);
       }
       const state = this.control.state;
-      if ((state === HM_DOWN || state === HM_FAILED) && this.control.isPoison(this.channel.guest, seq)) {
+      // Down, or restarted since the request went out (this thread may have slept through the whole restart).
+      const restarted = state !== HM_UP || this.control.generation !== submitted;
+      if (restarted && this.control.isPoison(this.channel.guest, seq)) {
         this.channel.withdraw(seq);
-        return this.failsafe(ctx.kind, "down", seq, generation, "the health VM died on this request");
+        // Charged to the instance it was sent to (the one that died on it, or its predecessor).
+        return this.failsafe(ctx.kind, "down", seq, submitted, "the health VM died on this request");
       }
       if (state === HM_FAILED) {
         this.channel.withdraw(seq);

@@ -11,9 +11,14 @@ export const HMC_STATE = 0;
 export const HMC_GENERATION = 1;
 /** Bumped by the VMM for every published request; the parked health VM waits on it. */
 export const HMC_DOORBELL = 2;
-/** The request the dead health VM was evaluating: guest index (-1: none) and seq. */
+/**
+ * The request the last health VM to die was evaluating: guest index (-1:
+ * none) and seq (low and high 32 bits). Kept until the next death: a guest's
+ * thread that never saw the health VM down still finds its request here.
+ */
 export const HMC_POISON_GUEST = 3;
 export const HMC_POISON_SEQ = 4;
+export const HMC_POISON_SEQ_HI = 5;
 
 export const HM_UP = 1;
 export const HM_DOWN = 2;
@@ -52,22 +57,27 @@ export class HmControl {
   }
 
   markUp(): void {
-    Atomics.store(this.words, HMC_POISON_GUEST, -1);
     Atomics.add(this.words, HMC_GENERATION, 1);
     this.setState(HM_UP);
   }
 
   /** The health VM is gone; `poison` is the request it died on, if any. */
   markDown(poison?: { guest: number; seq: bigint }): void {
-    Atomics.store(this.words, HMC_POISON_SEQ, poison ? Number(poison.seq & 0x7fffffffn) : 0);
+    Atomics.store(this.words, HMC_POISON_GUEST, -1); // (no half-written poison is ever read as whole)
+    const seq = poison ? BigInt.asUintN(64, poison.seq) : 0n;
+    Atomics.store(this.words, HMC_POISON_SEQ, Number(seq & 0xffffffffn) | 0);
+    Atomics.store(this.words, HMC_POISON_SEQ_HI, Number(seq >> 32n) | 0);
     Atomics.store(this.words, HMC_POISON_GUEST, poison ? poison.guest : -1);
     this.setState(HM_DOWN);
   }
 
+  /** Did the last health VM to die, die on guest `guest`'s request `seq`? */
   isPoison(guest: number, seq: bigint): boolean {
+    const s = BigInt.asUintN(64, seq);
     return (
       Atomics.load(this.words, HMC_POISON_GUEST) === guest &&
-      Atomics.load(this.words, HMC_POISON_SEQ) === Number(seq & 0x7fffffffn)
+      Atomics.load(this.words, HMC_POISON_SEQ) === (Number(s & 0xffffffffn) | 0) &&
+      Atomics.load(this.words, HMC_POISON_SEQ_HI) === (Number(s >> 32n) | 0)
     );
   }
 

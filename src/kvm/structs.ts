@@ -91,7 +91,7 @@ interface Offsets {
   regs: readonly number[];
   seg: { base: number; limit: number; selector: number; u8: readonly number[] };
   dtable: { base: number; limit: number };
-  sregs: { segs: readonly number[]; gdt: number; idt: number; crs: readonly number[] };
+  sregs: { size: number; segs: readonly number[]; gdt: number; idt: number; crs: readonly number[] };
 }
 
 let offsets: Offsets | undefined;
@@ -107,6 +107,7 @@ function offs(): Offsets {
     seg: { base: G.off("base"), limit: G.off("limit"), selector: G.off("selector"), u8: SEG_U8.map((f) => G.off(f)) },
     dtable: { base: D.off("base"), limit: D.off("limit") },
     sregs: {
+      size: S.size,
       segs: SEGMENT_NAMES.map((n) => S.off(n)),
       gdt: S.off("gdt"),
       idt: S.off("idt"),
@@ -201,7 +202,49 @@ const CRS = [
   ["apicBase", "apic_base"],
 ] as const;
 
+/**
+ * The special registers last decoded on this thread, and the bytes they came
+ * from. Exits in a row mostly find them unchanged, and decoding them (17
+ * BigInts, 10 objects) costs about 0.45 µs: when the bytes are the same, the
+ * same object is handed out again. It is frozen, as every decoded set is, so
+ * sharing it is safe (a change is made on a copy: `{ ...sregs, cr3 }`).
+ */
+let lastSregsWords: Int32Array | undefined;
+let lastSregs: Sregs | undefined;
+/** The words of the buffer last decoded from (a kvm_run page, decoded from on every exit). */
+let wordsView: Int32Array | undefined;
+
 export function decodeSregs(view: DataView, base = 0): Sregs {
+  const size = offs().sregs.size;
+  const at = view.byteOffset + base;
+  if (at % 4 !== 0 || size % 4 !== 0) return deepFreeze(decodeSregsFresh(view, base));
+  let words = wordsView;
+  if (words?.buffer !== view.buffer || words.byteOffset !== at) {
+    words = new Int32Array(view.buffer, at, size / 4);
+    wordsView = words;
+  }
+  const last = lastSregsWords;
+  if (last !== undefined && lastSregs !== undefined && sameWords(last, words)) return lastSregs;
+  const s = deepFreeze(decodeSregsFresh(view, base));
+  lastSregsWords = words.slice();
+  lastSregs = s;
+  return s;
+}
+
+function sameWords(a: Int32Array, b: Int32Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function deepFreeze(s: Sregs): Sregs {
+  for (const n of SEGMENT_NAMES) Object.freeze(s[n]);
+  Object.freeze(s.gdt);
+  Object.freeze(s.idt);
+  return Object.freeze(s);
+}
+
+function decodeSregsFresh(view: DataView, base: number): Sregs {
   const o = offs().sregs;
   const seg = (i: number) => decodeSegment(view, base + (o.segs[i] as number));
   const cr = (i: number) => view.getBigUint64(base + (o.crs[i] as number), true);

@@ -127,11 +127,13 @@ for (const engine of ENGINES)
             d.slice(1).every((x) => x.decidedBy === "hm-vm" && x.verdict === "deny"),
             JSON.stringify(d),
           );
-          // No later verdict comes from the engine that failed: only from its restarted successor.
-          const failedGeneration = d[0]?.generation ?? Number.NaN;
+          // No later verdict comes from the engine that failed (the one the first request went to):
+          // only from its restarted successor. (When the first decision returns, the successor may
+          // be up already: its generation then is not the failed one's.)
+          const failedGeneration = d[0]?.sentToGeneration ?? Number.NaN;
           assert.ok(
             d.slice(1).every((x) => x.generation > failedGeneration),
-            JSON.stringify(d.map((x) => [x.decidedBy, x.generation])),
+            JSON.stringify(d.map((x) => [x.decidedBy, x.sentToGeneration, x.generation])),
           );
           const s = hm.status();
           assert.ok(s.restarts >= 1, "restarted");

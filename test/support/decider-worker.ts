@@ -29,6 +29,8 @@ export interface Decision {
   us: number;
   /** The health VM's generation (launch number) when the decision returned. */
   generation: number;
+  /** Its generation when the request was made (the instance it went to). */
+  sentToGeneration: number;
 }
 
 const d = workerData as DeciderWorkerData;
@@ -53,6 +55,7 @@ if (port) {
     c.seq = n;
     c.regionId = 1;
     c.gpa = 0x100000 + n;
+    const sentToGeneration = control.generation;
     const t = process.hrtime.bigint();
     const r = decider.decide(c);
     out.push({
@@ -63,6 +66,7 @@ if (port) {
       reason: r.reason,
       us: Number(process.hrtime.bigint() - t) / 1e3,
       generation: control.generation,
+      sentToGeneration,
     });
   }
   port.postMessage({ type: "done", decisions: out });
