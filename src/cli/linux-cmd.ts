@@ -11,7 +11,7 @@ import type { DeciderName } from "../decide/decider.js";
 import { defaultKernelPath, readKernelFile } from "../elf/kernel-file.js";
 import { configError, GuardvisorError, isGuardvisorError } from "../errors.js";
 import { VmEngineBackend } from "../health/backends.js";
-import { HealthManager } from "../health/health-manager.js";
+import { HealthManager, type HealthVmStatus } from "../health/health-manager.js";
 import { Kvm } from "../kvm/kvm.js";
 import { packageRoot } from "../kvm/native.js";
 import { hostKvmIsPvm, insideLab, kvmUsable } from "../lab/fallback.js";
@@ -105,6 +105,7 @@ export async function runLinuxGuest(
   flags: LinuxRunFlags,
   sayErr: (m: string) => void,
   onConsole?: (line: string) => void,
+  shared?: SharedHost,
 ): Promise<LinuxRunReport> {
   const policyFile = checkLinuxFlags(flags);
   const memMiB = flags.mem ?? DEFAULT_LINUX_MEM_MIB;
@@ -121,17 +122,12 @@ export async function runLinuxGuest(
   const extra = [scenario ? `gv.scenario=${scenario}` : "", flags.cmdline ?? ""].join(" ");
   const cmdline = `${DEFAULT_LINUX_CMDLINE}${labLinuxCmdline()} ${extra}`.replace(/ +/g, " ").trim();
   const timeoutMs = flags.timeout !== undefined ? flags.timeout * 1000 : scaled(DEFAULT_LINUX_TIMEOUT_S * 1000);
-  const kvm = Kvm.open();
+  const kvm = shared?.kvm ?? Kvm.open();
   let vm: LinuxVm | undefined;
   let health: HealthManager | undefined;
   try {
-    if (flags.decider === "hm-vm" && seal) {
-      health = await HealthManager.start({
-        backend: new VmEngineBackend(kvm, readKernelFile(defaultKernelPath()), defaultKernelPath(), HM_MEM_MIB),
-        nguests: 1,
-      });
-    }
-    const hm = health;
+    if (flags.decider === "hm-vm" && seal && !shared) health = await startHealthVm(kvm);
+    const hm = shared ? shared.health : health;
     /** Earlier boots that a verdict restarted: what each ended with and saw. */
     const earlier: Record<string, unknown>[] = [];
     let end: LinuxRunResult;
@@ -199,8 +195,22 @@ export async function runLinuxGuest(
   } finally {
     await vm?.destroy();
     await health?.stop();
-    kvm.close();
+    if (!shared) kvm.close();
   }
+}
+
+/** What the runs of `--scenario all` share: one KVM handle, and one health VM for all of them (hm-vm). */
+export interface SharedHost {
+  kvm: Kvm;
+  health?: HealthManager;
+}
+
+/** The health VM for one Linux guest at a time. */
+function startHealthVm(kvm: Kvm): Promise<HealthManager> {
+  return HealthManager.start({
+    backend: new VmEngineBackend(kvm, readKernelFile(defaultKernelPath()), defaultKernelPath(), HM_MEM_MIB),
+    nguests: 1,
+  });
 }
 
 /** Boot, stream the console to stdout, and return the process exit code (0: the guest reset or exited with 0). */
@@ -223,14 +233,36 @@ export interface ScenarioRow {
   skipped?: string;
 }
 
-/** Every Linux scenario in turn (`run --linux BZIMAGE --scenario all`), one verdict each. */
-export async function linuxScenarioRows(flags: LinuxRunFlags, sayErr: (m: string) => void): Promise<ScenarioRow[]> {
+/**
+ * Every Linux scenario in turn (`run --linux BZIMAGE --scenario all`), one
+ * verdict each; with hm-vm, what the one health VM that served them all did.
+ */
+export async function linuxScenarioRows(
+  flags: LinuxRunFlags,
+  sayErr: (m: string) => void,
+): Promise<{ rows: ScenarioRow[]; healthVm?: HealthVmStatus }> {
+  // One health VM serves every scenario in turn, as it serves a production host's guests one after another.
+  const kvm = Kvm.open();
+  try {
+    const health = flags.decider === "hm-vm" ? await startHealthVm(kvm) : undefined;
+    try {
+      const rows = await scenarioRows(flags, sayErr, { kvm, health });
+      return health ? { rows, healthVm: health.status() } : { rows };
+    } finally {
+      await health?.stop();
+    }
+  } finally {
+    kvm.close();
+  }
+}
+
+async function scenarioRows(flags: LinuxRunFlags, sayErr: (m: string) => void, shared: SharedHost) {
   const rows: ScenarioRow[] = [];
   for (const name of LINUX_SCENARIOS) {
     let problems: string[];
     let observed: unknown;
     try {
-      const r = await runLinuxGuest({ ...flags, scenario: name, json: true }, sayErr);
+      const r = await runLinuxGuest({ ...flags, scenario: name, json: true }, sayErr, undefined, shared);
       problems = linuxScenarioProblems(name, r.json, flags.decider ?? "vmm");
       if (!r.clean) problems.push(`the run did not end cleanly (${String(r.json.outcome)}: ${String(r.json.detail)})`);
       observed = {
@@ -252,9 +284,16 @@ export async function linuxScenarioRows(flags: LinuxRunFlags, sayErr: (m: string
 }
 
 async function runAllLinux(flags: LinuxRunFlags, sayErr: (m: string) => void): Promise<number> {
-  const rows = await linuxScenarioRows(flags, sayErr);
-  if (flags.json) process.stdout.write(`${JSON.stringify({ scenarios: rows })}\n`);
-  else printRows(rows);
+  const { rows, healthVm } = await linuxScenarioRows(flags, sayErr);
+  if (flags.json) process.stdout.write(`${JSON.stringify({ scenarios: rows, ...(healthVm ? { healthVm } : {}) })}\n`);
+  else {
+    printRows(rows);
+    if (healthVm) {
+      process.stdout.write(
+        `health VM: one for every scenario, ${healthVm.requests} requests answered, ${healthVm.restarts} restarts\n`,
+      );
+    }
+  }
   return rows.every((r) => r.pass) ? 0 : 1;
 }
 
@@ -291,7 +330,7 @@ export async function linuxRowsForAll(
     return skip(`no Linux test guest: ${e.message}`);
   }
   if (insideLab() || (kvmUsable() && !hostKvmIsPvm())) {
-    return linuxScenarioRows({ linux: kernel, decider: o.decider, json: true }, say);
+    return (await linuxScenarioRows({ linux: kernel, decider: o.decider, json: true }, say)).rows;
   }
   if (!o.lab) return skip("this host's KVM cannot run a stock Linux kernel, and --no-lab refuses the lab");
   say(`the Linux scenarios need hardware virtualisation: running them in the lab`);

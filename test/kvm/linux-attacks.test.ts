@@ -250,12 +250,27 @@ describe("every Linux scenario with the hm-vm decider: run --linux --scenario al
     timeout: scaled(HM_VM_ALL_MS) + 60_000,
   }, () => {
     const { r, j } = runLinuxCli(["--scenario", "all", "--decider", "hm-vm"], LINUX_SCENARIOS.length + 2, HM_VM_ALL_MS);
-    const out = j as { scenarios: { scenario: string; pass: boolean; observed: unknown }[] };
+    const out = j as {
+      scenarios: { scenario: string; pass: boolean; observed: unknown }[];
+      healthVm?: { generation: number; restarts: number; requests: number; failed: boolean };
+    };
     assert.deepEqual(
       out.scenarios.map((s) => s.scenario),
       [...LINUX_SCENARIOS],
     );
     for (const s of out.scenarios) assert.ok(s.pass, `${s.scenario}: ${JSON.stringify(s.observed)}`);
+    // One health VM, its first launch, answered every scenario's requests.
+    const hm = out.healthVm;
+    assert.ok(hm, "the health VM's status is in the output");
+    assert.deepEqual(
+      { generation: hm.generation, restarts: hm.restarts, failed: hm.failed },
+      {
+        generation: 1,
+        restarts: 0,
+        failed: false,
+      },
+    );
+    assert.ok(hm.requests > 0, `${hm.requests} requests answered`);
     assert.equal(r.status, 0, r.stderr.slice(-2000));
   });
 });
