@@ -165,7 +165,7 @@ describe("bench: without KVM or the build", () => {
 });
 
 describe("bench: plans on a slower host", () => {
-  it("scale 1 keeps the plan; the lab's scale divides the counts down to floors and keeps durations", () => {
+  it("scale 1 keeps the plan; the lab's scale divides the counts down to floors and keeps durations and warm-ups", () => {
     assert.deepEqual(planForScale(QUICK_PLAN, 1), QUICK_PLAN);
     const lab = planForScale(QUICK_PLAN, 20);
     assert.equal(lab.writes, 250);
@@ -173,6 +173,11 @@ describe("bench: plans on a slower host", () => {
     assert.equal(lab.udCount, 50, "never under the floor");
     assert.equal(lab.stormSec, QUICK_PLAN.stormSec);
     assert.equal(lab.idleMs, QUICK_PLAN.idleMs);
+    assert.deepEqual(
+      [lab.warm, lab.udWarm, lab.guestWarm],
+      [QUICK_PLAN.warm, QUICK_PLAN.udWarm, QUICK_PLAN.guestWarm],
+      "the JIT warms up by exits handled, not by time",
+    );
     for (const k of Object.keys(QUICK_PLAN) as (keyof typeof QUICK_PLAN)[]) {
       assert.ok(lab[k] <= QUICK_PLAN[k] && lab[k] > 0, k);
     }
