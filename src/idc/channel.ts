@@ -109,6 +109,8 @@ export class IdcRegion {
   readonly view: DataView;
   /** For atomic 64-bit loads and stores (offsets are 8-aligned). */
   readonly words: BigUint64Array;
+  /** The same memory as 32-bit words: a load that makes no BigInt (a waiting decider's look). */
+  readonly words32: Int32Array;
 
   constructor(
     buffer: ArrayBuffer,
@@ -120,6 +122,7 @@ export class IdcRegion {
     this.bytes = new Uint8Array(buffer, 0, layout.size);
     this.view = new DataView(buffer, 0, layout.size);
     this.words = new BigUint64Array(buffer, 0, layout.size / 8);
+    this.words32 = new Int32Array(buffer, 0, layout.size / 4);
   }
 
   load64(off: number): bigint {
@@ -356,6 +359,17 @@ export class IdcChannel {
     r.store64(this.base + CTL("req_published"), seq);
     this.outstanding.add(seq);
     return seq;
+  }
+
+  /**
+   * A cheap look for a waiting decider: has something landed in the response
+   * slot of `seq` (the low 32 bits of its seq are `seq`'s)? Nothing is
+   * validated and nothing allocated: poll() does the validating, and is
+   * what a decider acts on.
+   */
+  answerLanded(seq: bigint): boolean {
+    const at = this.slot("resp", seq) + RESP_SEQ;
+    return Atomics.load(this.region.words32, at >> 2) === ((Number(seq) % 0x1_0000_0000) | 0);
   }
 
   /** Look for the response to `seq` and validate it. */
