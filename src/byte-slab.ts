@@ -6,14 +6,15 @@
  *
  * Every view is zero-filled, 8-aligned and never handed out twice: no part
  * of a slab is reused, so a caller may keep what it got for as long as it
- * likes (the slab stays alive while any of its views does).
+ * likes (the slab stays alive while any of its views does: a kept view
+ * keeps at most one slab, 4 KiB by default).
  */
 export class ByteSlab {
   private buffer: ArrayBuffer;
   private next = 0;
 
   /** `slabBytes` to an ArrayBuffer; a request of more than a quarter of that gets an array of its own. */
-  constructor(private readonly slabBytes = 16 * 1024) {
+  constructor(private readonly slabBytes = 4096) {
     if (!Number.isInteger(slabBytes) || slabBytes < 64) {
       throw new RangeError(`a byte slab needs at least 64 bytes: ${slabBytes}`);
     }

@@ -158,7 +158,7 @@ export class HmVmDecider implements Decider {
       const restarted = state !== HM_UP || this.control.generation !== submitted;
       if (restarted && this.control.isPoison(this.channel.guest, seq)) {
         this.channel.withdraw(seq);
-        // Charged to the instance it was sent to (the one that died on it, or its predecessor).
+        // Charged to the generation it went out under: the next decision waits for a later one.
         return this.failsafe(ctx.kind, "down", seq, submitted, "the health VM died on this request");
       }
       if (state === HM_FAILED) {

@@ -206,7 +206,7 @@ export function encodeContext(c: ContextRecord, out?: Uint8Array, at = 0): Uint8
   SCRATCH_U8.set(c.data, OFF.data);
   const r = c.regs;
   const g = Q.regs;
-  // REG_NAMES order, spelled out (checked below at load): a keyed loop costs twice as much.
+  // REG_NAMES order, spelled out (checked when the module loads): a keyed loop costs twice as much.
   u64[g] = r.rax;
   u64[g + 1] = r.rbx;
   u64[g + 2] = r.rcx;
