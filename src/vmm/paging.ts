@@ -12,12 +12,10 @@ export function isCanonical(va: bigint): boolean {
   return top === 0n || top === 0x1ffffn;
 }
 
-/** Whether the last translate() that found a mapping found it writable (R/W set at every level). */
-let lastWritable = false;
-
 /** Is `va` mapped writable by the tables at `cr3` (R/W at every level)? Undefined when not mapped. */
 export function mappedWritable(mem: GuestMemory, cr3: bigint, va: bigint): boolean | undefined {
-  return translate(mem, cr3, va) === undefined ? undefined : lastWritable;
+  const w = walk(mem, cr3, va, true);
+  return w < 0 ? undefined : w === 1;
 }
 
 /**
@@ -26,9 +24,14 @@ export function mappedWritable(mem: GuestMemory, cr3: bigint, va: bigint): boole
  * times per exit); entry addresses are bits 12-51, so every sum stays exact.
  */
 export function translate(mem: GuestMemory, cr3: bigint, va: bigint): number | undefined {
-  lastWritable = false;
-  if (!isCanonical(va)) return undefined;
-  let rw = 2;
+  const pa = walk(mem, cr3, va, false);
+  return pa < 0 ? undefined : pa;
+}
+
+/** The walk: -1 when not mapped, else the physical address, or (`rw`) 1 when writable at every level, 0 when not. */
+function walk(mem: GuestMemory, cr3: bigint, va: bigint, rw: boolean): number {
+  if (!isCanonical(va)) return -1;
+  let writable = 2;
   const lo = Number(va & 0xffffffffn);
   const hi = Number((va >> 32n) & 0xffffn);
   const idx = [(hi >>> 7) & 0x1ff, ((hi << 2) | (lo >>> 30)) & 0x1ff, (lo >>> 21) & 0x1ff, (lo >>> 12) & 0x1ff];
@@ -36,23 +39,23 @@ export function translate(mem: GuestMemory, cr3: bigint, va: bigint): number | u
   const v = mem.view;
   for (let level = 0; level < 4; level++) {
     const at = table + (idx[level] as number) * 8;
-    if (at + 8 > mem.size) return undefined;
+    if (at + 8 > mem.size) return -1;
     const eLo = v.getUint32(at, true);
     const eHi = v.getUint32(at + 4, true);
-    if ((eLo & 1) === 0) return undefined;
-    rw &= eLo;
+    if ((eLo & 1) === 0) return -1;
+    writable &= eLo;
     const base = (eHi & 0xfffff) * 0x1_0000_0000 + ((eLo & 0xfffff000) >>> 0);
     const large = level > 0 && level < 3 && (eLo & 0x80) !== 0;
     if (large || level === 3) {
+      if (rw) return writable !== 0 ? 1 : 0;
       const pageMask = level === 1 ? 0x3fffffff : level === 2 ? 0x1fffff : 0xfff;
       // The page base without its offset bits (a large page's low address bits are flags, not address).
       const pageBase = base - (base % (pageMask + 1));
-      lastWritable = rw !== 0;
       return pageBase + (lo & pageMask);
     }
     table = base;
   }
-  return undefined;
+  return -1;
 }
 
 /** One page's part of a virtual range: its offset in the range, its length, its guest-physical address. */
