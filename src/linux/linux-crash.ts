@@ -21,11 +21,10 @@ import { CONTEXT_FLAGS } from "../abi/guest-abi.js";
 import type { Decider } from "../decide/decider.js";
 import type { GuestMemory } from "../kvm/guest-memory.js";
 import type { Regs, Sregs } from "../kvm/structs.js";
-import { effectOf } from "../vmm/act.js";
-import { type ExitAction, fateAction } from "../vmm/dispatcher.js";
+import type { ExitAction } from "../vmm/dispatcher.js";
 import type { ExceptionCapture } from "../vmm/exception-capture.js";
 import { readVirtual } from "../vmm/paging.js";
-import type { LinuxSeal } from "./linux-seal.js";
+import { type LinuxSeal, settleEvent } from "./linux-seal.js";
 
 /** struct pt_regs on x86-64: 21 quadwords, in this order. */
 export const PT_REGS_FIELDS = [
@@ -210,13 +209,10 @@ export class LinuxCrashCapture {
       this.counters.badFrames++;
       ctx.flags |= CONTEXT_FLAGS.FRAME_INVALID;
     }
-    const decision = this.d.decider.decide(ctx);
-    const effect = effectOf("cpu-exception", decision.verdict);
     const note = frame
       ? `kernel oops "${name}" at ${hex(frame.rip)} (cpl ${frame.cs & 3n}, error ${hex(regs.rdx)}, cr2 ${hex(sregs.cr2)}), captured at ${entry} before the kernel printed it`
       : `kernel oops "${name}": its pt_regs at ${hex(regs.rsi)} could not be read`;
-    this.d.events.post(ctx, decision, t0, note, { vector });
-    return fateAction(effect.vm, `kernel oops "${name}"`);
+    return settleEvent(this.d.decider, this.d.events, ctx, t0, note, `kernel oops "${name}"`, { vector });
   }
 
   private onPanic(): ExitAction {
@@ -226,14 +222,7 @@ export class LinuxCrashCapture {
     const sregs = this.d.getSregs();
     const message = guestString(this.d.memory, sregs.cr3, regs.rdi);
     const ctx = this.d.events.context("crash", regs, sregs);
-    const decision = this.d.decider.decide(ctx);
-    const effect = effectOf("crash", decision.verdict);
-    this.d.events.post(
-      ctx,
-      decision,
-      t0,
-      `kernel panic "${message}", captured at panic() before the kernel printed it`,
-    );
-    return fateAction(effect.vm, `kernel panic "${message}"`);
+    const note = `kernel panic "${message}", captured at panic() before the kernel printed it`;
+    return settleEvent(this.d.decider, this.d.events, ctx, t0, note, `kernel panic "${message}"`);
   }
 }

@@ -15,9 +15,8 @@
  */
 import type { Decider } from "../decide/decider.js";
 import { cplOf, type Regs, type Sregs } from "../kvm/structs.js";
-import { effectOf } from "../vmm/act.js";
-import { type ExitAction, fateAction } from "../vmm/dispatcher.js";
-import type { LinuxSeal } from "./linux-seal.js";
+import type { ExitAction } from "../vmm/dispatcher.js";
+import { type LinuxSeal, settleEvent } from "./linux-seal.js";
 
 /** RFLAGS.IF: maskable interrupts enabled. */
 const RFLAGS_IF = 0x200n;
@@ -77,9 +76,7 @@ export class LinuxHangWatch {
     this.counters.hangs++;
     const t0 = this.now();
     const ctx = this.d.events.context("hang", regs, sregs);
-    const decision = this.d.decider.decide(ctx);
     const detail = `kernel hung: ring 0 with interrupts disabled and no exit for ${forMs} ms, at RIP 0x${regs.rip.toString(16)}`;
-    this.d.events.post(ctx, decision, t0, detail);
-    return fateAction(effectOf("hang", decision.verdict).vm, detail);
+    return settleEvent(this.d.decider, this.d.events, ctx, t0, detail, detail);
   }
 }

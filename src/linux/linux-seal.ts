@@ -459,3 +459,22 @@ export class LinuxSeal {
     });
   }
 }
+
+/**
+ * Decide a captured record, post its event, and what the vCPU does next: the
+ * verdict's fate for the VM (`what` names the event). The one sequence the
+ * oops, panic and hang captures share.
+ */
+export function settleEvent(
+  decider: Decider,
+  events: Pick<LinuxSeal, "post">,
+  ctx: ContextRecord,
+  t0: bigint,
+  note: string,
+  what: string,
+  fields?: Parameters<LinuxSeal["post"]>[4],
+): ExitAction {
+  const decision = decider.decide(ctx);
+  events.post(ctx, decision, t0, note, fields);
+  return fateAction(effectOf(ctx.kind, decision.verdict).vm, what);
+}
