@@ -417,6 +417,13 @@ class LazyDecoder {
     this.made ??= new this.lib.Decoder(64, this.bytes, this.lib.DecoderOptions.None);
     return this.made;
   }
+  /** Decode into `insn` the candidate `back` bytes long that ends at `end` (`before` bytes of code precede it). */
+  decodeBack(insn: Insn, before: number, back: number, end: bigint): void {
+    const d = this.get();
+    d.position = before - back;
+    d.ip = BigInt.asUintN(64, end - BigInt(back));
+    d.decodeOut(insn);
+  }
   free(): void {
     this.made?.free();
     this.made = undefined;
@@ -546,11 +553,8 @@ function plainCandidates(
 ): PlainCandidate[] | null {
   if (ending.plain !== undefined) return ending.plain;
   const out: PlainCandidate[] = [];
-  const decoder = lazy.get();
   for (const back of ending.backs) {
-    decoder.position = before - back;
-    decoder.ip = BigInt.asUintN(64, end - BigInt(back));
-    decoder.decodeOut(insn);
+    lazy.decodeBack(insn, before, back, end);
     const c = plainOf(lib, insn, back, end);
     if (!c) {
       ending.plain = null;
@@ -614,12 +618,8 @@ function endingAt(
     }
     return larger;
   }
-  const decoder = ending.backs.length > 0 ? lazy.get() : undefined;
   for (const back of ending.backs) {
-    if (!decoder) break;
-    decoder.position = before - back;
-    decoder.ip = BigInt.asUintN(64, end - BigInt(back));
-    decoder.decodeOut(insn);
+    lazy.decodeBack(insn, before, back, end);
     if (calls && !insn.isCallNear && !insn.isCallNearIndirect) continue;
     const hit = explains(lib, insn, mem, x, true, false);
     if (hit === undefined) continue;
